@@ -1,0 +1,3 @@
+from brainmri.cli import main
+
+main()

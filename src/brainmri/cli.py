@@ -1,0 +1,220 @@
+"""`brainmri` command line: one thin function per subcommand; the work lives in the modules."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from brainmri.errors import BrainMRIError
+
+app = typer.Typer(
+    name="brainmri",
+    help=(
+        "Train, evaluate and ship a 4-class brain MRI tumor classifier "
+        "(glioma, meningioma, notumor, pituitary).\n\n"
+        "Pipeline: clean (raw folder -> cleaned copy + report) -> train (recipe -> run dir) "
+        "-> evaluate (checkpoint + test split -> metrics JSON and plots)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a user error as one line on stderr and exit 1; bugs keep their traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BrainMRIError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Kaggle-layout folder (Training/<class>/, Testing/<class>/). Default: env "
+        "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
+    ),
+]
+
+
+@app.command()
+@user_errors
+def clean(
+    data: DataOpt = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for the cleaned copy and report.")
+    ] = Path("cleaned"),
+    size: Annotated[int, typer.Option(help="Output image size (square, pixels).")] = 224,
+    near_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Near-duplicate threshold: normalized correlation of 24x24 grayscale "
+            "thumbnails above which two images count as near copies."
+        ),
+    ] = 0.995,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="Duplicate policy. 'keep-one': keep one file of each exact/near duplicate "
+            "group within a split and drop the training copies of cross-split leaks. "
+            "'drop-from-train': only drop training copies of test images. 'report': drop nothing."
+        ),
+    ] = "keep-one",
+    crop: Annotated[bool, typer.Option(help="Crop to the brain before resizing.")] = True,
+    margin: Annotated[float, typer.Option(help="Crop margin as a fraction of the box.")] = 0.02,
+    max_pixels: Annotated[
+        int, typer.Option(help="Quarantine images with more pixels than this.")
+    ] = 40_000_000,
+    val_fraction: Annotated[
+        float, typer.Option(help="Stratified validation share of Training written to splits/.")
+    ] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode processes (default: all cores).")
+    ] = None,
+) -> None:
+    """Validate, quarantine, dedupe, crop and resize a raw dataset into a cleaned copy.
+
+    Never writes into --data. Writes OUT/Training|Testing/<class>/*.jpg, OUT/clean_report.json,
+    OUT/leak_free_test.txt, OUT/splits/{train,val}.txt and prints a summary table.
+    """
+    from brainmri.data.clean import CleanOptions, format_summary, run_clean
+    from brainmri.data.folders import resolve_data_dir
+
+    options = CleanOptions(
+        size=size,
+        near_threshold=near_threshold,
+        policy=policy,
+        crop=crop,
+        margin=margin,
+        max_pixels=max_pixels,
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers,
+    )
+    report = run_clean(resolve_data_dir(data), out, options)
+    typer.echo(format_summary(report))
+
+
+@app.command()
+@user_errors
+def train(
+    data: DataOpt = None,
+    config: Annotated[
+        str,
+        typer.Option(
+            "--config", "-c", help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke)."
+        ),
+    ] = "cpu",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run directory (default runs/<recipe>-<time>).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a recipe value, e.g. --set train.batch_size=16 "
+            "--set train.stages.0.epochs=3 (repeatable).",
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Local backbone weights file (sets model.weights_file)."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue the run in this run directory from last.pt."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if available).")
+    ] = None,
+) -> None:
+    """Train the classifier with a recipe's three stages; writes a run directory.
+
+    The run directory holds recipe.yaml, environment.json, splits/, metrics.csv, tensorboard/,
+    models/{stage1_best,best,final}.safetensors, models/class_labels.json, training_curves.png
+    and last.pt (for --resume). Multi-GPU/CPU: launch with `torchrun --nproc_per_node N`.
+    """
+    import time as _time
+
+    from brainmri.config import load_recipe
+    from brainmri.data.folders import resolve_data_dir
+    from brainmri.train.loop import train as run_train
+
+    if resume is not None:
+        result = run_train(None, Path(), resume, resume=True, device=device)
+    else:
+        extra = list(overrides or [])
+        if weights is not None:
+            extra.append(f"model.weights_file={weights}")
+        recipe = load_recipe(config, extra)
+        run_dir = out or Path("runs") / f"{recipe.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        result = run_train(recipe, resolve_data_dir(data), run_dir, device=device)
+    typer.echo(
+        f"done in {result.wall_seconds / 60:.1f} min, {result.epochs_run} epochs; "
+        f"best val_loss {result.best_val_loss:.4f} (val_acc {result.best_val_acc:.4f}); "
+        f"best model {result.best_path}"
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[
+        Path, typer.Option("--model", "-m", help="Model file (.safetensors from train).")
+    ],
+    data: DataOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Results folder (default: results/ beside the model's run)."),
+    ] = None,
+    tta: Annotated[
+        int, typer.Option(min=1, max=5, help="Test-time augmentation views (1 = plain only).")
+    ] = 5,
+    leak_free: Annotated[
+        Path | None,
+        typer.Option(
+            help="leak_free_test.txt from clean (default: DATA/leak_free_test.txt, "
+            "else computed on the fly)."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Score a model on the Testing split, plain and with TTA, full split and leak-free subset.
+
+    Writes test_results_final.json (accuracy, per-class precision/recall/F1/accuracy/AUC, macro
+    AUC, log-loss, ECE, confusion matrix, misclassified files, timings) and confusion_matrix.png,
+    roc_curves.png, reliability.png; prints a classification report.
+    """
+    from brainmri.data.folders import resolve_data_dir
+    from brainmri.evaluate.run import evaluate as run_evaluate
+
+    if out is None:
+        run_dir = model.resolve().parent.parent
+        out = run_dir / "results" if (run_dir / "recipe.yaml").exists() else Path("results")
+    run_evaluate(model, resolve_data_dir(data), out, tta, batch_size, device, leak_free)
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
+    app(prog_name="brainmri")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""The training recipe: a pydantic model loaded from YAML, with dotted command-line overrides.
+
+Every epoch count, learning rate, fraction and size lives here as a default or in a YAML file
+under configs/; nothing in the code hard-codes them.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from brainmri.errors import BrainMRIError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    image_size: int = Field(224, ge=32, le=1024, description="square input size in pixels")
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="stratified share of Training")
+    max_per_class: int | None = Field(None, description="cap images per class (smoke tests)")
+
+
+class ModelConfig(_Strict):
+    backbone: str = Field("efficientnet_lite0", description="timm model name")
+    weights: Literal["pretrained", "none"] = Field(
+        "pretrained", description="'pretrained': offline package / weights_file / hub; 'none'"
+    )
+    weights_file: str | None = Field(None, description="local .safetensors/.pth backbone weights")
+    dense_units: int = Field(256, ge=1)
+    dropout: float = Field(0.35, ge=0.0, lt=1.0)
+    head_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the logits")
+    l2: float = Field(1e-4, ge=0.0, description="L2 penalty on head Dense kernels (explicit term)")
+    channels_last: bool = True
+
+
+class AugmentConfig(_Strict):
+    rotation_deg: float = 15.0
+    shift: float = 0.10
+    zoom: float = 0.10
+    shear: float = Field(0.10, description="shear factor (tan of the angle), ±")
+    hflip: bool = True
+    brightness: tuple[float, float] = (0.85, 1.15)
+    contrast: tuple[float, float] = (1.0, 1.0)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    blur_prob: float = Field(0.0, ge=0.0, le=1.0, description="chance of a Gaussian blur")
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    lowres_prob: float = Field(0.0, ge=0.0, le=1.0, description="chance of down-then-up sampling")
+    lowres_scale: tuple[float, float] = (0.4, 0.8)
+
+
+class StageConfig(_Strict):
+    name: str
+    trainable_fraction: float = Field(
+        ..., ge=0.0, le=1.0, description="share of backbone blocks trained, counted from the top"
+    )
+    epochs: int = Field(..., ge=0)
+    lr: float = Field(..., gt=0.0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    warmup_epochs: int = Field(1, ge=0)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled decay (backbone+head)")
+
+
+class TrainConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    class_weights: bool = True
+    early_stopping_patience: int = Field(10, ge=1)
+    plateau_patience: int = Field(3, ge=1, description="ReduceLROnPlateau patience (epochs)")
+    plateau_factor: float = Field(0.5, gt=0.0, le=1.0)
+    monitor: Literal["val_loss", "val_acc"] = "val_loss"
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp16 autocast on CUDA, off on CPU"
+    )
+    num_threads: int | None = Field(None, description="torch intra-op threads (default: cores)")
+    max_steps_per_epoch: int | None = Field(None, description="cap batches per epoch (tests)")
+    stages: list[StageConfig]
+
+
+class EvaluateConfig(_Strict):
+    tta: int = Field(5, ge=1, le=5, description="number of TTA views (1 = plain)")
+    batch_size: int = Field(64, ge=1)
+
+
+class Recipe(_Strict):
+    name: str = "recipe"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> Recipe:
+        if not self.train.stages:
+            raise ValueError("train.stages must list at least one stage")
+        return self
+
+
+def builtin_recipes() -> list[str]:
+    """Names of the recipes shipped in the package (configs/*.yaml)."""
+    folder = resources.files("brainmri") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    if not path.is_file():
+        builtin = resources.files("brainmri") / "configs" / f"{source}.yaml"
+        if builtin.is_file():
+            text = builtin.read_text()
+        else:
+            raise BrainMRIError(
+                f"recipe not found: {source} (a YAML file, or one of {', '.join(builtin_recipes())})"
+            )
+    else:
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise BrainMRIError(f"recipe {source} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BrainMRIError(f"recipe {source} must be a YAML mapping")
+    return data
+
+
+def apply_override(data: dict[str, Any], dotted: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) in place; `train.stages.0.epochs=1` indexes."""
+    key, sep, raw = dotted.partition("=")
+    if not sep or not key:
+        raise BrainMRIError(f"override must look like key.path=value, got {dotted!r}")
+    value = yaml.safe_load(raw)
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise BrainMRIError(f"override {key}: {part!r} is not a valid index")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict | list):
+                    raise BrainMRIError(f"override {key}: {part!r} is not a section")
+
+
+def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe by path or built-in name, apply overrides, validate."""
+    data = _read_yaml(source)
+    for item in overrides or []:
+        apply_override(data, item)
+    return recipe_from_dict(data, str(source))
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BrainMRIError(f"recipe {source}: {where}: {first['msg']}") from exc
+
+
+def dump_recipe(recipe: Recipe, path: Path) -> None:
+    path.write_text(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False))

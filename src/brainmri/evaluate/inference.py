@@ -1,0 +1,55 @@
+"""Batched inference over a uint8 image cache, with optional test-time augmentation."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from brainmri.data.transforms import to_model_input, tta_views
+
+
+def autocast_context(device: torch.device, amp: str):
+    """bf16/fp16 autocast where asked for (auto: bf16 on CUDA, none on CPU)."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    amp: str = "auto",
+    tta: int = 1,
+    progress=None,
+) -> tuple[list[str], torch.Tensor]:
+    """Logits for every view: (view names, tensor (V, N, C)) on CPU, float32."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    names: list[str] = []
+    chunks: list[torch.Tensor] = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True).float() / 255.0
+        views = tta_views(x, tta)
+        names = [n for n, _ in views]
+        with autocast_context(device, amp):
+            out = [model(to_model_input(v, channels_last)).float() for _, v in views]
+        chunks.append(torch.stack(out).cpu())
+        if progress is not None:
+            progress.update(len(x))
+    model.train(was_training)
+    if not chunks:
+        return names, torch.empty((tta, 0, 0))
+    return names, torch.cat(chunks, dim=1)
+
+
+def tta_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Average of per-view softmax probabilities (V, N, C) -> (N, C)."""
+    return torch.softmax(logits / temperature, dim=-1).mean(dim=0)

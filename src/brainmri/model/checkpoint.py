@@ -1,0 +1,97 @@
+"""Self-describing model files: safetensors weights + JSON metadata in the same file.
+
+The metadata holds the recipe, class names and preprocessing, so predict, evaluate, export and
+serve need nothing else. Writes are atomic (temp file + rename): a kill never leaves a broken
+checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from brainmri import CLASS_NAMES
+from brainmri.config import Recipe, recipe_from_dict
+from brainmri.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from brainmri.errors import BrainMRIError
+
+FORMAT = "brainmri-checkpoint/1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename tmp onto path (same folder, so the rename is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(
+    path: Path,
+    model: nn.Module,
+    recipe: Recipe,
+    info: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
+    """Write weights (+ fp16 when half) and metadata to one .safetensors file."""
+    state = {
+        k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    meta = {
+        "format": FORMAT,
+        "class_names": list(CLASS_NAMES),
+        "recipe": recipe.model_dump(mode="json"),
+        "preprocessing": {
+            "image_size": recipe.data.image_size,
+            "color": "luminance (L) repeated to 3 channels",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+        "dtype": "float16" if half else "float32",
+        "info": info or {},
+    }
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"brainmri": json.dumps(meta)}))
+    return path
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("brainmri")
+    except (SafetensorError, OSError) as exc:
+        raise BrainMRIError(f"not a readable model file: {path} ({exc})") from exc
+    if not raw:
+        raise BrainMRIError(f"{path} is a safetensors file but not a brainmri model")
+    return json.loads(raw)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the classifier from a model file; returns (model in eval mode, metadata)."""
+    from brainmri.model.classifier import TumorClassifier
+
+    path = Path(path)
+    if not path.is_file():
+        raise BrainMRIError(f"model file not found: {path}")
+    meta = read_metadata(path)
+    recipe = recipe_from_dict(meta["recipe"], str(path))
+    model = TumorClassifier(recipe.model, num_classes=len(meta["class_names"]), pretrained=False)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return model, meta

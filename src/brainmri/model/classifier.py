@@ -1,0 +1,92 @@
+"""Backbone -> dual pooling (avg ‖ max) -> BatchNorm -> Dropout -> Dense+Swish -> Dropout -> logits.
+
+Freezing is counted in backbone *units*: timm's fine-grained parameter groups (the stem, each
+block, the final conv), in forward order. `trainable_fraction=f` trains the top round(f·U)
+units (at least one when f > 0); the head always trains. Frozen BatchNorm stays in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers import SelectAdaptivePool2d
+from timm.models import group_parameters
+from torch import nn
+
+from brainmri import CLASS_NAMES
+from brainmri.config import ModelConfig
+from brainmri.model.backbones import create_backbone
+
+
+class TumorClassifier(nn.Module):
+    def __init__(self, cfg: ModelConfig, num_classes: int = len(CLASS_NAMES), pretrained=True):
+        super().__init__()
+        weights = cfg.weights if pretrained else "none"
+        self.backbone, self.weights_source = create_backbone(
+            cfg.backbone, weights, cfg.weights_file
+        )
+        self.num_features = int(self.backbone.num_features)
+        self.pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
+        self.head = nn.Sequential(
+            nn.BatchNorm1d(2 * self.num_features),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(2 * self.num_features, cfg.dense_units),
+            nn.SiLU(),
+            nn.Dropout(cfg.head_dropout),
+            nn.Linear(cfg.dense_units, num_classes),
+        )
+        self.l2 = cfg.l2
+
+    @property
+    def dense(self) -> nn.Linear:
+        return self.head[2]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled (avg ‖ max) backbone features, width 2 × num_features."""
+        return self.pool(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def l2_penalty(self) -> torch.Tensor:
+        """Keras-style kernel L2 on the head's Dense layers: l2 · Σ w²."""
+        return self.l2 * sum(m.weight.pow(2).sum() for m in self.head if isinstance(m, nn.Linear))
+
+    # --- freezing -------------------------------------------------------------------------
+    def backbone_units(self) -> list[list[str]]:
+        """Backbone parameter names grouped into units, bottom (stem) to top."""
+        groups = group_parameters(self.backbone, self.backbone.group_matcher(coarse=False))
+        return [groups[k] for k in sorted(groups)]
+
+    def set_trainable_fraction(self, fraction: float) -> list[str]:
+        """Freeze the backbone except its top `fraction` of units; return trainable names."""
+        units = self.backbone_units()
+        n_train = trainable_unit_count(len(units), fraction)
+        trainable = {n for unit in units[len(units) - n_train :] for n in unit}
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad_(name in trainable)
+        for p in self.head.parameters():
+            p.requires_grad_(True)
+        self.train(self.training)
+        return sorted(trainable)
+
+    def train(self, mode: bool = True) -> TumorClassifier:
+        """Like nn.Module.train, but BatchNorm layers whose parameters are frozen stay in eval."""
+        super().train(mode)
+        if mode:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    params = list(m.parameters(recurse=False))
+                    if params and not any(p.requires_grad for p in params):
+                        m.eval()
+        return self
+
+
+def trainable_unit_count(total_units: int, fraction: float) -> int:
+    """How many top units `fraction` trains (documented rule, used by tests and docs)."""
+    if fraction <= 0:
+        return 0
+    if fraction >= 1:
+        return total_units
+    return min(total_units, max(1, math.floor(fraction * total_units + 0.5)))
