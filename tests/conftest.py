@@ -81,6 +81,8 @@ def synthetic_dataset(tmp_path: Path) -> Path:
             out = tmp_path / "synth" / split / cls
             out.mkdir(parents=True)
             for k in range(3):
-                arr = synthetic_brain(128, 0.2 + 0.05 * ci, seed=ci * 100 + k + (split == "Testing") * 50)
+                arr = synthetic_brain(
+                    128, 0.2 + 0.05 * ci, seed=ci * 100 + k + (split == "Testing") * 50
+                )
                 Image.fromarray(arr).save(out / f"{cls}_{k}.jpg", quality=95)
     return tmp_path / "synth"

@@ -119,7 +119,9 @@ def train(
     config: Annotated[
         str,
         typer.Option(
-            "--config", "-c", help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke)."
+            "--config",
+            "-c",
+            help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke).",
         ),
     ] = "cpu",
     out: Annotated[

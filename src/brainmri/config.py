@@ -24,6 +24,9 @@ class DataConfig(_Strict):
     image_size: int = Field(224, ge=32, le=1024, description="square input size in pixels")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="stratified share of Training")
     max_per_class: int | None = Field(None, description="cap images per class (smoke tests)")
+    intensity: Literal["none", "percentile"] = Field(
+        "none", description="per-image intensity standardization before the model"
+    )
 
 
 class ModelConfig(_Strict):
@@ -117,7 +120,8 @@ def _read_yaml(source: str | Path) -> dict[str, Any]:
             text = builtin.read_text()
         else:
             raise BrainMRIError(
-                f"recipe not found: {source} (a YAML file, or one of {', '.join(builtin_recipes())})"
+                f"recipe not found: {source} "
+                f"(a YAML file, or one of {', '.join(builtin_recipes())})"
             )
     else:
         text = path.read_text()
@@ -147,6 +151,8 @@ def apply_override(data: dict[str, Any], dotted: str) -> None:
                 node[int(part)] = value
             else:
                 node = node[int(part)]
+                if not isinstance(node, dict | list):
+                    raise BrainMRIError(f"override {key}: {part!r} is not a section")
         else:
             if last:
                 node[part] = value
@@ -169,7 +175,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
         return Recipe.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"]) or "recipe"
         raise BrainMRIError(f"recipe {source}: {where}: {first['msg']}") from exc
 
 

@@ -55,7 +55,9 @@ def decode_images(
     return torch.from_numpy(out)
 
 
-def cache_samples(samples: list[Sample], size: int, desc: str = "decode") -> tuple[torch.Tensor, torch.Tensor]:
+def cache_samples(
+    samples: list[Sample], size: int, desc: str = "decode"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(images uint8 (N,1,S,S), labels int64 (N,)) for a sample list."""
     images = decode_images([s.path for s in samples], size, desc=desc)
     labels = torch.tensor([s.label for s in samples], dtype=torch.long)

@@ -55,6 +55,8 @@ def brain_box(gray: np.ndarray, margin: float = 0.02, min_area: float = MIN_AREA
     full = CropBox(0, 0, w, h)
     if h < 3 or w < 3:
         return CropBox(0, 0, w, h, True, "image too small to crop")
+    if int(gray.max()) - int(gray.min()) < MIN_THRESHOLD:
+        return CropBox(0, 0, w, h, True, "no contrast (blank or flat image)")
     blur = cv2.GaussianBlur(gray, (5, 5), 0)
     otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     thresh = max(float(otsu), float(MIN_THRESHOLD))

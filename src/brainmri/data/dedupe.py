@@ -1,7 +1,7 @@
 """Exact and near duplicates: sha256 of file bytes, and 24x24 grayscale thumbnail correlation.
 
-A near copy is a pair whose thumbnails (area-resize of the luminance plane to 24x24, then
-zero-mean and unit-norm) have a correlation (dot product) above a threshold, 0.995 by default.
+A near copy is a pair whose thumbnails (antialiased reduction of the luminance plane to 24x24,
+then zero-mean and unit-norm) have a correlation (dot product) above a threshold, 0.995 by default.
 That survives re-encoding, resizing and small intensity changes, and on the benchmark it flags
 only pairs with the same label. Pairs come from a blocked matrix product, so 7,019 images
 (7,019 x 576 floats) are compared in a few seconds.
@@ -18,11 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from brainmri.data.folders import Sample
-from brainmri.data.images import load_gray
+from brainmri.data.images import load_gray, resize_square
 
 THUMB_SIDE = 24
 NEAR_THRESHOLD = 0.995
@@ -45,10 +44,14 @@ def file_sha256(path: str | Path) -> str:
 def thumbnail_vector(gray: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
     """HxW uint8 luminance -> (side*side,) float32, zero-mean and unit-norm.
 
-    Area resize (cv2.INTER_AREA). A constant image has no direction: it gives the zero vector,
-    whose correlation with anything is 0, so it is never a near copy.
+    The thumbnail is images.resize_square(gray, side): PIL's antialiased bilinear reduction
+    (a triangle filter whose support spans the source footprint of each output pixel, so an
+    area-like average). It is the reduction the data README's figures were measured with: on
+    brain-tumor-mri/ it gives exactly its 484 test images with a Training image > 0.995 and 718
+    > 0.98 (cv2.INTER_AREA gives 480 and 583). A constant image has no direction: it gives the
+    zero vector, whose correlation with anything is 0, so it is never a near copy.
     """
-    thumb = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float64)
+    thumb = resize_square(gray, side).astype(np.float64)
     vec = thumb.ravel() - thumb.mean()
     norm = float(np.linalg.norm(vec))
     if norm < 1e-6:

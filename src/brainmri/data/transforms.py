@@ -333,3 +333,29 @@ def tta_views(x: Tensor, n: int = 5) -> list[tuple[str, Tensor]]:
             view = apply_affine(x, _fixed_theta(x, zoom=_TTA_ZOOM))
         views.append((name, view))
     return views
+
+
+# ---------------------------------------------------------------------------------------------
+# intensity normalization (part of preprocessing: training, evaluation and prediction alike)
+# ---------------------------------------------------------------------------------------------
+
+INTENSITY_MODES = ("none", "percentile")
+_PCT_LO, _PCT_HI = 0.005, 0.995
+
+
+def normalize_intensity(x: Tensor, mode: str = "none") -> Tensor:
+    """Per-image intensity standardization of float [0, 1] images ``(B, C, H, W)``.
+
+    ``percentile`` maps each image's 0.5th..99.5th percentile to 0..1 (clipped), so a linear
+    change of brightness or contrast between scanners leaves the model input nearly unchanged.
+    ``none`` returns ``x``.
+    """
+    if mode == "none":
+        return x
+    if mode != "percentile":
+        raise BrainMRIError(f"unknown intensity mode {mode!r} (one of {INTENSITY_MODES})")
+    flat = x.reshape(x.shape[0], -1).float()
+    q = torch.quantile(flat, torch.tensor([_PCT_LO, _PCT_HI], device=x.device), dim=1)
+    lo = q[0].view(-1, 1, 1, 1)
+    span = (q[1] - q[0]).clamp_min(1e-3).view(-1, 1, 1, 1)
+    return ((x - lo) / span).clamp_(0.0, 1.0)

@@ -7,7 +7,7 @@ import contextlib
 import torch
 from torch import nn
 
-from brainmri.data.transforms import to_model_input, tta_views
+from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -28,6 +28,7 @@ def predict_logits(
     amp: str = "auto",
     tta: int = 1,
     progress=None,
+    intensity: str = "none",
 ) -> tuple[list[str], torch.Tensor]:
     """Logits for every view: (view names, tensor (V, N, C)) on CPU, float32."""
     device = torch.device(device)
@@ -37,7 +38,7 @@ def predict_logits(
     chunks: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
         x = images[start : start + batch_size].to(device, non_blocking=True).float() / 255.0
-        views = tta_views(x, tta)
+        views = tta_views(normalize_intensity(x, intensity), tta)
         names = [n for n, _ in views]
         with autocast_context(device, amp):
             out = [model(to_model_input(v, channels_last)).float() for _, v in views]

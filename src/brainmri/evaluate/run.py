@@ -68,6 +68,7 @@ def evaluate(
     class_names = meta["class_names"]
     temperature = float(meta["info"].get("temperature", 1.0))
     size = int(meta["preprocessing"]["image_size"])
+    intensity = recipe["data"].get("intensity", "none")
 
     test = scan_split(data_dir, "Testing")
     if not test:
@@ -77,11 +78,17 @@ def evaluate(
     free_idx, free_source = leak_free_test(data_dir, test, leak_free_file)
 
     def run(views: int) -> tuple[list[str], torch.Tensor, float]:
-        with tqdm(total=len(images), desc=f"predict ({views} view{'s' * (views > 1)})",
-                  unit="img", leave=False, mininterval=1.0) as bar:  # fmt: skip
+        with tqdm(
+            total=len(images),
+            desc=f"predict ({views} view{'s' * (views > 1)})",
+            unit="img",
+            leave=False,
+            mininterval=1.0,
+        ) as bar:
             t0 = time.time()
-            names, logits = predict_logits(model, images, batch_size, dev, channels_last,
-                                           "auto", views, bar)  # fmt: skip
+            names, logits = predict_logits(
+                model, images, batch_size, dev, channels_last, "auto", views, bar, intensity
+            )
             return names, logits, time.time() - t0
 
     _, plain_logits, plain_s = run(1)
@@ -95,16 +102,19 @@ def evaluate(
         "leak_free_source": free_source,
         "n_test": len(test),
         "n_leak_free": len(free_idx),
-        "timing": {"plain_seconds": round(plain_s, 2),
-                   "plain_images_per_s": round(len(test) / plain_s, 2)},  # fmt: skip
+        "timing": {
+            "plain_seconds": round(plain_s, 2),
+            "plain_images_per_s": round(len(test) / plain_s, 2),
+        },
     }
     variants = {"plain": tta_probs(plain_logits, temperature).numpy()}
     if tta > 1:
         names, tta_logits, tta_s = run(tta)
         variants["tta"] = tta_probs(tta_logits, temperature).numpy()
         results["tta_views"] = names
-        results["timing"].update(tta_seconds=round(tta_s, 2),
-                                 tta_images_per_s=round(len(test) / tta_s, 2))  # fmt: skip
+        results["timing"].update(
+            tta_seconds=round(tta_s, 2), tta_images_per_s=round(len(test) / tta_s, 2)
+        )
     for name, probs in variants.items():
         results[name] = {
             "full": _strip(compute_metrics(probs, labels, class_names)),
@@ -122,18 +132,28 @@ def evaluate(
         from brainmri.evaluate import plots as P
 
         probs = variants[headline]
-        P.plot_confusion_matrix(results[headline]["full"]["confusion_matrix"], class_names,
-                                out_dir / "confusion_matrix.png",
-                                f"Confusion matrix ({headline}, n={len(test)})")  # fmt: skip
+        P.plot_confusion_matrix(
+            results[headline]["full"]["confusion_matrix"],
+            class_names,
+            out_dir / "confusion_matrix.png",
+            f"Confusion matrix ({headline}, n={len(test)})",
+        )
         P.plot_roc_curves(probs, labels, class_names, out_dir / "roc_curves.png")
         P.plot_reliability(probs, labels, out_dir / "reliability.png")
 
     print(compute_metrics(variants[headline], labels, class_names)["classification_report"])
     for name in variants:
-        print(format_metrics_table(results[name]["full"], f"{name}: official test split (n={len(test)})"))
+        print(
+            format_metrics_table(
+                results[name]["full"], f"{name}: official test split (n={len(test)})"
+            )
+        )
         if results[name]["leak_free"]:
-            print(format_metrics_table(results[name]["leak_free"],
-                                       f"{name}: leak-free subset (n={len(free_idx)})"))  # fmt: skip
+            print(
+                format_metrics_table(
+                    results[name]["leak_free"], f"{name}: leak-free subset (n={len(free_idx)})"
+                )
+            )
     print(f"wrote {out_dir / RESULTS_NAME}")
     return results
 
@@ -146,7 +166,11 @@ def _strip(metrics: dict) -> dict:
 def _errors(test: list[Sample], probs: np.ndarray, labels: np.ndarray, names: list[str]) -> list:
     pred = probs.argmax(1)
     return [
-        {"file": str(test[i].path), "true": names[labels[i]], "pred": names[pred[i]],
-         "confidence": round(float(probs[i, pred[i]]), 4)}  # fmt: skip
+        {
+            "file": str(test[i].path),
+            "true": names[labels[i]],
+            "pred": names[pred[i]],
+            "confidence": round(float(probs[i, pred[i]]), 4),
+        }
         for i in np.flatnonzero(pred != labels)
     ]

@@ -78,7 +78,7 @@ def offline_weights_path(name: str) -> Path | None:
 def create_backbone(
     name: str, weights: str = "pretrained", weights_file: str | Path | None = None
 ) -> tuple[nn.Module, str]:
-    """A timm feature extractor (no pooling, no classifier) and a note of where weights came from."""
+    """A timm feature extractor (no pooling, no classifier) and where its weights came from."""
     try:
         model = timm.create_model(name, pretrained=False, num_classes=0, global_pool="")
     except RuntimeError as exc:  # timm: unknown model

@@ -33,6 +33,9 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a model file is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -58,13 +61,16 @@ def save_model(
         "preprocessing": {
             "image_size": recipe.data.image_size,
             "color": "luminance (L) repeated to 3 channels",
+            "intensity": recipe.data.intensity,
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },
         "dtype": "float16" if half else "float32",
         "info": info or {},
     }
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"brainmri": json.dumps(meta)}))
+    atomic_write(
+        path, lambda tmp: save_file(state, str(tmp), metadata={"brainmri": json.dumps(meta)})
+    )
     return path
 
 

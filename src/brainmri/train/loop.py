@@ -39,7 +39,7 @@ from brainmri.data.folders import (
     stratified_split,
     write_file_list,
 )
-from brainmri.data.transforms import BatchAugment, to_model_input
+from brainmri.data.transforms import BatchAugment, normalize_intensity, to_model_input
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.inference import autocast_context, predict_logits
 from brainmri.model.checkpoint import atomic_write, save_model
@@ -47,9 +47,17 @@ from brainmri.model.classifier import TumorClassifier
 from brainmri.train.schedule import PlateauScale, cosine_with_warmup
 
 CSV_FIELDS = [
-    "stage", "epoch", "stage_epoch", "lr", "train_loss", "train_acc",
-    "val_loss", "val_acc", "seconds", "images_per_s",
-]  # fmt: skip
+    "stage",
+    "epoch",
+    "stage_epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "seconds",
+    "images_per_s",
+]
 
 
 # --- loss ---------------------------------------------------------------------------------
@@ -148,7 +156,9 @@ def load_split(data_dir: Path, recipe: Recipe) -> tuple[list[Sample], list[Sampl
         train, val = stratified_split(samples, recipe.data.val_fraction, recipe.seed)
     cap = recipe.data.max_per_class
     if cap:
-        train = [s for k in range(len(CLASS_NAMES)) for s in [t for t in train if t.label == k][:cap]]
+        train = [
+            s for k in range(len(CLASS_NAMES)) for s in [t for t in train if t.label == k][:cap]
+        ]
         val = [s for k in range(len(CLASS_NAMES)) for s in [t for t in val if t.label == k][:cap]]
     return train, val
 
@@ -208,8 +218,15 @@ def train(
         (models_dir / "class_labels.json").write_text(json.dumps(list(CLASS_NAMES), indent=2))
         (run_dir / "environment.json").write_text(json.dumps(environment(d, recipe), indent=2))
         (run_dir / "run.json").write_text(
-            json.dumps({"data": str(Path(data_dir).resolve()), "train_counts": counts,
-                        "n_train": len(train_s), "n_val": len(val_s)}, indent=2)  # fmt: skip
+            json.dumps(
+                {
+                    "data": str(Path(data_dir).resolve()),
+                    "train_counts": counts,
+                    "n_train": len(train_s),
+                    "n_val": len(val_s),
+                },
+                indent=2,
+            )
         )
 
     model = TumorClassifier(recipe.model).to(d.device)
@@ -218,9 +235,19 @@ def train(
     augment = BatchAugment(recipe.augment)
 
     # state carried across epochs, stages and resumes
-    st = {"stage": 0, "stage_epoch": 0, "epoch": 0, "best": math.inf, "best_acc": 0.0,
-          "stage_best": math.inf, "bad_epochs": 0, "plateau": None, "optim": None,
-          "elapsed": 0.0, "stage_done": False}  # fmt: skip
+    st = {
+        "stage": 0,
+        "stage_epoch": 0,
+        "epoch": 0,
+        "best": math.inf,
+        "best_acc": 0.0,
+        "stage_best": math.inf,
+        "bad_epochs": 0,
+        "plateau": None,
+        "optim": None,
+        "elapsed": 0.0,
+        "stage_done": False,
+    }
     if resume:
         saved = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(saved["model"])
@@ -236,6 +263,10 @@ def train(
         if not csv_path.exists():
             with csv_path.open("w", newline="") as f:
                 csv.writer(f).writerow(CSV_FIELDS)
+        elif resume:
+            _truncate_metrics(csv_path, st["epoch"])
+            for stale in run_dir.rglob(".*.tmp"):  # left by a kill inside atomic_write
+                stale.unlink()
 
     per_rank_batch = max(1, tc.batch_size // d.world)
     final_weights: dict[str, torch.Tensor] | None = None
@@ -244,8 +275,15 @@ def train(
         stage_best_path = models_dir / f"stage{stage_idx + 1}_best.safetensors"
         fresh_stage = st["stage"] != stage_idx or (st["stage_epoch"] == 0 and st["optim"] is None)
         if fresh_stage:
-            st.update(stage=stage_idx, stage_epoch=0, stage_best=math.inf, bad_epochs=0,
-                      plateau=None, optim=None, stage_done=False)  # fmt: skip
+            st.update(
+                stage=stage_idx,
+                stage_epoch=0,
+                stage_best=math.inf,
+                bad_epochs=0,
+                plateau=None,
+                optim=None,
+                stage_done=False,
+            )
         model.set_trainable_fraction(stage.trainable_fraction)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -291,12 +329,19 @@ def train(
             loss_sum = torch.zeros((), device=d.device)
             correct = torch.zeros((), device=d.device)
             seen = 0
-            bar = tqdm(range(steps), desc=f"{stage.name} {e + 1}/{stage.epochs}", leave=False,
-                       disable=not d.main, unit="batch", mininterval=2.0)  # fmt: skip
+            bar = tqdm(
+                range(steps),
+                desc=f"{stage.name} {e + 1}/{stage.epochs}",
+                leave=False,
+                disable=not d.main,
+                unit="batch",
+                mininterval=2.0,
+            )
             for step in bar:
                 idx = shard[step * per_rank_batch : (step + 1) * per_rank_batch].to(x_train.device)
                 xb = augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
                 yb = y_train[idx].to(d.device, non_blocking=True)
+                xb = normalize_intensity(xb, recipe.data.intensity)
                 xb = to_model_input(xb, recipe.model.channels_last)
                 with autocast_context(d.device, tc.amp):
                     logits = net(xb)
@@ -309,19 +354,33 @@ def train(
                 loss_sum += loss.detach() * len(yb)
                 correct += (logits.argmax(1) == yb).sum()
                 seen += len(yb)
-            totals = torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=d.device)])
+            totals = torch.stack(
+                [loss_sum, correct.float(), torch.tensor(float(seen), device=d.device)]
+            )
             if d.world > 1:
                 dist.all_reduce(totals)
+                # BatchNorm running stats moved on each rank's own batches: take rank 0's (as
+                # DDP's next forward would) so every rank validates, and decides, identically
+                for buf in model.buffers():
+                    dist.broadcast(buf, 0)
             train_loss, train_acc = float(totals[0] / totals[2]), float(totals[1] / totals[2])
             train_seconds = time.time() - t0
 
             # validation (every rank, whole split): plain log-loss and accuracy
             _, val_logits = predict_logits(
-                model, x_val, tc.batch_size * 2, d.device, recipe.model.channels_last, tc.amp
+                model,
+                x_val,
+                tc.batch_size * 2,
+                d.device,
+                recipe.model.channels_last,
+                tc.amp,
+                intensity=recipe.data.intensity,
             )
             val_logits = val_logits[0]
             val_loss = float(F.cross_entropy(val_logits, y_val)) if len(y_val) else train_loss
-            val_acc = float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else train_acc
+            val_acc = (
+                float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else train_acc
+            )
             seconds = time.time() - t0
             st["epoch"] += 1
             st["stage_epoch"] += 1
@@ -329,8 +388,13 @@ def train(
             # callbacks: best checkpoint, plateau, early stopping
             monitor = val_loss if tc.monitor == "val_loss" else -val_acc
             improved = monitor < st["stage_best"]
-            info = {"stage": stage.name, "stage_index": stage_idx + 1, "epoch": st["epoch"],
-                    "val_loss": val_loss, "val_acc": val_acc}  # fmt: skip
+            info = {
+                "stage": stage.name,
+                "stage_index": stage_idx + 1,
+                "epoch": st["epoch"],
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+            }
             if improved:
                 st["stage_best"], st["bad_epochs"] = monitor, 0
                 if d.main:
@@ -346,13 +410,27 @@ def train(
                 st["stage_done"] = True
 
             if d.main:
-                row = [stage.name, st["epoch"], e + 1, f"{lr:.6g}", f"{train_loss:.5f}",
-                       f"{train_acc:.5f}", f"{val_loss:.5f}", f"{val_acc:.5f}",
-                       f"{seconds:.1f}", f"{seen * d.world / train_seconds:.2f}"]  # fmt: skip
+                row = [
+                    stage.name,
+                    st["epoch"],
+                    e + 1,
+                    f"{lr:.6g}",
+                    f"{train_loss:.5f}",
+                    f"{train_acc:.5f}",
+                    f"{val_loss:.5f}",
+                    f"{val_acc:.5f}",
+                    f"{seconds:.1f}",
+                    f"{seen * d.world / train_seconds:.2f}",
+                ]
                 with (run_dir / "metrics.csv").open("a", newline="") as f:
                     csv.writer(f).writerow(row)
-                for key, val in (("loss/train", train_loss), ("loss/val", val_loss),
-                                 ("acc/train", train_acc), ("acc/val", val_acc), ("lr", lr)):  # fmt: skip
+                for key, val in (
+                    ("loss/train", train_loss),
+                    ("loss/val", val_loss),
+                    ("acc/train", train_acc),
+                    ("acc/val", val_acc),
+                    ("lr", lr),
+                ):
                     writer.add_scalar(key, val, st["epoch"])
                 tqdm.write(
                     f"  epoch {st['epoch']:3d} [{stage.name} {e + 1}/{stage.epochs}] "
@@ -369,9 +447,9 @@ def train(
 
         # next stage starts from this stage's best weights
         final_weights = {k: v.clone() for k, v in model.state_dict().items()}
+        if d.world > 1:
+            dist.barrier()  # every rank, before the check: rank 0 may still be writing the file
         if stage_best_path.exists() and stage_idx + 1 < len(tc.stages):
-            if d.world > 1:
-                dist.barrier()
             _load_weights(model, stage_best_path)
         st.update(stage=stage_idx + 1, stage_epoch=0, optim=None, plateau=None, stage_done=False)
 
@@ -391,30 +469,76 @@ def train(
         plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
         writer.close()
         st["elapsed"] = wall
-        atomic_write(state_path, lambda tmp: torch.save({"model": model.state_dict(), "state": dict(st)}, tmp))
+        atomic_write(
+            state_path,
+            lambda tmp: torch.save({"model": model.state_dict(), "state": dict(st)}, tmp),
+        )
+    # Test hook (tests/test_ddp.py), off unless BRAINMRI_DDP_DUMP_DIR is set: every rank writes
+    # rank{r}.json with what it ended with, so a test can check that DDP kept the ranks agreeing.
+    dump_dir = os.environ.get("BRAINMRI_DDP_DUMP_DIR")
+    if dump_dir:
+        view = {
+            "rank": d.rank,
+            "world": d.world,
+            "epochs": st["epoch"],
+            "best": st["best"],
+            "param_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
+            "buffer_sum": float(sum(b.detach().double().sum() for b in model.buffers())),
+        }
+        Path(dump_dir).mkdir(parents=True, exist_ok=True)
+        (Path(dump_dir) / f"rank{d.rank}.json").write_text(json.dumps(view))
     if d.world > 1:
         dist.barrier()
-    return TrainResult(run_dir, best_path, final_path, st["best"], st["best_acc"], st["epoch"], wall)
+    return TrainResult(
+        run_dir, best_path, final_path, st["best"], st["best_acc"], st["epoch"], wall
+    )
+
+
+def _truncate_metrics(csv_path: Path, epochs_done: int) -> None:
+    """Drop rows logged after the last checkpoint (a kill between the CSV row and last.pt)."""
+    import io
+
+    rows = list(csv.reader(csv_path.open(newline="")))
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[1]) <= epochs_done]
+    buf = io.StringIO()
+    csv.writer(buf).writerows(keep)
+    atomic_write(csv_path, lambda tmp: tmp.write_text(buf.getvalue()))
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
     from safetensors.torch import load_file
 
-    model.load_state_dict({k: v.to(next(model.parameters()).device) for k, v in load_file(str(path)).items()})
+    model.load_state_dict(
+        {k: v.to(next(model.parameters()).device) for k, v in load_file(str(path)).items()}
+    )
 
 
-def _calibrate(path: Path, x_val: torch.Tensor, y_val: torch.Tensor, recipe: Recipe, d: Dist, wall: float) -> None:
+def _calibrate(
+    path: Path, x_val: torch.Tensor, y_val: torch.Tensor, recipe: Recipe, d: Dist, wall: float
+) -> None:
     """Fit a softmax temperature on the validation split; store it in the best model's metadata."""
     from brainmri.model.checkpoint import load_model, read_metadata
 
     model, _ = load_model(path, d.device)
     if recipe.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    _, logits = predict_logits(model, x_val, recipe.evaluate.batch_size, d.device,
-                               recipe.model.channels_last, recipe.train.amp)  # fmt: skip
+    _, logits = predict_logits(
+        model,
+        x_val,
+        recipe.evaluate.batch_size,
+        d.device,
+        recipe.model.channels_last,
+        recipe.train.amp,
+        intensity=recipe.data.intensity,
+    )
     temperature = fit_temperature(logits[0], y_val) if len(y_val) else 1.0
     info = read_metadata(path)["info"]
-    info.update(temperature=temperature, train_wall_seconds=round(wall, 1),
-                val_acc_at_best=float((logits[0].argmax(1) == y_val).float().mean()) if len(y_val) else None)  # fmt: skip
+    info.update(
+        temperature=temperature,
+        train_wall_seconds=round(wall, 1),
+        val_acc_at_best=float((logits[0].argmax(1) == y_val).float().mean())
+        if len(y_val)
+        else None,
+    )
     save_model(path, model, recipe, info)
     tqdm.write(f"temperature fitted on validation: {temperature:.3f}")

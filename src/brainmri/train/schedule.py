@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 
 
-def cosine_with_warmup(epoch: int, epochs: int, init_lr: float, min_lr: float, warmup: int) -> float:
+def cosine_with_warmup(
+    epoch: int, epochs: int, init_lr: float, min_lr: float, warmup: int
+) -> float:
     if warmup > 0 and epoch < warmup:
         return init_lr * (epoch + 1) / warmup
     decay_epochs = max(1, epochs - warmup)
@@ -28,7 +30,9 @@ class PlateauScale:
         self.bad_epochs = 0
 
     def step(self, value: float) -> float:
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        better = self.best is None or (
+            value < self.best if self.mode == "min" else value > self.best
+        )
         if better:
             self.best, self.bad_epochs = value, 0
         else:
