@@ -77,12 +77,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--infer-images", type=int, default=256)
     ap.add_argument("--out", type=Path, default=Path("bench/results/throughput.json"))
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="recipe override, e.g. model.weights=none (speed needs no weights)",
+    )
+    ap.add_argument("--no-nchw", action="store_true", help="only time channels_last")
     args = ap.parse_args()
-    recipe = load_recipe(args.config)
+    recipe = load_recipe(args.config, args.overrides)
     batch = recipe.train.batch_size
     rows = []
     for size in args.sizes:
-        for cl in (True, False):
+        for cl in (True,) if args.no_nchw else (True, False):
             for stage in recipe.train.stages:
                 ips = time_train(recipe, size, stage.trainable_fraction, cl, args.steps, batch)
                 rows.append(

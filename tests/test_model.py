@@ -231,3 +231,30 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         atomic_write(target, broken)
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.bin"]
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnetv2_s", "efficientnetv2_s"])
+def test_seed_backbones_build_and_run(backbone):
+    """The seed's EfficientNetV2-S stays selectable by name (random init only when asked)."""
+    recipe = load_recipe("seed", ["model.weights=none", f"model.backbone={backbone}"])
+    model = TumorClassifier(recipe.model).eval()
+    assert model.num_features == 1280
+    assert model.head[0].num_features == 2 * model.num_features
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_seed_without_weights_is_a_clear_error_offline(tmp_path, monkeypatch):
+    """No hub and no weights file: a one-line user error, never a silent random init."""
+    import timm
+
+    def offline(*args, **kwargs):
+        if kwargs.get("pretrained"):
+            raise RuntimeError("hub unreachable")
+        return real(*args, **kwargs)
+
+    real = timm.create_model
+    monkeypatch.setattr(timm, "create_model", offline)
+    recipe = load_recipe("seed")
+    with pytest.raises(BrainMRIError, match="weights_file"):
+        TumorClassifier(recipe.model)

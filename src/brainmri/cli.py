@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,8 @@ def train(
         recipe = load_recipe(config, extra)
         run_dir = out or Path("runs") / f"{recipe.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
         result = run_train(recipe, resolve_data_dir(data), run_dir, device=device)
+    if os.environ.get("RANK", "0") != "0":  # torchrun: the summary comes from rank 0 only
+        return
     typer.echo(
         f"done in {result.wall_seconds / 60:.1f} min, {result.epochs_run} epochs; "
         f"best val_loss {result.best_val_loss:.4f} (val_acc {result.best_val_acc:.4f}); "
@@ -179,8 +182,13 @@ def train(
 @user_errors
 def evaluate(
     model: Annotated[
-        Path, typer.Option("--model", "-m", help="Model file (.safetensors from train).")
-    ],
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model file (.safetensors from train). Default: the model shipped in the package.",
+        ),
+    ] = None,
     data: DataOpt = None,
     out: Annotated[
         Path | None,
@@ -207,7 +215,9 @@ def evaluate(
     """
     from brainmri.data.folders import resolve_data_dir
     from brainmri.evaluate.run import evaluate as run_evaluate
+    from brainmri.model.checkpoint import shipped_model_path
 
+    model = model or shipped_model_path()
     if out is None:
         run_dir = model.resolve().parent.parent
         out = run_dir / "results" if (run_dir / "recipe.yaml").exists() else Path("results")

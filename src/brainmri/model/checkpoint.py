@@ -24,6 +24,17 @@ from brainmri.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from brainmri.errors import BrainMRIError
 
 FORMAT = "brainmri-checkpoint/1"
+SHIPPED_MODEL = "lite0_cpu.safetensors"
+
+
+def shipped_model_path() -> Path:
+    """The model shipped inside the package (brainmri/weights/), used when none is given."""
+    from importlib import resources
+
+    path = Path(str(resources.files("brainmri") / "weights" / SHIPPED_MODEL))
+    if not path.is_file():
+        raise BrainMRIError(f"no --model given and no shipped model at {path}")
+    return path
 
 
 def atomic_write(path: Path, write) -> None:

@@ -1,0 +1,74 @@
+"""Ship a run's best model inside the package as fp16, if fp16 leaves validation unchanged.
+
+    python bench/ship_model.py --run runs/cpu-main \
+        [--dest src/brainmri/weights/lite0_cpu.safetensors]
+
+Compares fp32 and fp16 predictions on the run's own validation split (never the test split):
+the fp16 copy is written only if every validation prediction is the same; otherwise fp32 is.
+Writes bench/results/ship_model.json with the comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from brainmri.config import load_recipe
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import read_file_list
+from brainmri.evaluate.inference import predict_logits
+from brainmri.model.checkpoint import SHIPPED_MODEL, load_model, save_model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--dest", type=Path, default=Path("src/brainmri/weights") / SHIPPED_MODEL)
+    ap.add_argument("--report", type=Path, default=Path("bench/results/ship_model.json"))
+    args = ap.parse_args()
+    recipe = load_recipe(args.run / "recipe.yaml")
+    data = Path(json.loads((args.run / "run.json").read_text())["data"])
+    val = read_file_list(args.run / "splits" / "val.txt", data)
+    images, labels = cache_samples(val, recipe.data.image_size, desc="decode val")
+    best = args.run / "models" / "best.safetensors"
+    model, meta = load_model(best)
+    info = dict(meta["info"], shipped_from=str(best), shipped=time.strftime("%Y-%m-%d"))
+    tmp = args.dest.with_suffix(".fp16.tmp.safetensors")
+    save_model(tmp, model, recipe, info, half=True)
+    half, _ = load_model(tmp)
+    out = {}
+    for name, m in (("fp32", model), ("fp16", half)):
+        m = m.to(memory_format=torch.channels_last)
+        _, logits = predict_logits(m, images, 64, "cpu", True, intensity=recipe.data.intensity)
+        out[name] = logits[0]
+    same = bool((out["fp32"].argmax(1) == out["fp16"].argmax(1)).all())
+    p32, p16 = (torch.softmax(out[k], 1) for k in ("fp32", "fp16"))
+    report = {
+        "command": " ".join(["python"] + sys.argv),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "run": str(args.run),
+        "n_val": len(val),
+        "val_acc_fp32": float((out["fp32"].argmax(1) == labels).float().mean()),
+        "val_acc_fp16": float((out["fp16"].argmax(1) == labels).float().mean()),
+        "same_predictions": same,
+        "max_prob_diff": float((p32 - p16).abs().max()),
+        "shipped_dtype": "float16" if same else "float32",
+        "dest": str(args.dest),
+    }
+    if same:
+        tmp.replace(args.dest)
+    else:
+        tmp.unlink()
+        save_model(args.dest, model, recipe, info)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
