@@ -1,0 +1,43 @@
+"""The shipped model reproduces its model card: `brainmri evaluate` with no --model, plain
+predictions, on the full official test split (TTA is the same code path with 5 views and is
+left to the benchmark to keep the suite short)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from brainmri.cli import app
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+CARD_RESULTS = REPO / "bench" / "results" / "shipped" / "test_results_final.json"
+
+
+def test_shipped_model_is_self_describing():
+    meta = read_metadata(shipped_model_path())
+    assert meta["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
+    assert meta["dtype"] == "float16"
+    assert meta["recipe"]["name"] == "cpu"
+    assert 0.05 < meta["info"]["temperature"] < 5
+
+
+def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Path):
+    card = json.loads(CARD_RESULTS.read_text())
+    out = tmp_path / "res"
+    result = CliRunner().invoke(
+        app, ["evaluate", "--data", str(benchmark_dir), "--tta", "1", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    got = json.loads((out / "test_results_final.json").read_text())
+    for subset in ("full", "leak_free"):
+        mine, ref = got["plain"][subset], card["plain"][subset]
+        assert mine["n"] == ref["n"]
+        assert mine["confusion_matrix"] == ref["confusion_matrix"]
+        assert mine["errors"] == ref["errors"]
+        assert mine["macro_auc"] == pytest.approx(ref["macro_auc"], abs=1e-6)
+        assert mine["ece"] == pytest.approx(ref["ece"], abs=1e-6)
+    assert got["n_test"] == 1311
