@@ -26,7 +26,7 @@ import torch
 from brainmri.config import load_recipe
 from brainmri.data.folders import read_file_list
 from brainmri.data.images import load_gray, resize_square
-from brainmri.evaluate.inference import predict_logits
+from brainmri.evaluate.inference import load_for_inference
 from brainmri.model.checkpoint import load_model, save_model
 from brainmri.train.loop import train
 
@@ -43,20 +43,15 @@ def _perturbations() -> dict:
 
 
 def val_robustness(model_path: Path, run_dir: Path, data: Path, device: str) -> dict:
-    model, meta = load_model(model_path, device)
-    model = model.to(memory_format=torch.channels_last)
-    size = meta["preprocessing"]["image_size"]
-    intensity = meta["preprocessing"].get("intensity", "none")
+    loaded = load_for_inference(model_path, device)
     val = read_file_list(run_dir / "splits" / "val.txt", data)
     labels = torch.tensor([s.label for s in val])
     originals = [load_gray(s.path) for s in val]
     out = {}
     for name, fn in _perturbations().items():
-        imgs = np.stack([resize_square(fn(g, i), size) for i, g in enumerate(originals)])[:, None]
-        _, logits = predict_logits(
-            model, torch.from_numpy(imgs), 128, device, True, intensity=intensity
-        )
-        out[name] = round(float((logits[0].argmax(1) == labels).float().mean()), 5)
+        imgs = [resize_square(fn(g, i), loaded.image_size) for i, g in enumerate(originals)]
+        probs = loaded.probs(torch.from_numpy(np.stack(imgs)[:, None]), batch_size=128)
+        out[name] = round(float((probs.argmax(1) == labels).float().mean()), 5)
     return out
 
 

@@ -36,9 +36,8 @@ from PIL import Image
 from brainmri.data.folders import Sample, resolve_data_dir, scan_split
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import predict_logits, tta_probs
+from brainmri.evaluate.inference import load_for_inference
 from brainmri.evaluate.metrics import compute_metrics
-from brainmri.model.checkpoint import load_model
 
 # --- perturbations: f(gray uint8 HxW at original resolution, image index) -> uint8 HxW -------
 REFERENCE_SIDE = 224
@@ -197,16 +196,8 @@ def main(argv: list[str] | None = None) -> dict:
             raise BrainMRIError(f"unknown perturbation(s) {unknown}: choose from {list(BY_NAME)}")
         chosen = [BY_NAME[n] for n in args.only.split(",")]
 
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_model(args.model, dev)
-    recipe = meta["recipe"]
-    channels_last = bool(recipe["model"].get("channels_last", True))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    class_names = meta["class_names"]
-    temperature = float(meta["info"].get("temperature", 1.0))
-    size = int(meta["preprocessing"]["image_size"])
-    intensity = recipe["data"].get("intensity", "none")
+    loaded = load_for_inference(args.model, args.device)
+    dev, class_names, size = loaded.device, loaded.class_names, loaded.image_size
 
     data_dir = resolve_data_dir(args.data)
     test = pick(scan_split(data_dir, "Testing"), args.limit)
@@ -223,9 +214,8 @@ def main(argv: list[str] | None = None) -> dict:
         for p in chosen:
             t0 = time.time()
             images = perturbed_batch(originals, p, size, pool)
-            _, logits = predict_logits(model, images, args.batch_size, dev, channels_last,
-                                       "auto", args.tta, intensity=intensity)  # fmt: skip
-            m = compute_metrics(tta_probs(logits, temperature).numpy(), labels, class_names)
+            probs = loaded.probs(images, args.tta, args.batch_size)
+            m = compute_metrics(probs.numpy(), labels, class_names)
             results[p.name] = {
                 "n": m["n"],
                 "accuracy": m["accuracy"],
@@ -249,13 +239,13 @@ def main(argv: list[str] | None = None) -> dict:
         "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
         "machine": machine(dev),
         "model": str(args.model),
-        "model_info": meta["info"],
+        "model_info": loaded.meta["info"],
         "data": str(data_dir),
         "n_test": len(test),
         "limit": args.limit,
         "image_size": size,
-        "intensity": intensity,
-        "temperature": temperature,
+        "intensity": loaded.intensity,
+        "temperature": loaded.temperature,
         "tta": args.tta,
         "decode_seconds": round(decode_s, 2),
         "total_seconds": round(time.time() - t_start, 2),

@@ -18,19 +18,9 @@ from brainmri.evaluate.plots import (
     plot_roc_curves,
     plot_training_curves,
 )
+from brainmri.train.loop import CSV_FIELDS
 
-HEADER = [
-    "stage",
-    "epoch",
-    "stage_epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "seconds",
-    "images_per_s",
-]
+HEADER = CSV_FIELDS  # the header train/loop.py writes
 
 
 def _assert_png(path: Path, min_side: int = 200) -> None:

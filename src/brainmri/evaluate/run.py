@@ -18,9 +18,8 @@ from tqdm import tqdm
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import Sample, scan_split
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import predict_logits, tta_probs
+from brainmri.evaluate.inference import load_for_inference, tta_probs
 from brainmri.evaluate.metrics import compute_metrics, format_metrics_table
-from brainmri.model.checkpoint import load_model
 
 RESULTS_NAME = "test_results_final.json"
 
@@ -59,16 +58,8 @@ def evaluate(
     leak_free_file: Path | None = None,
     plots: bool = True,
 ) -> dict:
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, meta = load_model(model_path, dev)
-    recipe = meta["recipe"]
-    channels_last = bool(recipe["model"].get("channels_last", True))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    class_names = meta["class_names"]
-    temperature = float(meta["info"].get("temperature", 1.0))
-    size = int(meta["preprocessing"]["image_size"])
-    intensity = recipe["data"].get("intensity", "none")
+    loaded = load_for_inference(model_path, device)
+    class_names, temperature, size = loaded.class_names, loaded.temperature, loaded.image_size
 
     test = scan_split(data_dir, "Testing")
     if not test:
@@ -86,17 +77,15 @@ def evaluate(
             mininterval=1.0,
         ) as bar:
             t0 = time.time()
-            names, logits = predict_logits(
-                model, images, batch_size, dev, channels_last, "auto", views, bar, intensity
-            )
+            names, logits = loaded.logits(images, views, batch_size, bar)
             return names, logits, time.time() - t0
 
     _, plain_logits, plain_s = run(1)
     results: dict = {
         "model": str(model_path),
-        "model_info": meta["info"],
+        "model_info": loaded.meta["info"],
         "data": str(data_dir),
-        "device": str(dev),
+        "device": str(loaded.device),
         "image_size": size,
         "temperature": temperature,
         "leak_free_source": free_source,
