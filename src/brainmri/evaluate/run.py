@@ -80,6 +80,8 @@ def evaluate(
             names, logits = loaded.logits(images, views, batch_size, bar)
             return names, logits, time.time() - t0
 
+    # plain and TTA are timed as separate passes (the TTA pass recomputes view 0) so that both
+    # times are what a user of either mode would see
     _, plain_logits, plain_s = run(1)
     results: dict = {
         "model": str(model_path),
