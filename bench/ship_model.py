@@ -21,7 +21,7 @@ import torch
 from brainmri.config import load_recipe
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
-from brainmri.evaluate.inference import predict_logits
+from brainmri.evaluate.inference import load_for_inference
 from brainmri.model.checkpoint import SHIPPED_MODEL, load_model, save_model
 
 
@@ -40,12 +40,10 @@ def main() -> None:
     info = dict(meta["info"], shipped_from=str(best), shipped=time.strftime("%Y-%m-%d"))
     tmp = args.dest.with_suffix(".fp16.tmp.safetensors")
     save_model(tmp, model, recipe, info, half=True)
-    half, _ = load_model(tmp)
-    out = {}
-    for name, m in (("fp32", model), ("fp16", half)):
-        m = m.to(memory_format=torch.channels_last)
-        _, logits = predict_logits(m, images, 64, "cpu", True, intensity=recipe.data.intensity)
-        out[name] = logits[0]
+    out = {
+        name: load_for_inference(path, "cpu").logits(images)[1][0]
+        for name, path in (("fp32", best), ("fp16", tmp))
+    }
     same = bool((out["fp32"].argmax(1) == out["fp16"].argmax(1)).all())
     p32, p16 = (torch.softmax(out[k], 1) for k in ("fp32", "fp16"))
     report = {

@@ -517,19 +517,19 @@ def _calibrate(
     path: Path, x_val: torch.Tensor, y_val: torch.Tensor, recipe: Recipe, d: Dist, wall: float
 ) -> None:
     """Fit a softmax temperature on the validation split; store it in the best model's metadata."""
-    from brainmri.model.checkpoint import load_model, read_metadata
+    from brainmri.evaluate.inference import load_for_inference
+    from brainmri.model.checkpoint import read_metadata
 
-    model, _ = load_model(path, d.device)
-    if recipe.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    loaded = load_for_inference(path, d.device)
+    model = loaded.model
     _, logits = predict_logits(
         model,
         x_val,
         recipe.evaluate.batch_size,
         d.device,
-        recipe.model.channels_last,
+        loaded.channels_last,
         recipe.train.amp,
-        intensity=recipe.data.intensity,
+        intensity=loaded.intensity,
     )
     temperature = fit_temperature(logits[0], y_val) if len(y_val) else 1.0
     info = read_metadata(path)["info"]
