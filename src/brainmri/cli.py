@@ -180,6 +180,37 @@ def train(
 
 @app.command()
 @user_errors
+def ensemble(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Finished training run directories (two or more).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Run directory for the ensemble.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Data folder (default: the one the first run trained on)."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Combine trained runs into one model that averages their logits.
+
+    The runs must share image size, model shape and validation files (train them with one
+    data.split_seed). Writes OUT/models/{best,final}.safetensors with a temperature fitted on
+    that validation split, and prints each member's and the ensemble's validation figures.
+    A recipe with `ensemble: N` does this itself at the end of `brainmri train`.
+    """
+    from brainmri.train.ensemble import assemble
+
+    if out.exists() and any(out.iterdir()):
+        raise BrainMRIError(f"{out} is not empty: choose another --out")
+    summary = assemble(runs, out, data, device)
+    typer.echo(
+        f"ensemble of {len(runs)}: val_loss {summary['best_val_loss']:.4f} "
+        f"val_acc {summary['val_acc']:.4f}; model {out / 'models' / 'best.safetensors'}"
+    )
+
+
+@app.command()
+@user_errors
 def evaluate(
     model: Annotated[
         Path | None,

@@ -23,6 +23,11 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     image_size: int = Field(224, ge=32, le=1024, description="square input size in pixels")
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="stratified share of Training")
+    split_seed: int | None = Field(
+        None,
+        description="seed of the train/val split (default: the recipe seed); fix it to "
+        "compare or ensemble runs on one validation split",
+    )
     max_per_class: int | None = Field(None, description="cap images per class (smoke tests)")
     intensity: Literal["none", "percentile"] = Field(
         "none", description="per-image intensity standardization before the model"
@@ -93,6 +98,13 @@ class EvaluateConfig(_Strict):
 class Recipe(_Strict):
     name: str = "recipe"
     seed: int = 42
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="members trained one after another (seeds seed, seed+1, ...) "
+        "on one validation split; the shipped model averages their logits",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()

@@ -99,15 +99,25 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the classifier from a model file; returns (model in eval mode, metadata)."""
+    """Rebuild the classifier (or ensemble) from a model file: (model in eval mode, meta)."""
     from brainmri.model.classifier import TumorClassifier
+    from brainmri.model.ensemble import EnsembleClassifier
 
     path = Path(path)
     if not path.is_file():
         raise BrainMRIError(f"model file not found: {path}")
     meta = read_metadata(path)
     recipe = recipe_from_dict(meta["recipe"], str(path))
-    model = TumorClassifier(recipe.model, num_classes=len(meta["class_names"]), pretrained=False)
+    n_classes = len(meta["class_names"])
+    model: nn.Module = TumorClassifier(recipe.model, num_classes=n_classes, pretrained=False)
+    if recipe.ensemble > 1:
+        model = EnsembleClassifier(
+            [model]
+            + [
+                TumorClassifier(recipe.model, num_classes=n_classes, pretrained=False)
+                for _ in range(recipe.ensemble - 1)
+            ]
+        )
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     model.to(device).eval()

@@ -153,7 +153,8 @@ def load_split(data_dir: Path, recipe: Recipe) -> tuple[list[Sample], list[Sampl
         samples = scan_split(data_dir, "Training")
         if not samples:
             raise BrainMRIError(f"no Training/<class>/ images under {data_dir}")
-        train, val = stratified_split(samples, recipe.data.val_fraction, recipe.seed)
+        split_seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
+        train, val = stratified_split(samples, recipe.data.val_fraction, split_seed)
     cap = recipe.data.max_per_class
     if cap:
         train = [
@@ -182,8 +183,15 @@ def train(
     resume: bool = False,
     device: str | None = None,
 ) -> TrainResult:
-    d = setup_distributed(device)
     run_dir = Path(run_dir)
+    on_disk = run_dir / "recipe.yaml"
+    if (recipe is not None and not resume and recipe.ensemble > 1) or (
+        resume and on_disk.is_file() and load_recipe(on_disk).ensemble > 1
+    ):
+        from brainmri.train.ensemble import train_ensemble
+
+        return train_ensemble(recipe, data_dir, run_dir, resume, device)
+    d = setup_distributed(device)
     state_path = run_dir / "last.pt"
     if resume:
         if not state_path.is_file():

@@ -1,0 +1,19 @@
+"""An ensemble of classifiers sharing one preprocessing: the mean of the members' logits."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EnsembleClassifier(nn.Module):
+    """Averages member logits; a model file stores it with keys `members.<k>.<param>`."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members]).mean(dim=0)

@@ -1,0 +1,219 @@
+"""Ensembles: train members one after another on one validation split, then combine them.
+
+A recipe with `ensemble: N` trains N members (seeds seed, seed+1, ...; every member uses the
+split of `data.split_seed`, default the recipe seed) into RUN/member<k>/, each an ordinary run
+with its own metrics, curves and --resume. `assemble` then writes RUN/models/{best,final}
+.safetensors: one model file whose forward averages the members' logits, with a softmax
+temperature fitted on the shared validation split. Members validated on different splits are
+refused: their average would be scored on images some member trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from brainmri import CLASS_NAMES
+from brainmri.config import Recipe, dump_recipe, load_recipe
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import read_file_list
+from brainmri.errors import BrainMRIError
+from brainmri.evaluate.inference import predict_logits
+from brainmri.model.checkpoint import load_model, save_model
+from brainmri.model.ensemble import EnsembleClassifier
+
+
+def split_seed(recipe: Recipe) -> int:
+    return recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
+
+
+def member_recipe(recipe: Recipe, k: int) -> Recipe:
+    """Member k (0-based): seed + k, the ensemble's split seed, trained as a single model."""
+    data = recipe.data.model_copy(update={"split_seed": split_seed(recipe)})
+    return recipe.model_copy(update={"seed": recipe.seed + k, "ensemble": 1, "data": data})
+
+
+def train_ensemble(
+    recipe: Recipe | None,
+    data_dir: Path,
+    run_dir: Path,
+    resume: bool = False,
+    device: str | None = None,
+):
+    """Train (or resume) every member in turn, then assemble them into RUN/models/."""
+    from brainmri.train.loop import TrainResult, setup_distributed, train
+
+    run_dir = Path(run_dir)
+    d = setup_distributed(device)
+    if resume:
+        recipe = load_recipe(run_dir / "recipe.yaml")
+        data_dir = Path(json.loads((run_dir / "run.json").read_text())["data"])
+    elif recipe is None:
+        raise BrainMRIError("a recipe is needed unless --resume is given")
+    elif (run_dir / "recipe.yaml").exists():
+        raise BrainMRIError(f"{run_dir} already holds a run: pass --resume or another --out")
+    elif d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_recipe(recipe, run_dir / "recipe.yaml")
+        (run_dir / "run.json").write_text(
+            json.dumps({"data": str(Path(data_dir).resolve())}, indent=2)
+        )
+    members = []
+    for k in range(recipe.ensemble):
+        mdir = run_dir / f"member{k + 1}"
+        members.append(mdir)
+        if (mdir / "models" / "final.safetensors").is_file():
+            tqdm.write(f"member {k + 1}/{recipe.ensemble}: already trained ({mdir})")
+            continue
+        tqdm.write(f"member {k + 1}/{recipe.ensemble}: seed {recipe.seed + k} -> {mdir}")
+        again = resume and (mdir / "last.pt").is_file()
+        train(None if again else member_recipe(recipe, k), data_dir, mdir, again, device)
+    summary = {"best_val_loss": float("nan"), "val_acc": float("nan"), "train_wall_seconds": 0.0}
+    if d.main:
+        summary = assemble(members, run_dir, data_dir, device=d.device)
+    if d.world > 1:
+        torch.distributed.barrier()
+    models = run_dir / "models"
+    return TrainResult(
+        run_dir,
+        models / "best.safetensors",
+        models / "final.safetensors",
+        summary["best_val_loss"],
+        summary["val_acc"],
+        sum(_epochs(m) for m in members),
+        summary["train_wall_seconds"],
+    )
+
+
+def _epochs(member_dir: Path) -> int:
+    rows = (member_dir / "metrics.csv").read_text().splitlines()
+    return max(len(rows) - 1, 0)
+
+
+def _check_members(member_dirs: list[Path]) -> list[Recipe]:
+    """Members must share image size, preprocessing, model shape and the validation files."""
+    if len(member_dirs) < 2:
+        raise BrainMRIError("an ensemble needs at least two member runs")
+    recipes, vals = [], []
+    for m in member_dirs:
+        for need in ("recipe.yaml", "splits/val.txt", "models/best.safetensors"):
+            if not (m / need).is_file():
+                raise BrainMRIError(f"{m} is not a finished training run (no {need})")
+        recipes.append(load_recipe(m / "recipe.yaml"))
+        vals.append((m / "splits" / "val.txt").read_text())
+    first = recipes[0]
+    for m, r, v in zip(member_dirs[1:], recipes[1:], vals[1:], strict=True):
+        if v != vals[0]:
+            raise BrainMRIError(
+                f"{m} was validated on other images than {member_dirs[0]} (split seeds "
+                f"{split_seed(r)} vs {split_seed(first)}): train members with one "
+                "data.split_seed, or the ensemble's validation figures would be leaked"
+            )
+        same_model = r.model.model_dump(exclude={"weights", "weights_file"}) == (
+            first.model.model_dump(exclude={"weights", "weights_file"})
+        )
+        if not same_model or r.data.image_size != first.data.image_size:
+            raise BrainMRIError(f"{m} has another model shape or image size than {member_dirs[0]}")
+        if r.data.intensity != first.data.intensity:
+            raise BrainMRIError(f"{m} uses another intensity mode than {member_dirs[0]}")
+    return recipes
+
+
+def assemble(
+    member_dirs: list[Path],
+    out_dir: Path,
+    data_dir: Path | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Combine finished member runs into OUT/models/{best,final}.safetensors (+ run files).
+
+    Returns validation figures for the ensemble and each member, computed the same way
+    (plain view, raw-logit cross-entropy as in training, accuracy), so the two can be compared.
+    """
+    from brainmri.train.loop import fit_temperature
+
+    t0 = time.time()
+    member_dirs = [Path(m) for m in member_dirs]
+    recipes = _check_members(member_dirs)
+    runs = [json.loads((m / "run.json").read_text()) for m in member_dirs]
+    data_dir = Path(data_dir or runs[0]["data"])
+    dev = torch.device(device or "cpu")
+    first = recipes[0]
+    data = first.data.model_copy(update={"split_seed": split_seed(first)})
+    recipe = first.model_copy(update={"ensemble": len(member_dirs), "data": data})
+    val = read_file_list(member_dirs[0] / "splits" / "val.txt", data_dir)
+    x_val, y_val = cache_samples(val, recipe.data.image_size, desc="decode val")
+
+    def val_logits(model: torch.nn.Module) -> torch.Tensor:
+        if recipe.model.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        _, logits = predict_logits(
+            model, x_val, recipe.evaluate.batch_size, dev, recipe.model.channels_last,
+            recipe.train.amp, intensity=recipe.data.intensity,
+        )  # fmt: skip
+        return logits[0]
+
+    def figures(logits: torch.Tensor) -> dict:
+        return {
+            "val_loss": round(float(F.cross_entropy(logits, y_val)), 5),
+            "val_acc": round(float((logits.argmax(1) == y_val).float().mean()), 5),
+            "val_errors": int((logits.argmax(1) != y_val).sum()),
+        }
+
+    walls = []
+    member_info = []
+    for m, r in zip(member_dirs, recipes, strict=True):
+        info = load_model(m / "models" / "best.safetensors")[1]["info"]
+        walls.append(float(info.get("train_wall_seconds", 0.0)))
+        member_info.append({"run": str(m), "seed": r.seed, "train_wall_seconds": walls[-1]})
+    summary: dict = {}
+    for which in ("best", "final"):
+        members = [load_model(m / "models" / f"{which}.safetensors", dev)[0] for m in member_dirs]
+        if which == "best":
+            for mi, model in zip(member_info, members, strict=True):
+                mi.update(figures(val_logits(model)))
+        ensemble = EnsembleClassifier(members).to(dev).eval()
+        logits = val_logits(ensemble)
+        temperature = fit_temperature(logits, y_val)
+        info = {
+            "stage": f"ensemble of {len(members)} {which}",
+            "members": member_info,
+            "temperature": temperature,
+            "train_wall_seconds": round(sum(walls), 1),
+            **figures(logits),
+        }
+        save_model(out_dir / "models" / f"{which}.safetensors", ensemble, recipe, info)
+        if which == "best":
+            summary = {
+                "best_val_loss": info["val_loss"],
+                "val_acc": info["val_acc"],
+                "val_errors": info["val_errors"],
+                "temperature": temperature,
+                "members": member_info,
+                "train_wall_seconds": info["train_wall_seconds"],
+            }
+    (out_dir / "splits").mkdir(parents=True, exist_ok=True)
+    for name in ("train.txt", "val.txt"):
+        shutil.copyfile(member_dirs[0] / "splits" / name, out_dir / "splits" / name)
+    (out_dir / "models" / "class_labels.json").write_text(json.dumps(list(CLASS_NAMES), indent=2))
+    dump_recipe(recipe, out_dir / "recipe.yaml")
+    summary["assemble_seconds"] = round(time.time() - t0, 1)
+    (out_dir / "run.json").write_text(
+        json.dumps({"data": str(data_dir.resolve()), "n_val": len(val), **summary}, indent=2)
+    )
+    tqdm.write(
+        "ensemble on validation: "
+        + "  ".join(
+            f"member {i + 1} loss {mi['val_loss']:.4f} acc {mi['val_acc']:.4f}"
+            for i, mi in enumerate(member_info)
+        )
+        + f"  | ensemble loss {summary['best_val_loss']:.4f} acc {summary['val_acc']:.4f}"
+        f"  (temperature {summary['temperature']:.3f})"
+    )
+    return summary
