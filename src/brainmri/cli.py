@@ -255,6 +255,64 @@ def evaluate(
     run_evaluate(model, resolve_data_dir(data), out, tta, batch_size, device, leak_free)
 
 
+@app.command()
+@user_errors
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")
+    ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="Model file. Default: the model shipped in the package."
+        ),
+    ] = None,
+    tta: Annotated[
+        int, typer.Option(min=1, max=5, help="Test-time augmentation views averaged.")
+    ] = 5,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            help="Crop to the brain first, as `clean` does: for raw scans with a black frame "
+            "(off: inputs are taken as cropped, like the benchmark images)."
+        ),
+    ] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the predictions to this JSON file.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Classify images: one line per file with the class and its calibrated probability.
+
+    Files that cannot be read get a one-line error on stderr and the others are still
+    classified; the exit code is 1 if any file failed. Not for clinical use.
+    """
+    import json
+    from dataclasses import asdict
+
+    from brainmri.evaluate.inference import load_for_inference
+    from brainmri.infer.predict import expand_inputs, predict_files
+    from brainmri.model.checkpoint import shipped_model_path
+
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise BrainMRIError("no image files found in the given inputs")
+    loaded = load_for_inference(model or shipped_model_path(), device)
+    results = predict_files(loaded, paths, tta=tta, crop=crop)
+    width = max(len(r.path) for r in results)
+    for r in results:
+        if r.error:
+            typer.echo(f"error: {r.error}", err=True)
+            continue
+        others = "  ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items())
+        typer.echo(f"{r.path:<{width}}  {r.label:<10} {r.probability:.3f}   ({others})")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
     app(prog_name="brainmri")
 
