@@ -370,3 +370,26 @@ def test_resume_after_kill_between_csv_row_and_checkpoint(small_benchmark, tmp_p
     train(None, Path(), run_dir, resume=True, device="cpu")
     _, rows = read_rows(run_dir / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+# --- frozen-stage feature caching -----------------------------------------------------------
+def test_cached_frozen_features_train_the_same_head(small_benchmark, tmp_path):
+    """With identity augmentation and no dropout, a frozen stage trained on cached features
+    follows the same trajectory as one that runs the backbone every step."""
+    base = [
+        "train.stages.0.epochs=3",
+        "train.stages.1.epochs=0",
+        "train.stages.2.epochs=0",
+        "model.dropout=0",
+        "model.head_dropout=0",
+        *IDENTITY_AUGMENT,
+    ]
+    rows = {}
+    for cached in (False, True):
+        recipe = load_recipe("smoke", [*base, f"train.cache_frozen_features={cached}"])
+        train(recipe, small_benchmark, tmp_path / str(cached), device="cpu")
+        rows[cached] = read_rows(tmp_path / str(cached) / "metrics.csv")[1]
+    assert len(rows[True]) == len(rows[False]) == 3
+    for a, b in zip(rows[False], rows[True], strict=True):
+        for key in ("train_loss", "val_loss", "val_acc"):
+            assert float(b[key]) == pytest.approx(float(a[key]), abs=2e-3), key

@@ -87,6 +87,11 @@ class TrainConfig(_Strict):
     )
     num_threads: int | None = Field(None, description="torch intra-op threads (default: cores)")
     max_steps_per_epoch: int | None = Field(None, description="cap batches per epoch (tests)")
+    cache_frozen_features: bool = Field(
+        False,
+        description="stages with trainable_fraction 0 train the head on backbone features "
+        "computed once per stage (no augmentation in those stages; much faster epochs)",
+    )
     stages: list[StageConfig]
 
 

@@ -300,10 +300,14 @@ def train(
         plateau = PlateauScale(tc.plateau_patience, tc.plateau_factor)
         if st["plateau"] is not None:
             plateau.load_state_dict(st["plateau"])
-        net: nn.Module = model
+        # frozen backbone + cache_frozen_features: the head trains on features computed once
+        feats = None
+        if tc.cache_frozen_features and stage.trainable_fraction == 0:
+            feats = _frozen_features(model, x_train, x_val, recipe, d)
+        net: nn.Module = model.head if feats is not None else model
         if d.world > 1:
             net = nn.parallel.DistributedDataParallel(
-                model, device_ids=[d.device.index] if d.device.type == "cuda" else None
+                net, device_ids=[d.device.index] if d.device.type == "cuda" else None
             )
         n_units = len(model.backbone_units())
         n_trainable = sum(p.numel() for p in params)
@@ -347,10 +351,13 @@ def train(
             )
             for step in bar:
                 idx = shard[step * per_rank_batch : (step + 1) * per_rank_batch].to(x_train.device)
-                xb = augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
                 yb = y_train[idx].to(d.device, non_blocking=True)
-                xb = normalize_intensity(xb, recipe.data.intensity)
-                xb = to_model_input(xb, recipe.model.channels_last)
+                if feats is not None:
+                    xb = feats[0][idx.to(feats[0].device)]
+                else:
+                    xb = augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
+                    xb = normalize_intensity(xb, recipe.data.intensity)
+                    xb = to_model_input(xb, recipe.model.channels_last)
                 with autocast_context(d.device, tc.amp):
                     logits = net(xb)
                 loss = weighted_smoothed_ce(logits, yb, weights, tc.label_smoothing)
@@ -375,16 +382,21 @@ def train(
             train_seconds = time.time() - t0
 
             # validation (every rank, whole split): plain log-loss and accuracy
-            _, val_logits = predict_logits(
-                model,
-                x_val,
-                tc.batch_size * 2,
-                d.device,
-                recipe.model.channels_last,
-                tc.amp,
-                intensity=recipe.data.intensity,
-            )
-            val_logits = val_logits[0]
+            if feats is not None:
+                with torch.inference_mode():
+                    model.head.eval()
+                    val_logits = model.head(feats[1]).float().cpu()
+            else:
+                _, val_logits = predict_logits(
+                    model,
+                    x_val,
+                    tc.batch_size * 2,
+                    d.device,
+                    recipe.model.channels_last,
+                    tc.amp,
+                    intensity=recipe.data.intensity,
+                )
+                val_logits = val_logits[0]
             val_loss = float(F.cross_entropy(val_logits, y_val)) if len(y_val) else train_loss
             val_acc = (
                 float((val_logits.argmax(1) == y_val).float().mean()) if len(y_val) else train_acc
@@ -500,6 +512,38 @@ def train(
     return TrainResult(
         run_dir, best_path, final_path, st["best"], st["best_acc"], st["epoch"], wall
     )
+
+
+class _Features(nn.Module):
+    """The classifier up to the pooled features (for predict_logits' batching + preprocessing)."""
+
+    def __init__(self, model: TumorClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.features(x)
+
+
+def _frozen_features(
+    model: TumorClassifier, x_train: torch.Tensor, x_val: torch.Tensor, recipe: Recipe, d: Dist
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled backbone features of the un-augmented train and val images, computed once.
+
+    With the backbone frozen (and its BatchNorm in eval) the head sees exactly these features,
+    so a frozen epoch costs a pass through the head instead of the backbone.
+    """
+    t0 = time.time()
+    out = []
+    for x in (x_train, x_val):
+        _, f = predict_logits(
+            _Features(model), x, recipe.evaluate.batch_size, d.device,
+            recipe.model.channels_last, recipe.train.amp, intensity=recipe.data.intensity,
+        )  # fmt: skip
+        out.append(f[0].to(d.device).clone())  # clone: a normal tensor, not an inference one
+    if d.main:
+        tqdm.write(f"backbone features cached for the frozen stage in {time.time() - t0:.1f}s")
+    return out[0], out[1]
 
 
 def _truncate_metrics(csv_path: Path, epochs_done: int) -> None:
