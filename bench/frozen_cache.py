@@ -36,7 +36,10 @@ def main() -> None:
     args = ap.parse_args()
     data = resolve_data_dir(args.data)
     base = load_recipe(args.config, args.overrides)
-    later = [f"train.stages.{i}.epochs=0" for i in range(1, len(base.train.stages))]
+    # one model (not the recipe's ensemble), stage 1 only
+    later = ["ensemble=1"] + [
+        f"train.stages.{i}.epochs=0" for i in range(1, len(base.train.stages))
+    ]
     report: dict = {
         "command": " ".join(["python"] + sys.argv),
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),

@@ -110,7 +110,7 @@ def main() -> None:
         training.append(
             f"- Ensemble (mean of the members' logits) on the same validation split: loss "
             f"{run['best_val_loss']:.4f}, accuracy {pct(run['val_acc'])}; "
-            f"total training time {wall_min:.1f} min."
+            f"assembly (validation logits + temperature) {run['assemble_seconds'] / 60:.1f} min."
         )
     command = " ".join(
         args.command
@@ -159,10 +159,18 @@ def main() -> None:
         f"source: {res['leak_free_source']}). The test split was never used for any choice.",
         "",
         "## How it was trained",
-        f"- Command: `{command}`",
+        f"- Command: {command}",
         f"- Machine: {env['cpu_count']} CPU cores ({env['processor']}), {env['device']}, "
         f"torch {env['torch']}, timm {env['timm']}, started {env['started']}.",
-        *([f"- Wall time: {wall_min:.1f} min of training in all."] if n_members > 1 else []),
+        *(
+            [
+                f"- Wall time: {wall_min:.1f} min of member training + "
+                f"{run['assemble_seconds'] / 60:.1f} min assembly = "
+                f"{wall_min + run['assemble_seconds'] / 60:.1f} min."
+            ]
+            if n_members > 1
+            else []
+        ),
         *training,
         "- Recipe (`configs/cpu.yaml`, resolved):",
         "",

@@ -11,18 +11,28 @@ import pytest
 from typer.testing import CliRunner
 
 from brainmri.cli import app
+from brainmri.config import load_recipe, recipe_from_dict
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 CARD_RESULTS = REPO / "bench" / "results" / "shipped" / "test_results_final.json"
+SHIP_REPORT = REPO / "bench" / "results" / "ship_model.json"
 
 
 def test_shipped_model_is_self_describing():
     meta = read_metadata(shipped_model_path())
+    ship = json.loads(SHIP_REPORT.read_text())
     assert meta["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
-    assert meta["dtype"] == "float16"
+    assert meta["dtype"] == ship["shipped_dtype"]  # fp16 only when validation is unchanged
     assert meta["recipe"]["name"] == "cpu"
+    assert meta["recipe"]["ensemble"] == len(meta["info"]["members"]) == 2
     assert 0.05 < meta["info"]["temperature"] < 5
+
+
+def test_shipped_model_is_the_cpu_recipe():
+    """The file's recipe is configs/cpu.yaml as shipped, so `train --config cpu` remakes it."""
+    meta = read_metadata(shipped_model_path())
+    assert recipe_from_dict(meta["recipe"]) == load_recipe("cpu")
 
 
 def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Path):
