@@ -69,6 +69,9 @@ def test_ensemble_run_trains_each_member_then_assembles(ensemble_run):
     assert summary["train_wall_seconds"] == pytest.approx(
         sum(m["train_wall_seconds"] for m in summary["members"]), abs=0.2
     )
+    assert result.wall_seconds == pytest.approx(
+        summary["train_wall_seconds"] + summary["assemble_seconds"], abs=0.2
+    )
 
 
 def test_ensemble_file_averages_member_logits(ensemble_run, small_benchmark: Path):

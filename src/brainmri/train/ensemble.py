@@ -75,6 +75,7 @@ def train_ensemble(
         again = resume and (mdir / "last.pt").is_file()
         train(None if again else member_recipe(recipe, k), data_dir, mdir, again, device)
     summary = {"best_val_loss": float("nan"), "val_acc": float("nan"), "train_wall_seconds": 0.0}
+    summary["assemble_seconds"] = 0.0
     if d.main:
         summary = assemble(members, run_dir, data_dir, device=d.device)
     if d.world > 1:
@@ -87,7 +88,7 @@ def train_ensemble(
         summary["best_val_loss"],
         summary["val_acc"],
         sum(_epochs(m) for m in members),
-        summary["train_wall_seconds"],
+        summary["train_wall_seconds"] + summary["assemble_seconds"],  # members + assembly
     )
 
 
