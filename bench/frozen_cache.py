@@ -67,9 +67,8 @@ def main() -> None:
     e = args.project_epochs
     for key in ("uncached", "cached"):
         r = report[key]
-        per_epoch = sum(r["epoch_seconds"][1:] or r["epoch_seconds"]) / max(
-            len(r["epoch_seconds"][1:]) or len(r["epoch_seconds"]), 1
-        )
+        steady = r["epoch_seconds"][1:] or r["epoch_seconds"]  # after the first, warm-up epoch
+        per_epoch = sum(steady) / len(steady)
         r[f"projected_seconds_{e}_epochs"] = round(r["one_time_seconds"] + e * per_epoch, 1)
     report["speedup_stage"] = round(
         report["uncached"]["stage_wall_seconds"] / report["cached"]["stage_wall_seconds"], 2

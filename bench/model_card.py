@@ -96,11 +96,11 @@ def main() -> None:
             stage_rate.setdefault(row["stage"], []).append(float(row["images_per_s"]))
         rates = ", ".join(f"{s} {sum(v) / len(v):.1f}" for s, v in stage_rate.items())
         member = (run.get("members") or [{}])[k]
-        minutes = member.get("train_wall_seconds", res["model_info"].get("train_wall_seconds", 0))
+        seconds = member.get("train_wall_seconds", res["model_info"].get("train_wall_seconds", 0))
         training.append(
             (f"- Member {k + 1} (`{mdir}`, seed {member.get('seed', '?')}): " if n_members > 1
              else "- Wall time: ")
-            + f"{minutes / 60:.1f} min for {len(epochs)} epochs (mean training images/s per "
+            + f"{seconds / 60:.1f} min for {len(epochs)} epochs (mean training images/s per "
             f"stage: {rates})"
             + (f"; validation loss {member['val_loss']:.4f}, accuracy {pct(member['val_acc'])}"
                if "val_loss" in member else "")

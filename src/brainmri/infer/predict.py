@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from brainmri.data.crop import crop_to_brain
-from brainmri.data.folders import IMAGE_EXTENSIONS
+from brainmri.data.folders import is_image_file
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.inference import InferenceModel
@@ -36,7 +36,7 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     out: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            out.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
+            out.extend(sorted(p for p in item.rglob("*") if is_image_file(p)))
         else:
             out.append(item)
     return out

@@ -109,15 +109,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     meta = read_metadata(path)
     recipe = recipe_from_dict(meta["recipe"], str(path))
     n_classes = len(meta["class_names"])
-    model: nn.Module = TumorClassifier(recipe.model, num_classes=n_classes, pretrained=False)
-    if recipe.ensemble > 1:
-        model = EnsembleClassifier(
-            [model]
-            + [
-                TumorClassifier(recipe.model, num_classes=n_classes, pretrained=False)
-                for _ in range(recipe.ensemble - 1)
-            ]
-        )
+    members = [
+        TumorClassifier(recipe.model, num_classes=n_classes, pretrained=False)
+        for _ in range(recipe.ensemble)
+    ]
+    model: nn.Module = members[0] if len(members) == 1 else EnsembleClassifier(members)
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     model.load_state_dict(state)
     model.to(device).eval()

@@ -25,7 +25,7 @@ from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.inference import predict_logits
-from brainmri.model.checkpoint import load_model, save_model
+from brainmri.model.checkpoint import load_model, read_metadata, save_model
 from brainmri.model.ensemble import EnsembleClassifier
 
 
@@ -74,8 +74,8 @@ def train_ensemble(
         tqdm.write(f"member {k + 1}/{recipe.ensemble}: seed {recipe.seed + k} -> {mdir}")
         again = resume and (mdir / "last.pt").is_file()
         train(None if again else member_recipe(recipe, k), data_dir, mdir, again, device)
-    summary = {"best_val_loss": float("nan"), "val_acc": float("nan"), "train_wall_seconds": 0.0}
-    summary["assemble_seconds"] = 0.0
+    summary = {"best_val_loss": float("nan"), "val_acc": float("nan")}
+    summary |= {"train_wall_seconds": 0.0, "assemble_seconds": 0.0}
     if d.main:
         summary = assemble(members, run_dir, data_dir, device=d.device)
     if d.world > 1:
@@ -142,8 +142,7 @@ def assemble(
     t0 = time.time()
     member_dirs = [Path(m) for m in member_dirs]
     recipes = _check_members(member_dirs)
-    runs = [json.loads((m / "run.json").read_text()) for m in member_dirs]
-    data_dir = Path(data_dir or runs[0]["data"])
+    data_dir = Path(data_dir or json.loads((member_dirs[0] / "run.json").read_text())["data"])
     dev = torch.device(device or "cpu")
     first = recipes[0]
     data = first.data.model_copy(update={"split_seed": split_seed(first)})
@@ -170,17 +169,18 @@ def assemble(
     walls = []
     member_info = []
     for m, r in zip(member_dirs, recipes, strict=True):
-        info = load_model(m / "models" / "best.safetensors")[1]["info"]
+        info = read_metadata(m / "models" / "best.safetensors")["info"]
         walls.append(float(info.get("train_wall_seconds", 0.0)))
         member_info.append({"run": str(m), "seed": r.seed, "train_wall_seconds": walls[-1]})
     summary: dict = {}
     for which in ("best", "final"):
         members = [load_model(m / "models" / f"{which}.safetensors", dev)[0] for m in member_dirs]
+        member_logits = [val_logits(model) for model in members]
         if which == "best":
-            for mi, model in zip(member_info, members, strict=True):
-                mi.update(figures(val_logits(model)))
+            for mi, ml in zip(member_info, member_logits, strict=True):
+                mi.update(figures(ml))
         ensemble = EnsembleClassifier(members).to(dev).eval()
-        logits = val_logits(ensemble)
+        logits = torch.stack(member_logits).mean(dim=0)  # what ensemble's forward computes
         temperature = fit_temperature(logits, y_val)
         info = {
             "stage": f"ensemble of {len(members)} {which}",
