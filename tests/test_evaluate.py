@@ -28,6 +28,11 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), env=WIDE)
 
 
+def invoke_evaluate(model: Path, data: Path, *args: str):
+    """`brainmri evaluate --model MODEL --data DATA ARGS...`"""
+    return invoke("evaluate", "--model", str(model), "--data", str(data), *args)
+
+
 def stderr_of(result) -> str:
     try:
         return result.stderr
@@ -108,12 +113,9 @@ def test_train_resume_without_state_is_one_line_error(tmp_path):
 
 def test_evaluate_cli_writes_results(untrained_model, synthetic_dataset, tmp_path):
     out = tmp_path / "out"
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(untrained_model),
-        "--data",
-        str(synthetic_dataset),
+    res = invoke_evaluate(
+        untrained_model,
+        synthetic_dataset,
         "--out",
         str(out),
         "--tta",
@@ -135,30 +137,14 @@ def test_evaluate_cli_writes_results(untrained_model, synthetic_dataset, tmp_pat
 def test_evaluate_cli_default_out_is_beside_the_run(untrained_model, synthetic_dataset):
     run_dir = untrained_model.parent.parent
     (run_dir / "recipe.yaml").write_text("name: marker\n")
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(untrained_model),
-        "--data",
-        str(synthetic_dataset),
-        "--tta",
-        "1",
-        "--device",
-        "cpu",
-    )
+    res = invoke_evaluate(untrained_model, synthetic_dataset, "--tta", "1", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert (run_dir / "results" / RESULTS_NAME).is_file()
 
 
 def test_evaluate_missing_model_is_one_line_error(synthetic_dataset, tmp_path):
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(tmp_path / "nope.safetensors"),
-        "--data",
-        str(synthetic_dataset),
-        "--out",
-        str(tmp_path / "o"),
+    res = invoke_evaluate(
+        tmp_path / "nope.safetensors", synthetic_dataset, "--out", str(tmp_path / "o")
     )
     assert_one_line_error(res, "model file not found")
     assert not (tmp_path / "o").exists()
@@ -167,56 +153,24 @@ def test_evaluate_missing_model_is_one_line_error(synthetic_dataset, tmp_path):
 def test_evaluate_non_model_file_is_one_line_error(synthetic_dataset, tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(junk),
-        "--data",
-        str(synthetic_dataset),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    res = invoke_evaluate(junk, synthetic_dataset, "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "junk.safetensors")
 
 
 def test_evaluate_missing_data_is_one_line_error(untrained_model, tmp_path):
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(untrained_model),
-        "--data",
-        str(tmp_path / "none"),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    res = invoke_evaluate(untrained_model, tmp_path / "none", "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "data folder not found")
 
 
 def test_evaluate_data_without_testing_split_is_one_line_error(untrained_model, tmp_path):
     (tmp_path / "empty" / "Training").mkdir(parents=True)
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(untrained_model),
-        "--data",
-        str(tmp_path / "empty"),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    res = invoke_evaluate(untrained_model, tmp_path / "empty", "--out", str(tmp_path / "o"))
     assert_one_line_error(res, "no Testing")
 
 
 def test_evaluate_tta_out_of_range_is_rejected(untrained_model, synthetic_dataset, tmp_path):
-    res = invoke(
-        "evaluate",
-        "--model",
-        str(untrained_model),
-        "--data",
-        str(synthetic_dataset),
-        "--tta",
-        "9",
-        "--out",
-        str(tmp_path / "o"),
+    res = invoke_evaluate(
+        untrained_model, synthetic_dataset, "--tta", "9", "--out", str(tmp_path / "o")
     )
     assert res.exit_code != 0
     assert not (tmp_path / "o").exists()

@@ -237,15 +237,19 @@ def test_evaluate_plain_with_a_leak_free_list(trained_run, small_benchmark, tmp_
         )
     )
     out = tmp_path / "plain"
-    evaluate(
-        result.best_path,
-        small_benchmark,
-        out,
-        tta=1,
-        device="cpu",
-        leak_free_file=listing,
-        plots=False,
-    )
+
+    def plain_eval(leak_free_file: Path) -> None:
+        evaluate(
+            result.best_path,
+            small_benchmark,
+            out,
+            tta=1,
+            device="cpu",
+            leak_free_file=leak_free_file,
+            plots=False,
+        )
+
+    plain_eval(listing)
     data = json.loads((out / RESULTS_NAME).read_text())
     assert "tta" not in data and "tta_views" not in data
     assert data["headline"] == "plain"
@@ -255,15 +259,7 @@ def test_evaluate_plain_with_a_leak_free_list(trained_run, small_benchmark, tmp_
     _check_confusion(data["plain"]["leak_free"], 10)
     assert not (out / "confusion_matrix.png").exists()
     with pytest.raises(BrainMRIError, match="leak-free list not found"):
-        evaluate(
-            result.best_path,
-            small_benchmark,
-            out,
-            tta=1,
-            device="cpu",
-            leak_free_file=tmp_path / "nope.txt",
-            plots=False,
-        )
+        plain_eval(tmp_path / "nope.txt")
 
 
 # --- resume -------------------------------------------------------------------------------
