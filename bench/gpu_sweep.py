@@ -26,7 +26,7 @@ import torch
 from brainmri.config import load_recipe
 from brainmri.data.folders import read_file_list
 from brainmri.data.images import load_gray, resize_square
-from brainmri.evaluate.inference import load_for_inference
+from brainmri.infer.core import load_for_inference
 from brainmri.model.checkpoint import load_model, save_model
 from brainmri.train.loop import train
 

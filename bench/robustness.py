@@ -36,8 +36,8 @@ from PIL import Image
 from brainmri.data.folders import Sample, resolve_data_dir, scan_split
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import load_for_inference
 from brainmri.evaluate.metrics import compute_metrics
+from brainmri.infer.core import load_for_inference
 
 # --- perturbations: f(gray uint8 HxW at original resolution, image index) -> uint8 HxW -------
 REFERENCE_SIDE = 224

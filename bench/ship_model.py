@@ -21,7 +21,7 @@ import torch
 from brainmri.config import load_recipe
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
-from brainmri.evaluate.inference import load_for_inference
+from brainmri.infer.core import load_for_inference
 from brainmri.model.checkpoint import SHIPPED_MODEL, load_model, save_model
 
 

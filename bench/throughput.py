@@ -23,7 +23,7 @@ import torch
 
 from brainmri.config import load_recipe
 from brainmri.data.transforms import BatchAugment, normalize_intensity, to_model_input
-from brainmri.evaluate.inference import predict_logits
+from brainmri.infer.core import predict_logits
 from brainmri.model.classifier import TumorClassifier
 from brainmri.train.loop import weighted_smoothed_ce
 

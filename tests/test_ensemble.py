@@ -21,8 +21,8 @@ from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
 from brainmri.data.transforms import to_model_input
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import load_for_inference
 from brainmri.evaluate.run import evaluate
+from brainmri.infer.core import load_for_inference
 from brainmri.model.checkpoint import load_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.model.ensemble import EnsembleClassifier

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from brainmri import CLASS_NAMES
 from brainmri.cli import app
 from brainmri.data.cache import decode_images
-from brainmri.evaluate.inference import load_for_inference
+from brainmri.infer.core import load_for_inference
 from brainmri.infer.predict import expand_inputs, predict_files, prepare
 from brainmri.model.checkpoint import shipped_model_path
 

@@ -290,7 +290,7 @@ def predict(
     import json
     from dataclasses import asdict
 
-    from brainmri.evaluate.inference import load_for_inference
+    from brainmri.infer.core import load_for_inference
     from brainmri.infer.predict import expand_inputs, predict_files
     from brainmri.model.checkpoint import shipped_model_path
 

@@ -18,8 +18,8 @@ from tqdm import tqdm
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import Sample, scan_split
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import load_for_inference, tta_probs
 from brainmri.evaluate.metrics import compute_metrics, format_metrics_table
+from brainmri.infer.core import load_for_inference, tta_probs
 
 RESULTS_NAME = "test_results_final.json"
 

@@ -19,7 +19,7 @@ from brainmri.data.crop import crop_to_brain
 from brainmri.data.folders import is_image_file
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import InferenceModel
+from brainmri.infer.core import InferenceModel
 
 
 @dataclass

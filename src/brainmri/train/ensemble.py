@@ -24,7 +24,7 @@ from brainmri.config import Recipe, dump_recipe, load_recipe
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import predict_logits
+from brainmri.infer.core import predict_logits
 from brainmri.model.checkpoint import load_model, read_metadata, save_model
 from brainmri.model.ensemble import EnsembleClassifier
 

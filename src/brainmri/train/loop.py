@@ -41,7 +41,7 @@ from brainmri.data.folders import (
 )
 from brainmri.data.transforms import BatchAugment, normalize_intensity, to_model_input
 from brainmri.errors import BrainMRIError
-from brainmri.evaluate.inference import autocast_context, predict_logits
+from brainmri.infer.core import autocast_context, predict_logits
 from brainmri.model.checkpoint import atomic_write, save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.train.schedule import PlateauScale, cosine_with_warmup
@@ -569,7 +569,7 @@ def _calibrate(
     path: Path, x_val: torch.Tensor, y_val: torch.Tensor, recipe: Recipe, d: Dist, wall: float
 ) -> None:
     """Fit a softmax temperature on the validation split; store it in the best model's metadata."""
-    from brainmri.evaluate.inference import load_for_inference
+    from brainmri.infer.core import load_for_inference
     from brainmri.model.checkpoint import read_metadata
 
     loaded = load_for_inference(path, d.device)
