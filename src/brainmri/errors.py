@@ -7,3 +7,15 @@ traceback.
 
 class BrainMRIError(Exception):
     """An error the user can fix: the message says what is wrong and what to do."""
+
+
+class RejectedInput(BrainMRIError):
+    """An input the input guard refuses (not a brain MRI slice the model can judge).
+
+    The message is the reason, e.g. "tiny: 1x1 px" or "not a brain MRI (OOD score 812 > 95)";
+    `code` is its short machine-readable kind ("tiny", "ood", "dicom-modality", ...).
+    """
+
+    def __init__(self, message: str, code: str = "rejected"):
+        super().__init__(message)
+        self.code = code

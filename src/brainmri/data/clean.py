@@ -13,7 +13,6 @@ two runs give byte-identical images and lists.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from brainmri import CLASS_NAMES, __version__
 from brainmri.data.crop import CropBox, crop_to_brain
@@ -46,14 +45,15 @@ from brainmri.data.folders import (
     stratified_split,
     write_file_list,
 )
-from brainmri.data.images import load_gray, resize_square, to_rgb
+from brainmri.data.images import resize_square, to_rgb
+from brainmri.data.quality import MIN_SIDE, check_plane
+from brainmri.data.quality import bad as _bad
+from brainmri.data.quality import check_header as _check_header
+from brainmri.data.quality import decode as _decode
 from brainmri.errors import BrainMRIError
 
 POLICIES = ("keep-one", "drop-from-train", "report")
-MIN_SIDE = 32
 JPEG_QUALITY = 95
-ALLOWED_MODES = {"L", "LA", "RGB", "RGBA", "P", "PA"}
-SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 MARKER = ".brainmri-clean"
 REPORT_NAME = "clean_report.json"
 LEAK_FREE_NAME = "leak_free_test.txt"
@@ -109,53 +109,6 @@ class _Job:
     max_pixels: int
 
 
-def _bad(reason: str, detail: str = "", sha: str = "") -> dict[str, Any]:
-    return {"ok": False, "reason": reason, "detail": detail, "sha256": sha}
-
-
-def _check_header(data: bytes, max_pixels: int) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """Open lazily (no pixel decoding) and check format, mode, frames and size."""
-    info: dict[str, Any] = {}
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            info = {"format": im.format, "mode": im.mode, "width": w, "height": h}
-            if w * h > max_pixels:
-                return _bad("over-pixel-limit", f"{w}x{h} = {w * h} px > {max_pixels}"), info
-            frames = int(getattr(im, "n_frames", 1) or 1)
-            if frames > 1:
-                return _bad("animated", f"{im.format} with {frames} frames"), info
-            if im.mode in SIXTEEN_BIT_MODES:
-                return _bad("16-bit", f"mode {im.mode}"), info
-            if im.mode == "CMYK":
-                return _bad("cmyk", "CMYK colour mode"), info
-            if im.mode not in ALLOWED_MODES:
-                return _bad("unsupported-mode", f"mode {im.mode}"), info
-            if w < MIN_SIDE or h < MIN_SIDE:
-                return _bad("tiny", f"{w}x{h} px < {MIN_SIDE} px"), info
-    except Image.DecompressionBombError as exc:
-        return _bad("over-pixel-limit", str(exc)), info
-    except UnidentifiedImageError:
-        return _bad("not-an-image", "not a format PIL can read"), info
-    except Exception as exc:  # noqa: BLE001 - a broken header of any kind: the batch goes on
-        return _bad("corrupt", f"{type(exc).__name__}: {exc}"), info
-    return None, info
-
-
-def _decode(data: bytes) -> tuple[np.ndarray | None, dict[str, Any] | None]:
-    """Full decode to the luminance plane (images.load_gray); classify failures."""
-    try:
-        return load_gray(io.BytesIO(data)), None
-    except BrainMRIError as exc:
-        cause = exc.__cause__ or exc
-        msg = f"{type(cause).__name__}: {cause}"
-        if "truncated" in str(cause).lower():
-            return None, _bad("truncated", msg)
-        return None, _bad("corrupt", msg)
-    except Exception as exc:  # noqa: BLE001 - a decoder crash on one file must not stop the batch
-        return None, _bad("corrupt", f"{type(exc).__name__}: {exc}")
-
-
 def process_file(job: _Job) -> dict[str, Any]:
     """Validate, hash, thumbnail, crop, resize and write one file; never raises for bad input."""
     with warnings.catch_warnings():
@@ -187,8 +140,9 @@ def _process(job: _Job) -> dict[str, Any]:
     gray, bad = _decode(data)
     if bad is not None or gray is None:
         return (bad or _bad("corrupt")) | {"sha256": sha, "info": info}
-    if int(gray.min()) == int(gray.max()):
-        return _bad("blank", f"constant image (value {int(gray.min())})", sha) | {"info": info}
+    blank = check_plane(gray)  # tiny was judged on the header; here: a single grey level
+    if blank is not None:
+        return blank | {"sha256": sha, "info": info}
     vector = thumbnail_vector(gray)
     if job.crop:
         cropped, box = crop_to_brain(gray, job.margin)

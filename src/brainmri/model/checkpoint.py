@@ -25,6 +25,8 @@ from brainmri.errors import BrainMRIError
 
 FORMAT = "brainmri-checkpoint/1"
 SHIPPED_MODEL = "lite0_cpu.safetensors"
+EXTRA_PREFIXES = ("guard.",)
+"""Tensor-name prefixes of extra statistics a model file may carry beside its weights."""
 
 
 def shipped_model_path() -> Path:
@@ -114,7 +116,32 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         for _ in range(recipe.ensemble)
     ]
     model: nn.Module = members[0] if len(members) == 1 else EnsembleClassifier(members)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
+    state = {
+        k: v.float() if v.is_floating_point() else v
+        for k, v in load_file(str(path)).items()
+        if not k.startswith(EXTRA_PREFIXES)  # input-guard statistics: not model weights
+    }
     model.load_state_dict(state)
     model.to(device).eval()
     return model, meta
+
+
+def add_extra_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta_update: dict[str, Any]
+) -> Path:
+    """Rewrite a model file with extra tensors (names with a prefix of EXTRA_PREFIXES) and
+    top-level metadata keys added or replaced; its weights are copied bit for bit."""
+    path = Path(path)
+    bad = [k for k in tensors if not k.startswith(EXTRA_PREFIXES)]
+    if bad:
+        raise ValueError(f"extra tensor names must start with {EXTRA_PREFIXES}: {bad}")
+    meta = read_metadata(path)
+    state = dict(load_file(str(path)))
+    prefixes = tuple({k.split(".", 1)[0] + "." for k in tensors})
+    state = {k: v for k, v in state.items() if not k.startswith(prefixes)}  # replace old ones
+    state |= {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta |= meta_update
+    atomic_write(
+        path, lambda tmp: save_file(state, str(tmp), metadata={"brainmri": json.dumps(meta)})
+    )
+    return path
