@@ -313,6 +313,40 @@ def predict(
         raise typer.Exit(1)
 
 
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="Model file. Default: the model shipped in the package."
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default; set BRAINMRI_API_KEY "
+                          "before listening on another).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Server processes, each with its own copy of the model.")
+    ] = 1,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest request body (MiB); larger ones get 413.")
+    ] = 16.0,
+    max_files: Annotated[int, typer.Option(min=1, help="Most files in one request.")] = 16,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve the classifier: HTTP API (/v1/predict, /v1/explain, /v1/model, /healthz), the page
+    at / and the OpenAPI docs at /docs.
+
+    With env BRAINMRI_API_KEY set, /v1/ requests need that key in the X-API-Key header.
+    Not for clinical use.
+    """
+    from brainmri.serve.server import serve as run_server
+
+    run_server(model, host, port, workers, max_body_mb, max_files, access_log)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
     app(prog_name="brainmri")
 

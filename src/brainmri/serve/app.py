@@ -1,0 +1,239 @@
+"""The FastAPI app: JSON API under /v1/, the page at /, OpenAPI at /docs.
+
+Status codes (every error is JSON `{"error", "detail", ...}`, never a stack trace):
+- 200: classified (`/v1/predict` with several `files` answers 200 with a status per record);
+- 400: malformed request (no file, unknown field, bad multipart, bad file name);
+- 401: `BRAINMRI_API_KEY` is set and the `X-API-Key` header does not match it;
+- 413: body over the size limit (refused on its Content-Length before reading) or too many files;
+- 415: not multipart/form-data, or a part whose content type is not an image or DICOM;
+- 422: one upload that is not a usable brain MRI slice (unreadable, or refused by the input
+  guard); the body carries its record with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+
+from brainmri import __version__
+from brainmri.serve.batcher import Batcher
+from brainmri.serve.engine import Engine, Record
+from brainmri.serve.gate import Gate, Limits, error_body
+
+STATIC = Path(__file__).parent / "static"
+FIELDS = ("file", "files")
+ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
+MAX_NAME = 255
+
+log = logging.getLogger("brainmri.serve")
+
+
+class UploadError(HTTPException):
+    """An HTTP-level refusal of an upload (status + one-line detail)."""
+
+    def __init__(self, status: int, error: str, detail: str):
+        super().__init__(status, detail)
+        self.error = error
+
+
+MULTIPART_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "files": {
+                            "type": "array",
+                            "items": {"type": "string", "format": "binary"},
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def check_name(raw: str | None) -> str:
+    """The upload's file name as given, refused when it is a path or has control characters."""
+    name = raw or "upload"
+    if len(name) > MAX_NAME:
+        raise UploadError(400, "bad-filename", f"file name longer than {MAX_NAME} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise UploadError(400, "bad-filename", "file name with control characters")
+    if (
+        name in (".", "..")
+        or PurePosixPath(name).name != name
+        or PureWindowsPath(name).name != name
+    ):
+        raise UploadError(400, "bad-filename", f"file name {name!r} is a path: send a plain name")
+    return name
+
+
+def check_type(upload: UploadFile) -> None:
+    ctype = (upload.content_type or "").split(";")[0].strip().lower()
+    if ctype and not ctype.startswith(ACCEPTED_TYPES):
+        raise UploadError(
+            415, "unsupported-media-type",
+            f"{upload.filename}: content type {ctype}; send JPEG, PNG or DICOM scans",
+        )  # fmt: skip
+
+
+async def read_uploads(
+    request: Request, limits: Limits, one: bool
+) -> tuple[list[tuple[str, bytes]], bool]:
+    """((name, bytes) per uploaded file, whether the `files` field was used), after the HTTP
+    checks on fields, names and content types."""
+    try:
+        form = await request.form(max_files=limits.max_files + 1, max_fields=limits.max_files + 8)
+    except HTTPException as exc:
+        if "Too many files" in str(exc.detail):
+            raise UploadError(
+                413, "too-many-files", f"more than {limits.max_files} files"
+            ) from None
+        raise UploadError(400, "bad-request", f"malformed multipart body: {exc.detail}") from None
+    try:
+        unknown = sorted({k for k in form.keys() if k not in FIELDS})
+        if unknown:
+            raise UploadError(
+                400, "unexpected-field",
+                f"unexpected field {unknown[0]!r}: send the scan as 'file' (several as 'files')",
+            )  # fmt: skip
+        parts = [v for k in FIELDS for v in form.getlist(k)]
+        if not parts:
+            raise UploadError(
+                400, "no-file", "no file: send the scan in the multipart field 'file'"
+            )
+        if any(not isinstance(p, UploadFile) for p in parts):
+            raise UploadError(400, "not-a-file", "the 'file'/'files' fields must be file uploads")
+        if len(parts) > limits.max_files:
+            raise UploadError(413, "too-many-files", f"{len(parts)} files > {limits.max_files}")
+        if one and len(parts) != 1:
+            raise UploadError(400, "one-file", f"{len(parts)} files: this endpoint takes one")
+        uploads: list[tuple[str, bytes]] = []
+        for part in parts:
+            assert isinstance(part, UploadFile)
+            name = check_name(part.filename)
+            check_type(part)
+            uploads.append((name, await part.read()))
+        return uploads, bool(form.getlist("files"))
+    finally:
+        await form.close()
+
+
+def refusal(record: Record) -> JSONResponse:
+    """422 for one upload that was not classified, with its record."""
+    error = "rejected" if record["status"] == "rejected" else "unreadable"
+    return JSONResponse(
+        error_body(error, str(record.get("reason")), records=[record]), status_code=422
+    )
+
+
+def create_app(engine: Engine, limits: Limits | None = None, max_batch: int = 16) -> FastAPI:
+    """The app around a loaded engine (tests build it directly; `serve` runs it on uvicorn)."""
+    limits = limits or Limits()
+    batcher: Batcher[tuple[str, bytes], Record] = Batcher(engine.predict, max_batch)
+    explainer = ThreadPoolExecutor(1, thread_name_prefix="brainmri-explain")
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+        explainer.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(
+        title="brainmri",
+        version=__version__,
+        summary="4-class brain MRI tumor classifier (glioma, meningioma, notumor, pituitary). "
+        "Not for clinical use.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.batcher = batcher
+    app.add_middleware(Gate, limits=limits)
+    add_error_handlers(app)
+    model_summary = engine.describe()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """200 once the model is loaded (it is loaded before the server accepts requests)."""
+        return {"status": "ok", "model_sha256": engine.sha256, "auth": limits.api_key is not None}
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, Any]:
+        """Class names, model sha256, recipe summary and the model's measured figures."""
+        return {**model_summary, "limits": {"max_body_bytes": limits.max_body_bytes,
+                                            "max_files": limits.max_files}}  # fmt: skip
+
+    @app.post("/v1/predict", openapi_extra=MULTIPART_DOC)
+    async def predict(request: Request) -> Any:
+        """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""
+        uploads, several = await read_uploads(request, limits, one=False)
+        records = await batcher.submit(uploads)
+        if not several and len(records) == 1 and records[0]["status"] != "ok":
+            return refusal(records[0])
+        return {"model": {"sha256": engine.sha256, "runtime": engine.runtime}, "records": records}
+
+    @app.post(
+        "/v1/explain",
+        openapi_extra=MULTIPART_DOC,
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def explain(request: Request) -> Response:
+        """Grad-CAM overlay PNG for one scan (field `file`), class and probability written on it."""
+        ((name, data),), _ = await read_uploads(request, limits, one=True)
+        loop = asyncio.get_running_loop()
+        record, png = await loop.run_in_executor(explainer, engine.explain, name, data)
+        if png is None:
+            return refusal(record)
+        return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as JSON; an unexpected one is logged here and answered without details."""
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        error = getattr(exc, "error", None) or _ERROR_WORDS.get(exc.status_code, "error")
+        return JSONResponse(
+            error_body(error, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        return JSONResponse(
+            error_body("bad-request", str(first.get("msg", "invalid request"))), status_code=400
+        )
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal", "internal server error"), status_code=500)
+
+
+_ERROR_WORDS = {404: "not-found", 405: "method-not-allowed", 400: "bad-request"}
