@@ -173,7 +173,13 @@ def create_app(engine: Engine, limits: Limits | None = None, max_batch: int = 16
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         """200 once the model is loaded (it is loaded before the server accepts requests)."""
-        return {"status": "ok", "model_sha256": engine.sha256, "auth": limits.api_key is not None}
+        return {
+            "status": "ok",
+            "model_sha256": engine.sha256,
+            "auth": limits.api_key is not None,
+            "classified": batcher.items,
+            "batches": batcher.batches,
+        }
 
     @app.get("/v1/model")
     async def model() -> dict[str, Any]:

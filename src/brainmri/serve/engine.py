@@ -9,16 +9,16 @@ inference core with a one-line change when that core changes.
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from brainmri.data.images import load_gray, resize_square
-from brainmri.errors import BrainMRIError
+from brainmri.data.images import resize_square
+from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
+from brainmri.infer.inputs import auto_crop, load_plane
 
 Record = dict[str, Any]
 
@@ -51,8 +51,12 @@ class Engine:
         for i, (name, data) in enumerate(items):
             records.append(_record(name))
             try:
-                planes.append(_plane(data, self.loaded.image_size))
+                gray, cropped = auto_crop(load_plane(data, name), "auto")
+                planes.append(resize_square(np.ascontiguousarray(gray), self.loaded.image_size))
+                records[i]["cropped"] = cropped
                 ok.append(i)
+            except RejectedInput as exc:
+                records[i].update(status="rejected", reason=str(exc))
             except BrainMRIError as exc:
                 records[i].update(status="error", reason=str(exc))
         if planes:
@@ -114,9 +118,3 @@ def _record(name: str) -> Record:
         "cropped": False,
     }
 
-
-def _plane(data: bytes, size: int) -> np.ndarray:
-    if not data:
-        raise BrainMRIError("empty file (0 bytes)")
-    gray = load_gray(io.BytesIO(data))  # type: ignore[arg-type]
-    return resize_square(np.ascontiguousarray(gray), size)
