@@ -117,3 +117,28 @@ def check_ood(score: float | None, threshold: float | None) -> None:
     reason = ood_reason(score, threshold)
     if reason is not None:
         raise RejectedInput(reason, code="ood")
+
+
+@torch.inference_mode()
+def penultimate_features(
+    model: nn.Module,
+    images: torch.Tensor,
+    intensity: str = "none",
+    channels_last: bool = True,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, F), logits (N, C)) of uint8 (N, 1, S, S) planes, preprocessed as predict
+    does (x / 255 -> intensity normalization -> ImageNet mean/std, 3 channels)."""
+    from brainmri.data.transforms import normalize_intensity, to_model_input
+
+    model.eval()
+    feats, logits = [], []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].to(device).float() / 255.0
+        f = model.penultimate(to_model_input(normalize_intensity(x, intensity), channels_last))
+        feats.append(f.float().cpu())
+        logits.append(model.classify(f).float().cpu())
+    if not feats:
+        return torch.empty((0, 0)), torch.empty((0, 0))
+    return torch.cat(feats), torch.cat(logits)

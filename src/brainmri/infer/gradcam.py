@@ -1,0 +1,165 @@
+"""Grad-CAM (Selvaraju et al., 2017) with the `grad-cam` package: where the model looked.
+
+The target layer is each backbone's last conv stage (timm EfficientNet: `bn2`, the conv_head
+output after BatchNorm and activation, 6x6 at 192 px); its activations are weighted by the
+spatially averaged gradient of the chosen class logit. For an ensemble every member gets its
+own map at its own layer (the gradient of the mean logit through a member is that member's, up
+to the 1/K factor the normalization removes) and the maps are averaged. Maps are upsampled to
+the input size and scaled to [0, 1] per image.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from brainmri.data.images import resize_square
+from brainmri.data.transforms import normalize_intensity, to_model_input
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The classifiers whose maps are averaged (one for a single model)."""
+    members = getattr(model, "members", None)
+    return list(members) if members is not None else [model]
+
+
+def target_layer(member: nn.Module) -> nn.Module:
+    """The last conv stage of a member's backbone (see module doc)."""
+    backbone = getattr(member, "backbone", member)
+    for name in ("bn2", "conv_head", "final_conv", "head_conv"):
+        layer = getattr(backbone, name, None)
+        if isinstance(layer, nn.Module) and not isinstance(layer, nn.Identity):
+            return layer
+    blocks = getattr(backbone, "blocks", None) or getattr(backbone, "stages", None)
+    if blocks is not None:
+        return blocks[-1]
+    raise ValueError(f"no conv stage found for Grad-CAM in {type(backbone).__name__}")
+
+
+def gradcam_maps(
+    model: nn.Module, x_input: torch.Tensor, class_idx: int | Sequence[int]
+) -> np.ndarray:
+    """Grad-CAM maps (N, H, W) in [0, 1] for a model input batch (N, 3, H, W) (normalized, as
+    the model takes it) and one class index, or one per image; ensemble: mean of members."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    n = x_input.shape[0]
+    idx = [int(class_idx)] * n if isinstance(class_idx, int) else [int(c) for c in class_idx]
+    if len(idx) != n:
+        raise ValueError(f"{len(idx)} class indices for {n} images")
+    was_training = model.training
+    model.eval()
+    maps = []
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            x = x_input.detach().clone().float()
+            for member in members_of(model):
+                with GradCAM(model=member, target_layers=[target_layer(member)]) as cam:
+                    maps.append(
+                        cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in idx])
+                    )
+    finally:
+        model.train(was_training)
+    return np.clip(np.mean(maps, axis=0), 0.0, 1.0).astype(np.float32)
+
+
+def model_input(
+    plane: np.ndarray, size: int, intensity: str = "none", channels_last: bool = False
+) -> torch.Tensor:
+    """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does."""
+    x = torch.from_numpy(resize_square(np.ascontiguousarray(plane), size))[None, None]
+    x = normalize_intensity(x.float() / 255.0, intensity)
+    return to_model_input(x, channels_last)
+
+
+def head_mask(plane: np.ndarray) -> np.ndarray:
+    """Boolean mask of the head (largest bright region, holes filled) of a uint8 plane."""
+    blur = cv2.GaussianBlur(plane, (5, 5), 0)
+    otsu, _ = cv2.threshold(blur, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    mask = (blur > max(10.0, 0.5 * float(otsu))).astype(np.uint8)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros_like(mask)
+    if contours:
+        cv2.drawContours(out, [max(contours, key=cv2.contourArea)], -1, 1, thickness=cv2.FILLED)
+    return out.astype(bool)
+
+
+def overlay(plane: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """RGB uint8: the plane with the map (resized to it) blended in as a jet colour map."""
+    h, w = plane.shape
+    heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
+    colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB).astype(np.float32)
+    gray = np.repeat(plane[:, :, None], 3, axis=2).astype(np.float32)
+    return np.uint8(np.clip((1 - alpha) * gray + alpha * colour, 0, 255))
+
+
+def render_png(plane: np.ndarray, cam: np.ndarray, caption: str, side: int = 320) -> bytes:
+    """PNG bytes: input and overlay side by side at side x side, caption in a band on top."""
+    shown = resize_square(np.ascontiguousarray(plane), side)
+    left = np.repeat(shown[:, :, None], 3, axis=2)
+    right = overlay(shown, cam)
+    band = 34
+    canvas = Image.new("RGB", (2 * side + 8, side + band), (0, 0, 0))
+    canvas.paste(Image.fromarray(left), (0, band))
+    canvas.paste(Image.fromarray(right), (side + 8, band))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, 6), caption, fill=(255, 255, 255), font=ImageFont.load_default(size=20))
+    buf = io.BytesIO()
+    canvas.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _torch_parts(classifier: Any) -> tuple[nn.Module, dict]:
+    """(torch classifier, meta) of an InferenceModel, or of an object holding one (a model,
+    an inference graph wrapping it as `.model`, or a loaded model as `.loaded`)."""
+    for holder in (classifier, getattr(classifier, "loaded", None)):
+        for attr in ("torch_model", "model"):
+            m = getattr(holder, attr, None)
+            inner = getattr(m, "model", None)
+            if isinstance(inner, nn.Module) and hasattr(inner, "penultimate"):
+                m = inner  # an inference graph: Grad-CAM runs on the classifier inside it
+            if isinstance(m, nn.Module):
+                return m, holder.meta
+    raise TypeError(f"{type(classifier).__name__} holds no PyTorch model for Grad-CAM")
+
+
+def explain_plane(
+    classifier: Any, plane: np.ndarray, class_idx: int | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
+    uint8 plane; the predicted class unless class_idx is given."""
+    model, meta = _torch_parts(classifier)
+    rec = meta["recipe"]
+    size = int(meta["preprocessing"]["image_size"])
+    x = model_input(
+        plane,
+        size,
+        rec["data"].get("intensity", "none"),
+        bool(rec["model"].get("channels_last", False)),
+    ).to(next(model.parameters()).device)
+    with torch.inference_mode():
+        logits = model(x).float().cpu()[0]
+    temperature = float(meta.get("info", {}).get("temperature", 1.0))
+    probs = torch.softmax(logits / temperature, dim=0).numpy()
+    k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
+    return gradcam_maps(model, x, k)[0], probs, k
+
+
+def explain_png(
+    classifier: Any, plane: np.ndarray, class_idx: int | None = None, title: str = ""
+) -> bytes:
+    """Overlay PNG (input | Grad-CAM) with the class and its probability written on it."""
+    _, meta = _torch_parts(classifier)
+    cam, probs, k = explain_plane(classifier, plane, class_idx)
+    names = list(meta["class_names"])
+    caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
+    return render_png(plane, cam, caption)
