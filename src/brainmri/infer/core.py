@@ -1,15 +1,34 @@
-"""Batched inference over a uint8 image cache, with optional test-time augmentation."""
+"""The inference core: batched logits over a uint8 cache (evaluate, training) and Classifier.
+
+`Classifier` is the one entry point for prediction (CLI `predict`, the web API, Python users):
+it loads a model file, picks a runtime (ONNX Runtime on CPU by default, PyTorch on a GPU or
+when asked), and turns files, bytes or planes into records. Both runtimes run the same graph
+(`infer.graph.InferenceGraph`), so they give the same classes.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
+from brainmri.errors import BrainMRIError
+from brainmri.infer.records import (
+    check_crop_mode,
+    decode_stream,
+    failed_record,
+    prepare_bytes,
+    read_input,
+    scored_record,
+)
+
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -106,9 +125,234 @@ def load_for_inference(
     """Load a model file for prediction (eval mode, channels_last when its recipe says so)."""
     from brainmri.model.checkpoint import load_model
 
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     model, meta = load_model(path, dev)
     loaded = InferenceModel(model, meta, dev)
     if loaded.channels_last:
         loaded.model = model.to(memory_format=torch.channels_last)
     return loaded
+
+
+# --------------------------------------------------------------------------------------------
+# device and runtime choice
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """cpu / cuda / cuda:N checked against this machine (None: cuda when present, else cpu)."""
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise BrainMRIError(f"unknown device {str(device)!r} (use cpu, cuda or cuda:N)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BrainMRIError(f"device {str(device)!r}: no CUDA GPU is available here (use cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            n = torch.cuda.device_count()
+            raise BrainMRIError(f"device {str(device)!r}: this machine has {n} CUDA GPU(s)")
+    elif dev.type != "cpu":
+        raise BrainMRIError(f"unsupported device {str(device)!r} (use cpu, cuda or cuda:N)")
+    return dev
+
+
+def resolve_runtime(
+    runtime: str, device: str | torch.device | None, model_path: Path
+) -> tuple[str, torch.device]:
+    """(runtime, device): auto = PyTorch on a GPU, else ONNX Runtime on CPU."""
+    if runtime not in RUNTIMES:
+        raise BrainMRIError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    dev = resolve_device(device)
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if is_onnx and runtime == "torch":
+        raise BrainMRIError(f"{model_path} is an ONNX export: runtime torch needs a .safetensors")
+    if runtime == "auto":
+        runtime = "onnx" if (is_onnx or dev.type == "cpu") else "torch"
+    if runtime == "onnx" and dev.type != "cpu":
+        what = "this ONNX export runs" if is_onnx else "runtime onnx runs"
+        raise BrainMRIError(f"{what} on CPU only; use --runtime torch for {dev}")
+    return runtime, dev
+
+
+class TorchBackend:
+    """Runs the inference graph in PyTorch (eval, inference_mode, bf16 autocast on CUDA)."""
+
+    name = "torch"
+
+    def __init__(self, graph: nn.Module, device: torch.device, output_names: tuple[str, ...]):
+        self.graph, self.device, self.output_names = graph, device, list(output_names)
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        with autocast_context(self.device, "auto"):
+            out = self.graph(pixels.to(self.device, non_blocking=True))
+        return {n: o.float().cpu() for n, o in zip(self.output_names, out, strict=True)}
+
+
+def _torch_backend(path: Path, device: torch.device) -> tuple[TorchBackend, dict]:
+    from brainmri.infer.graph import build_graph
+    from brainmri.model.checkpoint import load_model
+
+    model, meta = load_model(path, device)
+    channels_last = bool(meta["recipe"]["model"].get("channels_last", True))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    graph = build_graph(model, meta, path, channels_last).to(device)
+    return TorchBackend(graph, device, graph.output_names), meta
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier: the prediction API
+# --------------------------------------------------------------------------------------------
+
+
+class Classifier:
+    """A model file ready to classify files, bytes or planes, on ONNX Runtime or PyTorch.
+
+    `model`: a .safetensors model file (default: the shipped one) or an .onnx export. With the
+    ONNX runtime a .safetensors file is exported once and the export cached (see
+    `infer.export.cached_export`). `threads`: ONNX Runtime intra-op threads (default: cores).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        runtime: str = "auto",
+        device: str | torch.device | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ):
+        from brainmri.infer.export import cached_export, file_sha256
+        from brainmri.model.checkpoint import shipped_model_path
+
+        path = Path(model) if model is not None else shipped_model_path()
+        if not path.is_file():
+            raise BrainMRIError(f"model file not found: {path}")
+        self.runtime, self.device = resolve_runtime(runtime, device, path)
+        self.path, self.sha256, self.batch_size = path, file_sha256(path), batch_size
+        if self.runtime == "onnx":
+            from brainmri.infer.onnx_runtime import OnnxBackend
+
+            onnx_path = path if path.suffix.lower() == ".onnx" else cached_export(path, self.sha256)
+            self.backend: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, threads)
+            self.meta: dict = self.backend.meta
+        else:
+            self.backend, self.meta = _torch_backend(path, self.device)
+
+    # metadata ---------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["preprocessing"]["image_size"])
+
+    @property
+    def intensity(self) -> str:
+        prep = self.meta["preprocessing"]
+        return prep.get("intensity") or self.meta["recipe"]["data"].get("intensity", "none")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("info", {}).get("temperature", 1.0))
+
+    @property
+    def ood_threshold(self) -> float | None:
+        value = self.meta.get("guard", {}).get("ood_threshold")
+        return None if value is None else float(value)
+
+    def describe(self) -> dict:
+        """What produced a prediction: written beside every record of `predict --json/--csv`."""
+        return {"model": str(self.path), "model_sha256": self.sha256, "runtime": self.runtime}
+
+    # planes -----------------------------------------------------------------------------
+    def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:
+        """uint8 planes (N, 1, S, S) -> logits (V, N, C) per TTA view, calibrated probs (N, C)
+        averaged over views, features (N, F) and ood_score (N,) | None of the plain view."""
+        x = torch.as_tensor(planes)
+        if x.ndim == 3:
+            x = x[:, None]
+        s = self.image_size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (1, s, s):
+            raise BrainMRIError(f"expected planes (N, 1, {s}, {s}), got {tuple(x.shape)}")
+        logits, feats, ood = [], [], []
+        step = max(1, self.batch_size // tta)
+        for start in range(0, len(x), step):
+            chunk = x[start : start + step]
+            p = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
+            p = normalize_intensity(p, self.intensity)
+            out = self.backend(torch.cat([v for _, v in tta_views(p, tta)]))
+            logits.append(out["logits"].view(tta, len(chunk), -1))
+            feats.append(out["features"][: len(chunk)])
+            if "ood_score" in out:
+                ood.append(out["ood_score"].reshape(-1)[: len(chunk)])
+        if not logits:
+            raise BrainMRIError("no planes to classify")
+        all_logits = torch.cat(logits, dim=1)
+        return {
+            "logits": all_logits,
+            "probs": tta_probs(all_logits, self.temperature),
+            "features": torch.cat(feats),
+            "ood_score": torch.cat(ood) if ood else None,
+        }
+
+    def _records(self, items: list[tuple[str, np.ndarray, bool]], tta: int) -> list[dict]:
+        out = self.run(np.stack([plane for _, plane, _ in items])[:, None], tta)
+        probs = out["probs"].tolist()
+        scores = [None] * len(items) if out["ood_score"] is None else out["ood_score"].tolist()
+        return [
+            scored_record(path, row, self.class_names, score, self.ood_threshold, cropped)
+            for (path, _, cropped), row, score in zip(items, probs, scores, strict=True)
+        ]
+
+    # files and bytes --------------------------------------------------------------------
+    def predict_bytes(self, name: str, data: bytes, tta: int = 1, crop: str = "auto") -> dict:
+        """One record for an uploaded file's bytes."""
+        try:
+            plane, cropped = prepare_bytes(data, name, self.image_size, check_crop_mode(crop))
+        except BrainMRIError as exc:
+            return failed_record(name, exc)
+        return self._records([(name, plane, cropped)], tta)[0]
+
+    def predict(
+        self, path: str | Path | list[str | Path], tta: int = 1, crop: str = "auto"
+    ) -> dict | list[dict]:
+        """A record for one path, or a list of records (in order) for a list of paths."""
+        if isinstance(path, (str, Path)):
+            try:
+                data = read_input(path)
+            except BrainMRIError as exc:
+                return failed_record(str(path), exc)
+            return self.predict_bytes(str(path), data, tta, crop)
+        return list(self.stream(path, tta, crop))
+
+    def stream(
+        self,
+        paths: Iterable[str | Path],
+        tta: int = 1,
+        crop: str = "auto",
+        workers: int | None = None,
+        prefetch: int | None = None,
+    ) -> Iterator[dict]:
+        """Records in input order; files decoded by a thread pool at most `prefetch` ahead."""
+        crop = check_crop_mode(crop)
+        pending: list[dict | tuple[str, np.ndarray, bool]] = []
+        n_planes = 0
+        prefetch = prefetch or 4 * self.batch_size
+        for path, plane, cropped, rec in decode_stream(
+            paths, self.image_size, crop, workers, prefetch
+        ):
+            pending.append(rec if rec is not None else (path, plane, cropped))
+            n_planes += rec is None
+            if n_planes >= self.batch_size:
+                yield from self._flush(pending, tta)
+                pending, n_planes = [], 0
+        yield from self._flush(pending, tta)
+
+    def _flush(self, pending: list, tta: int) -> Iterator[dict]:
+        items = [p for p in pending if isinstance(p, tuple)]
+        scored = iter(self._records(items, tta) if items else [])
+        for p in pending:
+            yield next(scored) if isinstance(p, tuple) else p

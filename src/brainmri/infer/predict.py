@@ -1,80 +1,149 @@
-"""`brainmri predict`: image files or folders -> class and calibrated probabilities per image.
+"""`brainmri predict`: image files or folders -> one record per file, streamed.
 
-Each file is decoded like the training data (luminance plane) and resized to the model's input
-size, exactly as `evaluate` does. `crop=True` first crops to the brain as `clean` does: for raw
-scans with a wide black frame. It is off by default because cropping an already-cropped image
-again cuts into it (on 48 benchmark test images: 44 right with a second crop, 47 without).
-A file that cannot be read gets a one-line error and the rest of the batch goes on.
+Files are decoded by a thread pool a bounded number of files ahead of the model
+(`Classifier.stream`), so memory stays flat for any number of files; records are printed and
+written to JSON/CSV as they come. Each record says what produced it: model sha256, runtime,
+TTA views and crop mode. A file that cannot be read gets `status: error`, one the input guard
+refuses `status: rejected`, both with the reason; the others are still classified.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO, Any
 
-import numpy as np
-import torch
+from tqdm import tqdm
 
-from brainmri.data.crop import crop_to_brain
-from brainmri.data.folders import is_image_file
-from brainmri.data.images import load_gray, resize_square
+from brainmri.data.folders import IMAGE_EXTENSIONS
 from brainmri.errors import BrainMRIError
-from brainmri.infer.core import InferenceModel
+from brainmri.infer.core import Classifier
+
+INPUT_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {".dcm", ".dicom"}
 
 
-@dataclass
-class Prediction:
-    path: str
-    label: str | None = None
-    probability: float | None = None
-    probabilities: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
+def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
+    """Files as given; folders walked recursively (sorted) for image and DICOM files.
 
-
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders walked recursively for image files (sorted)."""
+    Broken symbolic links with an image suffix are kept, so they are reported, not skipped.
+    """
     out: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            out.extend(sorted(p for p in item.rglob("*") if is_image_file(p)))
+            out.extend(
+                sorted(
+                    p
+                    for p in item.rglob("*")
+                    if p.suffix.lower() in INPUT_SUFFIXES and (p.is_file() or p.is_symlink())
+                )
+            )
         else:
             out.append(item)
     return out
 
 
-def prepare(path: Path, size: int, crop: bool = False) -> np.ndarray:
-    """Decode -> (brain crop) -> size×size uint8 plane; BrainMRIError when unreadable."""
-    if not path.exists():
-        raise BrainMRIError(f"{path}: no such file")
-    gray = load_gray(path)
-    if crop:
-        gray, _ = crop_to_brain(gray)
-    return resize_square(np.ascontiguousarray(gray), size)
+def check_outputs(paths: list[Path | None], force: bool) -> None:
+    """Refuse to overwrite an existing output file unless forced."""
+    for p in paths:
+        if p is not None and p.exists() and not force:
+            raise BrainMRIError(f"{p} exists; use --force to overwrite it")
+        if p is not None and p.is_dir():
+            raise BrainMRIError(f"{p} is a folder, not a file")
 
 
-def predict_files(
-    loaded: InferenceModel,
+class RecordWriter:
+    """Streams records to a JSON array and/or a CSV table (one row per file)."""
+
+    def __init__(self, json_path: Path | None, csv_path: Path | None, class_names: list[str]):
+        self.class_names = class_names
+        self.files: list[IO[str]] = []
+        self.json = self._open(json_path)
+        self.csv_file = self._open(csv_path)
+        self.csv = None
+        self.count = 0
+        if self.json:
+            self.json.write("[")
+        if self.csv_file:
+            self.csv = csv.writer(self.csv_file)
+            self.csv.writerow(self.columns())
+
+    def _open(self, path: Path | None) -> IO[str] | None:
+        if path is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = path.open("w", newline="")
+        self.files.append(f)
+        return f
+
+    def columns(self) -> list[str]:
+        base = ["path", "status", "reason", "label", "probability"]
+        tail = ["ood_score", "cropped", "model_sha256", "runtime", "tta", "crop"]
+        return base + [f"p_{c}" for c in self.class_names] + tail
+
+    def write(self, rec: dict[str, Any]) -> None:
+        if self.json:
+            self.json.write(("," if self.count else "") + "\n  " + json.dumps(rec))
+        if self.csv:
+            probs = [rec["probabilities"].get(c, "") for c in self.class_names]
+            row = {**rec, "reason": rec["reason"] or ""}
+            self.csv.writerow(
+                [row[k] for k in self.columns()[:5]] + probs + [row[k] for k in self.columns()[-6:]]
+            )
+        self.count += 1
+
+    def close(self) -> None:
+        if self.json:
+            self.json.write("\n]\n")
+        for f in self.files:
+            f.close()
+
+
+def format_record(rec: dict[str, Any], width: int) -> tuple[str, bool]:
+    """(the line to print, whether it goes to stderr)."""
+    path = rec["path"]
+    if rec["status"] == "ok":
+        others = "  ".join(f"{k} {v:.3f}" for k, v in rec["probabilities"].items())
+        return f"{path:<{width}}  {rec['label']:<10} {rec['probability']:.3f}   ({others})", False
+    reason = rec["reason"] or ""
+    where = "" if reason.startswith(path) else f"{path}: "
+    return f"{rec['status']}: {where}{reason}", True
+
+
+def run_predict(
+    classifier: Classifier,
     paths: list[Path],
     tta: int = 1,
-    crop: bool = False,
-    batch_size: int = 64,
-) -> list[Prediction]:
-    """One Prediction per path, in order; unreadable files carry `error` instead of a label."""
-    results = [Prediction(str(p)) for p in paths]
-    planes, ok = [], []
-    for i, p in enumerate(paths):
-        try:
-            planes.append(prepare(p, loaded.image_size, crop))
-            ok.append(i)
-        except BrainMRIError as exc:
-            results[i].error = str(exc)
-    if planes:
-        images = torch.from_numpy(np.stack(planes)[:, None])
-        probs = loaded.probs(images, tta=tta, batch_size=batch_size)
-        names = loaded.class_names
-        for i, row in zip(ok, probs.tolist(), strict=True):
-            k = int(np.argmax(row))
-            results[i].label = names[k]
-            results[i].probability = round(row[k], 6)
-            results[i].probabilities = {n: round(v, 6) for n, v in zip(names, row, strict=True)}
-    return results
+    crop: str = "auto",
+    json_out: Path | None = None,
+    csv_out: Path | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    echo: Callable[[str, bool], None] | None = None,
+) -> Counter:
+    """Classify `paths`, print one line each, stream records to the outputs; status counts."""
+    extra = {"model_sha256": classifier.sha256, "runtime": classifier.runtime, "tta": tta,
+             "crop": crop}  # fmt: skip
+    writer = RecordWriter(json_out, csv_out, classifier.class_names)
+    counts: Counter = Counter()
+    width = min(60, max(len(str(p)) for p in paths))
+    disable = None if progress is None else not progress  # None: a bar only on a terminal
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=disable, leave=False)
+    try:
+        for rec in classifier.stream(paths, tta, crop, workers):
+            rec.update(extra)
+            writer.write(rec)
+            counts[rec["status"]] += 1
+            line, to_err = format_record(rec, width)
+            if echo is not None:
+                echo(line, to_err)
+            else:
+                bar.write(line, file=sys.stderr if to_err else sys.stdout)
+            bar.update(1)
+    finally:
+        bar.close()
+        writer.close()
+    return counts

@@ -49,6 +49,14 @@ class TumorClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """Head activations after Dense+SiLU (before the last Dropout/Linear): (N, dense_units)."""
+        return self.head[:4](self.features(x))
+
+    def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
+        """Logits from `penultimate` features: forward(x) == classify(penultimate(x))."""
+        return self.head[4:](penultimate)
+
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style kernel L2 on the head's Dense layers: l2 · Σ w²."""
         return self.l2 * sum(m.weight.pow(2).sum() for m in self.head if isinstance(m, nn.Linear))

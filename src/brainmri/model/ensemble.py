@@ -17,3 +17,14 @@ class EnsembleClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """Members' penultimate features concatenated: (N, sum of their widths)."""
+        return torch.cat([m.penultimate(x) for m in self.members], dim=1)
+
+    def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
+        """Mean of member logits from concatenated features: forward == classify∘penultimate."""
+        widths = [m.dense.out_features for m in self.members]
+        parts = torch.split(penultimate, widths, dim=1)
+        logits = [m.classify(f) for m, f in zip(self.members, parts, strict=True)]
+        return torch.stack(logits).mean(dim=0)

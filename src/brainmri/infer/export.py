@@ -1,0 +1,188 @@
+"""`brainmri export`: a model file -> one ONNX graph (ensemble included) with its metadata.
+
+The exported graph is :class:`brainmri.infer.graph.InferenceGraph`: input ``pixels`` float32
+``(batch, 1, S, S)`` in [0, 1] after the intensity normalization named in the metadata; outputs
+``logits`` ``(batch, C)`` (before temperature), ``features`` (penultimate activations) and, when
+the model file holds input-guard statistics, ``ood_score`` ``(batch,)``. The batch axis is
+dynamic. Exporter: the TorchScript-based exporter (``dynamo=False``, opset 17): on this model it
+gives a correct dynamic-batch graph in ~12 s, where the dynamo exporter took ~100 s for the same
+numbers. The metadata (``metadata_props``) holds the model file's own metadata as JSON under
+``brainmri`` plus plain keys ``class_names``, ``preprocessing``, ``temperature``,
+``ood_threshold`` for readers that do not want to parse it.
+
+``int8``: ONNX Runtime static quantization (QDQ, per-channel int8 weights, uint8 activations)
+calibrated on training images; see docs/RESULTS.md §9 for whether it keeps the accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainmri.errors import BrainMRIError
+from brainmri.infer.graph import build_graph
+from brainmri.model.checkpoint import atomic_write, load_model
+
+OPSET = 17
+EXPORTER = f"torch.onnx (TorchScript exporter, dynamo=False), opset {OPSET}"
+EXPORT_VERSION = 1
+"""Bumped when the graph or its metadata change, so cached exports are rebuilt."""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnx_metadata(meta: dict, source_sha: str, outputs: tuple[str, ...], int8: bool) -> dict:
+    """String key/values written to the ONNX file's metadata_props."""
+    full = dict(meta)
+    full["onnx"] = {
+        "input": "pixels",
+        "input_spec": "float32 (batch, 1, S, S) in [0, 1] after preprocessing.intensity",
+        "outputs": list(outputs),
+        "exporter": EXPORTER,
+        "export_version": EXPORT_VERSION,
+        "source_sha256": source_sha,
+        "int8": int8,
+    }
+    props = {
+        "brainmri": json.dumps(full),
+        "class_names": json.dumps(meta["class_names"]),
+        "preprocessing": json.dumps(meta.get("preprocessing", {})),
+        "temperature": str(float(meta.get("info", {}).get("temperature", 1.0))),
+    }
+    threshold = meta.get("guard", {}).get("ood_threshold")
+    if threshold is not None:
+        props["ood_threshold"] = str(float(threshold))
+    return props
+
+
+def _write_metadata(path: Path, props: dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = "brainmri 4-class brain MRI tumor classifier; not for clinical use"
+    onnx.save(model, str(path))
+
+
+def _torch_export(graph: torch.nn.Module, size: int, path: Path) -> None:
+    names = list(graph.output_names)
+    dynamic = {n: {0: "batch"} for n in ["pixels", *names]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+        torch.onnx.export(
+            graph,
+            (torch.rand(2, 1, size, size),),
+            str(path),
+            input_names=["pixels"],
+            output_names=names,
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def export_onnx(
+    model_path: str | Path,
+    out: str | Path,
+    int8: bool = False,
+    calibration: np.ndarray | None = None,
+) -> dict:
+    """Write `model_path` as ONNX to `out` (fp32, or int8 with calibration planes)."""
+    model_path, out = Path(model_path), Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise BrainMRIError(f"--out must end in .onnx, got {out}")
+    model, meta = load_model(model_path, "cpu")
+    graph = build_graph(model, meta, model_path)
+    size = int(meta["preprocessing"]["image_size"])
+    sha = file_sha256(model_path)
+    props = onnx_metadata(meta, sha, graph.output_names, int8)
+
+    def write(tmp: Path) -> None:
+        _torch_export(graph, size, tmp)
+        if int8:
+            if calibration is None:
+                raise BrainMRIError("int8 export needs calibration images")
+            quantize_static_int8(tmp, tmp, calibration)
+        _write_metadata(tmp, props)
+
+    atomic_write(out, write)
+    return {"out": str(out), "source_sha256": sha, "outputs": list(graph.output_names),
+            "int8": int8, "exporter": EXPORTER}  # fmt: skip
+
+
+def quantize_static_int8(src: Path, dst: Path, pixels: np.ndarray, batch: int = 16) -> None:
+    """ONNX Runtime static QDQ quantization calibrated on `pixels` (N, 1, S, S) float32."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.chunks = iter([pixels[i : i + batch] for i in range(0, len(pixels), batch)])
+
+        def get_next(self):
+            chunk = next(self.chunks, None)
+            return None if chunk is None else {"pixels": chunk}
+
+    pre = dst.with_name(dst.name + ".pre.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        quantize_static(
+            str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        )  # fmt: skip
+    finally:
+        if pre.exists():
+            os.unlink(pre)
+
+
+def cache_dir() -> Path:
+    """Where ONNX exports of model files are kept: $BRAINMRI_CACHE, else ~/.cache/brainmri."""
+    root = os.environ.get("BRAINMRI_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "brainmri"
+    )
+    return Path(root) / "onnx"
+
+
+def cached_export(model_path: str | Path, sha: str | None = None) -> Path:
+    """The fp32 ONNX export of a model file, made once and reused (keyed by its sha256)."""
+    sha = sha or file_sha256(model_path)
+    path = cache_dir() / f"{sha[:20]}-v{EXPORT_VERSION}.onnx"
+    if not path.is_file():
+        export_onnx(model_path, path)
+    return path
+
+
+def calibration_pixels(data_dir: Path, meta: dict, count: int = 128, seed: int = 0) -> np.ndarray:
+    """`count` Training images (seeded draw), preprocessed to graph input for int8 calibration."""
+    from brainmri.data.cache import decode_images
+    from brainmri.data.folders import scan_split
+    from brainmri.data.transforms import normalize_intensity
+
+    train = scan_split(data_dir, "Training")
+    if not train:
+        raise BrainMRIError(f"int8 calibration needs Training/<class>/ images under {data_dir}")
+    pick = np.random.default_rng(seed).permutation(len(train))[:count]
+    size = int(meta["preprocessing"]["image_size"])
+    planes = decode_images([train[i].path for i in sorted(pick)], size, desc="calibration")
+    x = normalize_intensity(planes.float() / 255.0, meta["preprocessing"].get("intensity", "none"))
+    return x.numpy().astype(np.float32)

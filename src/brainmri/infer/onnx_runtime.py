@@ -1,0 +1,62 @@
+"""ONNX Runtime backend: an exported graph run on CPU threads sized to this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainmri.errors import BrainMRIError
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware, unlike os.cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None):
+    """One session, all cores in one op at a time (a CNN gains little from parallel ops)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or available_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+class OnnxBackend:
+    """Runs `pixels` (N, 1, S, S) float32 through an exported graph; outputs as CPU tensors."""
+
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise BrainMRIError("runtime onnx needs onnxruntime (pip install onnxruntime)") from exc
+        try:
+            self.session = ort.InferenceSession(
+                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own non-Python-standard types
+            raise BrainMRIError(f"not a loadable ONNX model: {path} ({exc})") from exc
+        raw = self.session.get_modelmeta().custom_metadata_map.get("brainmri")
+        if not raw:
+            raise BrainMRIError(f"{path} is an ONNX model but not a brainmri export")
+        self.meta: dict = json.loads(raw)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.device = torch.device("cpu")
+
+    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)
+        out = self.session.run(self.output_names, {"pixels": x})
+        return {n: torch.from_numpy(o) for n, o in zip(self.output_names, out, strict=True)}

@@ -1,0 +1,162 @@
+"""One input file -> model-ready plane, and the record every consumer reports.
+
+Decoding and cropping go through :func:`load_plane` and :func:`auto_crop`: the input guard's
+(``brainmri.infer.inputs``: quality rules, DICOM, frame detection) when that module is
+installed, else the plain decode ``evaluate`` uses, with cropping only when asked for.
+
+A record is a plain dict: ``path``, ``status`` (``ok`` | ``rejected`` | ``error``), ``reason``,
+``label``, ``probability``, ``probabilities`` ({class: p}), ``ood_score``, ``cropped``; label
+and probabilities are empty unless the status is ``ok``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from brainmri.data.crop import crop_to_brain
+from brainmri.data.images import load_gray, resize_square
+from brainmri.errors import BrainMRIError, RejectedInput
+
+CROP_MODES = ("auto", "on", "off")
+
+
+def _plain_load_plane(data: bytes, name: str) -> np.ndarray:
+    """Decode image bytes to an HxW uint8 luminance plane, as training data is decoded."""
+    try:
+        return load_gray(io.BytesIO(data))
+    except BrainMRIError as exc:
+        raise BrainMRIError(f"cannot read image {name}: {exc.__cause__ or exc}") from None
+
+
+def _plain_auto_crop(gray: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, bool]:
+    """Crop to the brain only when asked ("on"); "auto" needs the guard's frame detection."""
+    if mode != "on":
+        return gray, False
+    cropped, box = crop_to_brain(gray)
+    return cropped, (box.width, box.height) != (gray.shape[1], gray.shape[0])
+
+
+if importlib.util.find_spec("brainmri.infer.inputs") is not None:
+    from brainmri.infer.inputs import auto_crop, load_plane
+else:  # until the input guard is installed
+    load_plane, auto_crop = _plain_load_plane, _plain_auto_crop
+
+
+def check_crop_mode(crop: str | bool) -> str:
+    """'auto' | 'on' | 'off' (True/False accepted for 'on'/'off')."""
+    if isinstance(crop, bool):
+        return "on" if crop else "off"
+    if crop not in CROP_MODES:
+        raise BrainMRIError(f"unknown crop mode {crop!r} (one of {', '.join(CROP_MODES)})")
+    return crop
+
+
+def read_input(path: str | Path) -> bytes:
+    """A file's bytes; a missing file, broken link or folder is a one-line user error."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise BrainMRIError(f"{p}: broken symbolic link")
+    if not p.exists():
+        raise BrainMRIError(f"{p}: no such file")
+    if p.is_dir():
+        raise BrainMRIError(f"{p}: is a folder")
+    try:
+        return p.read_bytes()
+    except OSError as exc:
+        raise BrainMRIError(f"{p}: cannot read ({exc.strerror or exc})") from exc
+
+
+def prepare_bytes(data: bytes, name: str, size: int, crop: str = "auto") -> tuple[np.ndarray, bool]:
+    """Bytes -> (size×size uint8 plane, whether it was cropped); guard errors propagate."""
+    gray = load_plane(data, name)
+    gray, cropped = auto_crop(gray, crop)
+    return resize_square(np.ascontiguousarray(gray), size), bool(cropped)
+
+
+def empty_record(path: str, status: str, reason: str | None, cropped: bool = False) -> dict:
+    return {
+        "path": path, "status": status, "reason": reason, "label": None, "probability": None,
+        "probabilities": {}, "ood_score": None, "cropped": cropped,
+    }  # fmt: skip
+
+
+def failed_record(path: str, exc: BrainMRIError) -> dict:
+    """`rejected` for inputs the guard refuses, `error` for anything unreadable."""
+    status = "rejected" if isinstance(exc, RejectedInput) else "error"
+    return empty_record(path, status, str(exc))
+
+
+def scored_record(
+    path: str,
+    probs: list[float],
+    class_names: list[str],
+    ood_score: float | None,
+    ood_threshold: float | None,
+    cropped: bool,
+) -> dict[str, Any]:
+    """An `ok` record, or `rejected` when the OOD score is over the model's threshold."""
+    ood = None if ood_score is None else round(float(ood_score), 3)
+    if ood is not None and ood_threshold is not None and ood > ood_threshold:
+        rec = empty_record(
+            path, "rejected", f"not a brain MRI (OOD score {ood:.0f} > {ood_threshold:.0f})",
+            cropped,
+        )  # fmt: skip
+        rec["ood_score"] = ood
+        return rec
+    k = int(np.argmax(probs))
+    rec = empty_record(path, "ok", None, cropped)
+    rec.update(
+        label=class_names[k],
+        probability=round(float(probs[k]), 6),
+        probabilities={n: round(float(p), 6) for n, p in zip(class_names, probs, strict=True)},
+        ood_score=ood,
+    )
+    return rec
+
+
+Decoded = tuple[str, "np.ndarray | None", bool, "dict | None"]
+
+
+def _decode_one(path: str | Path, size: int, crop: str) -> Decoded:
+    try:
+        plane, cropped = prepare_bytes(read_input(path), str(path), size, crop)
+        return str(path), plane, cropped, None
+    except BrainMRIError as exc:
+        return str(path), None, False, failed_record(str(path), exc)
+
+
+def decode_stream(
+    paths: Iterable[str | Path],
+    size: int,
+    crop: str = "auto",
+    workers: int | None = None,
+    prefetch: int = 128,
+) -> Iterator[Decoded]:
+    """(path, plane | None, cropped, failed record | None) in input order.
+
+    A thread pool decodes (Pillow releases the GIL while decoding and resizing); at most
+    `prefetch` files are in flight, so memory stays bounded whatever the number of files.
+    """
+    workers = workers or min(4, os.cpu_count() or 1)
+    source = iter(paths)
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        pending = deque()
+        for p in source:
+            pending.append(pool.submit(_decode_one, p, size, crop))
+            if len(pending) >= max(1, prefetch):
+                break
+        while pending:
+            done = pending.popleft().result()
+            nxt = next(source, None)
+            if nxt is not None:
+                pending.append(pool.submit(_decode_one, nxt, size, crop))
+            yield done
