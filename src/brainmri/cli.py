@@ -259,58 +259,115 @@ def evaluate(
 @user_errors
 def predict(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Image files and/or folders (searched recursively).")
+        list[Path],
+        typer.Argument(help="Image/DICOM files and/or folders (searched recursively)."),
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model file (.safetensors, or an .onnx from export). Default: the shipped model.",
+        ),
+    ] = None,
+    tta: Annotated[
+        int, typer.Option(min=1, max=5, help="Test-time augmentation views averaged (1 = plain).")
+    ] = 1,
+    crop: Annotated[
+        str,
+        typer.Option(
+            help="auto: crop scans with a wide black frame to the brain; on: always crop as "
+            "`clean` does; off: take inputs as they are."
+        ),
+    ] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the records to this JSON file.")
+    ] = None,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the records to this CSV file.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite existing --json/--csv files.")] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(help="auto (PyTorch on a GPU, else ONNX Runtime), onnx or torch."),
+    ] = "auto",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Decode threads (default: cores, at most 4).")
+    ] = None,
+    progress: Annotated[
+        bool | None,
+        typer.Option(help="Progress bar on stderr (default: only on a terminal)."),
+    ] = None,
+) -> None:
+    """Classify images: one line per file with the class and its calibrated probability.
+
+    Files are streamed (decoded a bounded number ahead), so any number of files fits in memory.
+    Each file gets a status: ok, rejected (the input guard refused it, with the reason) or
+    error (unreadable); the others are still classified and the exit code is 1 if any file was
+    not ok. Records in --json/--csv carry the model sha256, runtime, TTA and crop mode.
+    Not for clinical use.
+    """
+    from brainmri.infer.core import Classifier
+    from brainmri.infer.predict import check_outputs, expand_inputs, run_predict
+    from brainmri.infer.records import check_crop_mode
+
+    crop = check_crop_mode(crop)
+    check_outputs([json_out, csv_out], force)
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise BrainMRIError("no image files found in the given inputs")
+    classifier = Classifier(model, runtime, device, batch_size=batch_size)
+    counts = run_predict(classifier, paths, tta, crop, json_out, csv_out, workers, progress)
+    if counts["ok"] != sum(counts.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (.onnx).")],
     model: Annotated[
         Path | None,
         typer.Option(
             "--model", "-m", help="Model file. Default: the model shipped in the package."
         ),
     ] = None,
-    tta: Annotated[
-        int, typer.Option(min=1, max=5, help="Test-time augmentation views averaged.")
-    ] = 5,
-    crop: Annotated[
+    int8: Annotated[
         bool,
         typer.Option(
-            help="Crop to the brain first, as `clean` does: for raw scans with a black frame "
-            "(off: inputs are taken as cropped, like the benchmark images)."
+            help="Quantize to int8 (ONNX Runtime static quantization, calibrated on 128 "
+            "Training images of --data). See docs/RESULTS.md for its accuracy."
         ),
     ] = False,
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the predictions to this JSON file.")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    data: DataOpt = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
-    """Classify images: one line per file with the class and its calibrated probability.
+    """Export a model file to ONNX: one graph (an ensemble included), dynamic batch.
 
-    Files that cannot be read get a one-line error on stderr and the others are still
-    classified; the exit code is 1 if any file failed. Not for clinical use.
+    Input `pixels` float32 (batch, 1, S, S) in [0, 1] after the intensity normalization named
+    in the metadata; outputs `logits`, `features` (penultimate) and, when the model file holds
+    input-guard statistics, `ood_score`. Class names, preprocessing, temperature and the guard
+    threshold are in the ONNX metadata. Run it with `brainmri predict --model FILE.onnx`.
     """
-    import json
-    from dataclasses import asdict
+    from brainmri.infer.export import calibration_pixels, export_onnx
+    from brainmri.model.checkpoint import read_metadata, shipped_model_path
 
-    from brainmri.infer.core import load_for_inference
-    from brainmri.infer.predict import expand_inputs, predict_files
-    from brainmri.model.checkpoint import shipped_model_path
+    if out.exists() and not force:
+        raise BrainMRIError(f"{out} exists; use --force to overwrite it")
+    model = model or shipped_model_path()
+    calibration = None
+    if int8:
+        from brainmri.data.folders import resolve_data_dir
 
-    paths = expand_inputs(inputs)
-    if not paths:
-        raise BrainMRIError("no image files found in the given inputs")
-    loaded = load_for_inference(model or shipped_model_path(), device)
-    results = predict_files(loaded, paths, tta=tta, crop=crop)
-    width = max(len(r.path) for r in results)
-    for r in results:
-        if r.error:
-            typer.echo(f"error: {r.error}", err=True)
-            continue
-        others = "  ".join(f"{k} {v:.3f}" for k, v in r.probabilities.items())
-        typer.echo(f"{r.path:<{width}}  {r.label:<10} {r.probability:.3f}   ({others})")
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps([asdict(r) for r in results], indent=2))
-    if any(r.error for r in results):
-        raise typer.Exit(1)
+        if not model.is_file():
+            raise BrainMRIError(f"model file not found: {model}")
+        calibration = calibration_pixels(resolve_data_dir(data), read_metadata(model))
+    report = export_onnx(model, out, int8=int8, calibration=calibration)
+    outputs = ", ".join(report["outputs"])
+    kind = "int8" if int8 else "fp32"
+    typer.echo(f"wrote {out} ({kind}; outputs {outputs}; {report['exporter']})")
 
 
 @app.command()
