@@ -1,0 +1,212 @@
+"""The ceiling: what a model trained on external-dev itself reaches (grouped cross-validation).
+
+Labels in external-dev are per case, and a slice of a tumour case may not show the tumour, so
+100 % is out of reach; this measures how far a model trained on this very collection gets.
+Slices of one scan are kept on one side of every split: two images are linked when their 24x24
+thumbnails correlate above 0.97 (brainmri.data.dedupe), and the connected components are the
+groups of a 5-fold StratifiedGroupKFold.
+
+Two learners, both from ImageNet EfficientNet-Lite0 (offline weights), images whole (no crop):
+- ``linear``: frozen backbone, pooled (avg || max) features at --size px, standardized, then a
+  logistic regression whose C is chosen by an inner grouped 3-fold CV on each training fold;
+- ``finetune`` (with --finetune EPOCHS): the classifier of the package (3 outputs) fine-tuned
+  whole at --size px for EPOCHS epochs on each training fold, with the `cpu` recipe's
+  augmentation.
+
+Out-of-fold predictions are broken down as in bench/external.py (per class, sequence, tumour).
+Measurement only: nothing here is, or may become, a shipped model.
+
+    python bench/ceiling.py [--size 160] [--finetune 0] [--out bench/results/external]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from external import (  # noqa: E402
+    DEFAULT_DATA,
+    DEFAULT_OUT,
+    breakdown,
+    decode_external,
+    format_breakdown,
+    plot_risk_coverage,
+    provenance,
+    scan_external,
+    write_json,
+)
+
+from brainmri.config import AugmentConfig, ModelConfig, load_recipe  # noqa: E402
+from brainmri.data.dedupe import UnionFind, compute_features, near_pairs, stack_vectors  # noqa: E402
+from brainmri.data.transforms import BatchAugment, to_model_input  # noqa: E402
+
+CLASSES = ["glioma", "meningioma", "notumor"]
+GROUP_THRESHOLD = 0.97
+
+
+def scan_groups(paths: list[Path], threshold: float = GROUP_THRESHOLD) -> np.ndarray:
+    """Group id per image: connected components of thumbnail correlation > threshold."""
+    feats = compute_features(paths, workers=2)
+    uf = UnionFind(len(paths))
+    for i, j, _ in near_pairs(stack_vectors(f.vector for f in feats), threshold=threshold):
+        uf.union(i, j)
+    return np.array([uf.find(i) for i in range(len(paths))])
+
+
+def folds(labels: np.ndarray, groups: np.ndarray, k: int = 5, seed: int = 0):
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    return list(
+        StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(labels, labels, groups)
+    )
+
+
+@torch.inference_mode()
+def imagenet_features(images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    """Pooled (avg || max) frozen ImageNet lite0 features of uint8 (N, 1, S, S) images."""
+    from brainmri.model.classifier import TumorClassifier
+
+    model = TumorClassifier(ModelConfig(), num_classes=len(CLASSES)).eval()
+    out = [
+        model.features(to_model_input(images[i : i + batch], channels_last=True))
+        for i in range(0, len(images), batch)
+    ]
+    return torch.cat(out).numpy()
+
+
+def linear_probe(
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits
+) -> tuple[np.ndarray, list]:
+    """Out-of-fold probabilities of a standardized logistic regression (C by inner grouped CV)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probs = np.zeros((len(y), len(CLASSES)))
+    chosen = []
+    for tr, te in splits:
+        inner = StratifiedGroupKFold(3, shuffle=True, random_state=1)
+        best_c, best = None, -1.0
+        for c in (0.001, 0.01, 0.1):
+            pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+            s = cross_val_score(pipe, x[tr], y[tr], groups=groups[tr], cv=inner).mean()
+            if s > best:
+                best_c, best = c, s
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=3000))
+        probs[te] = pipe.fit(x[tr], y[tr]).predict_proba(x[te])
+        chosen.append(best_c)
+    return probs, chosen
+
+
+def finetune_fold(images, y, tr, te, epochs: int, seed: int) -> np.ndarray:
+    """Fine-tune ImageNet lite0 (3 classes) on images[tr]; probabilities of images[te]."""
+    from brainmri.model.classifier import TumorClassifier
+
+    torch.manual_seed(seed)
+    recipe = load_recipe("cpu")
+    model = TumorClassifier(recipe.model, num_classes=len(CLASSES)).to(
+        memory_format=torch.channels_last
+    )
+    aug = BatchAugment(AugmentConfig(**recipe.augment.model_dump()))
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(tr) / 32)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-4, total_steps=steps, pct_start=0.15)
+    yt = torch.as_tensor(y)
+    model.train()
+    for _ in range(epochs):
+        order = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
+        for i in range(0, len(order), 32):
+            idx = order[i : i + 32]
+            x = to_model_input(aug(images[idx], gen), channels_last=True)
+            loss = F.cross_entropy(model(x), yt[idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.inference_mode():
+        x = to_model_input(images[torch.as_tensor(te)], channels_last=True)
+        return torch.softmax(model(x), dim=1).numpy()
+
+
+def report(name: str, probs: np.ndarray, y: np.ndarray, samples, splits, extra: dict) -> dict:
+    res = breakdown(probs, y, samples, CLASSES)
+    res["fold_accuracy"] = [float((probs[te].argmax(1) == y[te]).mean()) for _, te in splits]
+    res.update(extra)
+    print(format_breakdown(res, f"ceiling, {name}"), flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--size", type=int, default=160)
+    p.add_argument("--finetune", type=int, default=0, help="epochs per fold (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    samples = scan_external(args.data)
+    y = np.array([s.label for s in samples])
+    t0 = time.perf_counter()
+    groups = scan_groups([s.path for s in samples])
+    splits = folds(y, groups, 5, args.seed)
+    images = decode_external(samples, args.size)
+    sizes = np.bincount(np.unique(groups, return_inverse=True)[1])
+    out: dict = {
+        "groups": {
+            "n": int(len(sizes)),
+            "largest": int(sizes.max()),
+            "singletons": int((sizes == 1).sum()),
+        },
+        "fold_sizes": [int(len(te)) for _, te in splits],
+        "size": args.size,
+    }
+    print(f"{out['groups']} groups; folds {out['fold_sizes']}", flush=True)
+    t1 = time.perf_counter()
+    feats = imagenet_features(images)
+    probs, chosen = linear_probe(feats, y, groups, splits)
+    t2 = time.perf_counter()
+    out["linear"] = report(
+        "frozen lite0 + logistic regression",
+        probs,
+        y,
+        samples,
+        splits,
+        {"C": chosen, "seconds": round(t2 - t1, 1)},
+    )
+    curves = {"linear probe (grouped 5-fold)": out["linear"]["risk_coverage"]}
+    if args.finetune:
+        probs = np.zeros((len(y), len(CLASSES)))
+        for k, (tr, te) in enumerate(splits):
+            probs[te] = finetune_fold(images, y, tr, te, args.finetune, args.seed + k)
+            print(f"fold {k}: {(probs[te].argmax(1) == y[te]).mean():.3f}", flush=True)
+        t3 = time.perf_counter()
+        out["finetune"] = report(
+            f"lite0 fine-tuned {args.finetune} epochs",
+            probs,
+            y,
+            samples,
+            splits,
+            {"epochs": args.finetune, "seconds": round(t3 - t2, 1)},
+        )
+        curves[f"fine-tune {args.finetune} ep (grouped 5-fold)"] = out["finetune"]["risk_coverage"]
+    out["seconds_total"] = round(time.perf_counter() - t0, 1)
+    out["provenance"] = provenance()
+    write_json(args.out / "ceiling.json", out)
+    plot_risk_coverage(curves, args.out / "ceiling_risk_coverage.png", "external-dev ceiling")
+    return out
+
+
+if __name__ == "__main__":
+    main()
