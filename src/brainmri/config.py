@@ -22,11 +22,18 @@ class _Strict(BaseModel):
 
 class DataConfig(_Strict):
     image_size: int = Field(224, ge=32, le=1024, description="square input size in pixels")
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="stratified share of Training")
+    val_fraction: float = Field(
+        0.15,
+        gt=0.0,
+        le=0.5,
+        description="share of Training held out for validation, dealt in whole duplicate "
+        "groups (data/splits.py: k = round(1/val_fraction) folds, one is validation)",
+    )
     split_seed: int | None = Field(
         None,
         description="seed of the train/val split (default: the recipe seed); fix it to "
-        "compare or ensemble runs on one validation split",
+        "compare or ensemble runs on one validation split; must match the seed of a data "
+        "folder's splits/ written by clean",
     )
     max_per_class: int | None = Field(None, description="cap images per class (smoke tests)")
     intensity: Literal["none", "percentile"] = Field(
@@ -60,6 +67,12 @@ class AugmentConfig(_Strict):
     blur_sigma: tuple[float, float] = (0.5, 1.5)
     lowres_prob: float = Field(0.0, ge=0.0, le=1.0, description="chance of down-then-up sampling")
     lowres_scale: tuple[float, float] = (0.4, 0.8)
+    # MRI-specific ops (brainmri.data.mri_augment), per-image chances; 0 = off (the default)
+    mri_curve_prob: float = Field(0.0, ge=0.0, le=1.0, description="random intensity curve")
+    mri_invert_prob: float = Field(0.0, ge=0.0, le=1.0, description="negative of the head")
+    mri_histogram_prob: float = Field(0.0, ge=0.0, le=1.0, description="histogram randomization")
+    mri_artifact_prob: float = Field(0.0, ge=0.0, le=1.0, description="one TorchIO MRI artifact")
+    mri_frame_prob: float = Field(0.0, ge=0.0, le=1.0, description="shrink into a black frame")
 
 
 class StageConfig(_Strict):
@@ -70,7 +83,8 @@ class StageConfig(_Strict):
     epochs: int = Field(..., ge=0)
     lr: float = Field(..., gt=0.0)
     min_lr: float = Field(1e-6, ge=0.0)
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0, description="linear warm-up, per step, over these epochs")
+    warmup_lr_init: float = Field(1e-6, ge=0.0, description="LR of the first warm-up step")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled decay (backbone+head)")
 
 
@@ -83,7 +97,8 @@ class TrainConfig(_Strict):
     plateau_factor: float = Field(0.5, gt=0.0, le=1.0)
     monitor: Literal["val_loss", "val_acc"] = "val_loss"
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="auto: fp16 autocast on CUDA, off on CPU"
+        "auto",
+        description="auto: bf16 autocast on CUDA, full fp32 on CPU; fp16 adds a gradient scaler",
     )
     num_threads: int | None = Field(None, description="torch intra-op threads (default: cores)")
     max_steps_per_epoch: int | None = Field(None, description="cap batches per epoch (tests)")
@@ -96,7 +111,9 @@ class TrainConfig(_Strict):
 
 
 class EvaluateConfig(_Strict):
-    tta: int = Field(5, ge=1, le=5, description="number of TTA views (1 = plain)")
+    tta: int = Field(
+        5, ge=1, le=5, description="TTA views of the validation figures reported after training"
+    )
     batch_size: int = Field(64, ge=1)
 
 

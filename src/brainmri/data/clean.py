@@ -5,7 +5,8 @@ One pass over the files, in worker processes: read the bytes once (sha256), chec
 reduced to luminance the same way), make the 24x24 dedupe thumbnail, crop to the brain, resize,
 replicate to 3 channels and write a quality-95 JPEG. Then, in the main process: exact and near
 duplicate groups, Training/Testing leaks, the duplicate policy (outputs of dropped files are
-removed), the leak-free test list, the seeded train/val split and the JSON report.
+removed), the leak-free test list, the grouped train/val split (data/splits.py: no copy of
+a validation image in train) and the JSON report.
 
 Never writes into the input folder; the output folder is rebuilt from scratch on every run, so
 two runs give byte-identical images and lists.
@@ -42,7 +43,6 @@ from brainmri.data.folders import (
     SPLITS,
     Sample,
     scan_dataset,
-    stratified_split,
     write_file_list,
 )
 from brainmri.data.images import resize_square, to_rgb
@@ -50,6 +50,7 @@ from brainmri.data.quality import MIN_SIDE, check_plane
 from brainmri.data.quality import bad as _bad
 from brainmri.data.quality import check_header as _check_header
 from brainmri.data.quality import decode as _decode
+from brainmri.data.splits import folds_for, grouped_split, write_split
 from brainmri.errors import BrainMRIError
 
 POLICIES = ("keep-one", "drop-from-train", "report")
@@ -88,8 +89,7 @@ class CleanOptions:
             raise BrainMRIError(f"margin must be in [0, 1), got {self.margin}")
         if self.max_pixels < MIN_SIDE * MIN_SIDE:
             raise BrainMRIError(f"max_pixels must be at least {MIN_SIDE * MIN_SIDE}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise BrainMRIError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        folds_for(self.val_fraction)  # (0, 0.5]: train needs a validation split
         if self.workers is not None and self.workers < 1:
             raise BrainMRIError(f"workers must be >= 1, got {self.workers}")
 
@@ -261,7 +261,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict[str, 
 
 def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
     """Clean `data` (Kaggle layout) into `out`; write and return the report (see module doc)."""
-    t_start = time.perf_counter()
+    t = {"start": time.perf_counter()}
     data, out = Path(data), Path(out)
     if not isinstance(options, CleanOptions):
         raise BrainMRIError("options must be a CleanOptions")
@@ -272,10 +272,70 @@ def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
     rel_in = [s.path.relative_to(data).as_posix() for s in samples]
     rel_out = _output_names(samples)
     _prepare_out(out)
-    t_scan = time.perf_counter()
+    t["scan"] = time.perf_counter()
 
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(samples)))
-    jobs = [
+    results = _run_jobs(_jobs(samples, rel_out, out, options), workers, options.progress)
+    results.sort(key=lambda r: r["index"])
+    t["decode"] = time.perf_counter()
+
+    valid = [i for i, r in enumerate(results) if r["ok"]]
+    dd = _dedupe(samples, rel_in, results, valid, options)
+    t["dedupe"] = time.perf_counter()
+
+    dropped: dict[int, dict[str, Any]] = dd["dropped"]
+    for i in sorted(dropped):
+        (out / rel_out[i]).unlink(missing_ok=True)
+    kept = [i for i in valid if i not in dropped]
+    written = {i: Sample(out / rel_out[i], samples[i].label, samples[i].split) for i in kept}
+    leak_free = [
+        s for i, s in written.items() if s.split == "Testing" and i not in dd["leaked_test"]
+    ]
+    write_file_list(out / LEAK_FREE_NAME, leak_free, out)
+    split = _write_split(out, [s for s in written.values() if s.split == "Training"], options)
+    t["end"] = time.perf_counter()
+
+    report: dict[str, Any] = {
+        "tool": f"brainmri {__version__} clean",
+        "input": str(data_r),
+        "output": str(out_r),
+        "options": asdict(options),
+        "counts": {
+            "before": _counts(samples),
+            "quarantined": _counts(samples, {i for i, r in enumerate(results) if not r["ok"]}),
+            "dropped": _counts(samples, set(dropped)),
+            "after": _counts(samples, set(kept)),
+        },
+        "quarantined": [
+            {"path": rel_in[i], "split": samples[i].split, "class": samples[i].class_name,
+             "reason": r["reason"], "detail": r["detail"]}
+            for i, r in enumerate(results)
+            if not r["ok"]
+        ],  # fmt: skip
+        "dropped": [
+            {"path": rel_in[i], "output": rel_out[i], **dropped[i]} for i in sorted(dropped)
+        ],
+        **{k: dd[k] for k in ("exact_groups", "near_groups", "leak_pairs", "stats")},
+        "conflicting_label_groups": dd["conflicting"],
+        "crop": _crop_report(results, kept, rel_in, options),
+        "leak_free_test": {
+            "file": LEAK_FREE_NAME,
+            "count": len(leak_free),
+            "of_test_written": sum(1 for s in written.values() if s.split == "Testing"),
+            "definition": "Testing images as written with no exact or near copy in the "
+            "original (pre-drop) Training images",
+        },
+        "splits": split,
+        "timings": _timings(t, len(samples), workers),
+    }
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _jobs(
+    samples: list[Sample], rel_out: list[str], out: Path, options: CleanOptions
+) -> list[_Job]:
+    return [
         _Job(
             index=i,
             src=str(s.path),
@@ -288,99 +348,213 @@ def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
         )
         for i, s in enumerate(samples)
     ]
-    results = _run_jobs(jobs, workers, options.progress)
-    results.sort(key=lambda r: r["index"])
-    t_decode = time.perf_counter()
 
-    quarantined = [
-        {
-            "path": rel_in[i],
-            "split": samples[i].split,
-            "class": samples[i].class_name,
-            "reason": r["reason"],
-            "detail": r["detail"],
-        }
-        for i, r in enumerate(results)
-        if not r["ok"]
-    ]
-    valid = [i for i, r in enumerate(results) if r["ok"]]
-    dd = _dedupe(samples, rel_in, results, valid, options)
-    t_dedupe = time.perf_counter()
 
-    dropped: dict[int, dict[str, Any]] = dd["dropped"]
-    for i in sorted(dropped):
-        (out / rel_out[i]).unlink(missing_ok=True)
-    kept = [i for i in valid if i not in dropped]
-    kept_set = set(kept)
+def _write_split(out: Path, train_kept: list[Sample], options: CleanOptions) -> dict[str, Any]:
+    """The grouped, leak-free train/val split of the written Training images (data/splits.py).
 
-    def out_sample(i: int) -> Sample:
-        return Sample(out / rel_out[i], samples[i].label, samples[i].split)
+    Groups are the duplicate components of the images as written (what `train` reads), at the
+    split threshold whatever the policy's own threshold, so no validation image has a copy in
+    train.
+    """
+    out_split = {"train": "splits/train.txt", "val": "splits/val.txt", "info": "splits/split.json"}
+    if not train_kept:
+        return out_split | {"train_count": 0, "val_count": 0}
+    tr, va, info = grouped_split(
+        train_kept, options.val_fraction, options.seed, workers=options.workers
+    )
+    write_split(out / "splits", tr, va, info, out)
+    return out_split | {"train_count": len(tr), "val_count": len(va), **info.to_dict()}
 
-    leak_free = [
-        out_sample(i) for i in kept if samples[i].split == "Testing" and i not in dd["leaked_test"]
-    ]
-    write_file_list(out / LEAK_FREE_NAME, leak_free, out)
-    train_kept = [out_sample(i) for i in kept if samples[i].split == "Training"]
-    tr, va = stratified_split(train_kept, options.val_fraction, options.seed)
-    write_file_list(out / "splits" / "train.txt", tr, out)
-    write_file_list(out / "splits" / "val.txt", va, out)
 
+def _crop_report(
+    results: list[dict[str, Any]], kept: list[int], rel_in: list[str], options: CleanOptions
+) -> dict[str, Any]:
     fallbacks = [
         {"path": rel_in[i], "reason": results[i]["fallback_reason"]}
         for i in kept
         if results[i]["fallback"]
     ]
-    t_end = time.perf_counter()
-    wall = t_end - t_start
-    n_test_kept = sum(1 for i in kept if samples[i].split == "Testing")
-    report: dict[str, Any] = {
-        "tool": f"brainmri {__version__} clean",
-        "input": str(data_r),
-        "output": str(out_r),
-        "options": asdict(options),
-        "counts": {
-            "before": _counts(samples),
-            "quarantined": _counts(samples, {i for i, r in enumerate(results) if not r["ok"]}),
-            "dropped": _counts(samples, set(dropped)),
-            "after": _counts(samples, kept_set),
-        },
-        "quarantined": quarantined,
-        "dropped": [
-            {"path": rel_in[i], "output": rel_out[i], **dropped[i]} for i in sorted(dropped)
-        ],
-        "exact_groups": dd["exact_groups"],
-        "near_groups": dd["near_groups"],
-        "leak_pairs": dd["leak_pairs"],
-        "conflicting_label_groups": dd["conflicting"],
-        "stats": dd["stats"],
-        "crop": {"enabled": options.crop, "fallback_count": len(fallbacks), "fallbacks": fallbacks},
-        "leak_free_test": {
-            "file": LEAK_FREE_NAME,
-            "count": len(leak_free),
-            "of_test_written": n_test_kept,
-            "definition": "Testing images as written with no exact or near copy in the "
-            "original (pre-drop) Training images",
-        },
-        "splits": {
-            "train": "splits/train.txt",
-            "val": "splits/val.txt",
-            "train_count": len(tr),
-            "val_count": len(va),
-        },
-        "timings": {
-            "wall_s": round(wall, 3),
-            "scan_s": round(t_scan - t_start, 3),
-            "decode_write_s": round(t_decode - t_scan, 3),
-            "dedupe_s": round(t_dedupe - t_decode, 3),
-            "finish_s": round(t_end - t_dedupe, 3),
-            "images": len(samples),
-            "images_per_s": round(len(samples) / wall, 2) if wall > 0 else None,
-            "workers": workers,
-            "python": platform.python_version(),
-        },
+    return {"enabled": options.crop, "fallback_count": len(fallbacks), "fallbacks": fallbacks}
+
+
+def _timings(t: dict[str, float], images: int, workers: int) -> dict[str, Any]:
+    wall = t["end"] - t["start"]
+    return {
+        "wall_s": round(wall, 3),
+        "scan_s": round(t["scan"] - t["start"], 3),
+        "decode_write_s": round(t["decode"] - t["scan"], 3),
+        "dedupe_s": round(t["dedupe"] - t["decode"], 3),
+        "finish_s": round(t["end"] - t["dedupe"], 3),
+        "images": images,
+        "images_per_s": round(images / wall, 2) if wall > 0 else None,
+        "workers": workers,
+        "python": platform.python_version(),
     }
-    (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
-    return report
+
+
+@dataclass
+class _DupGraph:
+    """Exact/near copy graph over the valid files (local indices 0..n-1; `valid` maps back)."""
+
+    valid: list[int]
+    names: list[str]  # input-relative path per local index
+    hashes: list[str]
+    X: np.ndarray
+    split_of: list[str]
+    label_of: list[int]
+    ex_groups: list[list[int]]
+    near: list[tuple[int, int, float]]
+    edges: dict[tuple[int, int], tuple[str, float]]
+    cross: dict[tuple[int, int], tuple[str, float]]  # (test, train) -> (kind, correlation)
+    uf_all: UnionFind
+    uf_split: UnionFind
+
+    def kind(self, a: int, b: int, c: float) -> tuple[str, float]:
+        return ("exact", 1.0) if self.hashes[a] == self.hashes[b] else ("near", c)
+
+    def files(self, group: list[int]) -> list[str]:
+        return [self.names[k] for k in group]
+
+    def classes(self, group: list[int]) -> list[str]:
+        return [CLASS_NAMES[self.label_of[k]] for k in group]
+
+
+def _graph(
+    samples: list[Sample], rel: list[str], results: list[dict[str, Any]], valid: list[int],
+    threshold: float,
+) -> _DupGraph:  # fmt: skip
+    """Exact groups, near pairs, their edges, the cross-split pairs and the components."""
+    n = len(valid)
+    hashes = [results[g]["sha256"] for g in valid]
+    X = stack_vectors(results[g]["vector"] for g in valid) if n else np.zeros(
+        (0, THUMB_SIDE**2), np.float32)  # fmt: skip
+    split_of = [samples[g].split for g in valid]
+    ex_groups = exact_groups(hashes)
+    near = near_pairs(X, None, threshold)
+    g = _DupGraph(
+        valid, [rel[v] for v in valid], hashes, X, split_of, [samples[v].label for v in valid],
+        ex_groups, near, {}, {}, UnionFind(n), UnionFind(n),
+    )  # fmt: skip
+    for grp in ex_groups:  # exact: chained within a group (correlation 1)
+        for a, b in zip(grp, grp[1:], strict=False):
+            g.edges[(a, b)] = ("exact", 1.0)
+        for a in grp:
+            for b in grp:
+                if split_of[a] == "Testing" and split_of[b] == "Training":
+                    g.cross[(a, b)] = ("exact", 1.0)
+    for a, b, c in near:
+        g.edges.setdefault((a, b), g.kind(a, b, c))
+        if split_of[a] != split_of[b]:
+            t, r = (a, b) if split_of[a] == "Testing" else (b, a)
+            g.cross.setdefault((t, r), g.kind(a, b, c))
+    for a, b in g.edges:
+        g.uf_all.union(a, b)
+        if split_of[a] == split_of[b]:
+            g.uf_split.union(a, b)
+    return g
+
+
+def _group_lists(g: _DupGraph) -> dict[str, list[dict[str, Any]]]:
+    """The report's exact groups, near groups, conflicting-label groups and leak pairs."""
+    components = g.uf_all.groups()
+    exact_out = [
+        {"sha256": g.hashes[grp[0]], "files": g.files(grp), "classes": g.classes(grp),
+         "cross_split": len({g.split_of[k] for k in grp}) > 1}
+        for grp in g.ex_groups
+    ]  # fmt: skip
+    near_corr: dict[int, list[float]] = {}
+    for (a, _), (kind, c) in g.edges.items():
+        if kind == "near":
+            near_corr.setdefault(g.uf_all.find(a), []).append(c)
+    near_out = []
+    for comp in components:
+        if len({g.hashes[k] for k in comp}) == 1:
+            continue  # an exact group and nothing more: listed there
+        comp_edges = near_corr.get(g.uf_all.find(comp[0]), [])
+        near_out.append(
+            {"files": g.files(comp), "classes": g.classes(comp),
+             "cross_split": len({g.split_of[k] for k in comp}) > 1,
+             "min_correlation": round(min(comp_edges), 5) if comp_edges else 1.0}
+        )  # fmt: skip
+    conflicting = [
+        {"files": g.files(c), "classes": g.classes(c)}
+        for c in components
+        if len({g.label_of[k] for k in c}) > 1
+    ]
+    leak_pairs = [
+        {"test": g.names[t], "train": g.names[r], "kind": kind, "correlation": round(c, 5),
+         "test_class": CLASS_NAMES[g.label_of[t]], "train_class": CLASS_NAMES[g.label_of[r]]}
+        for (t, r), (kind, c) in sorted(g.cross.items())
+    ]  # fmt: skip
+    return {"exact_groups": exact_out, "near_groups": near_out, "conflicting": conflicting,
+            "leak_pairs": leak_pairs}  # fmt: skip
+
+
+def _policy_drops(g: _DupGraph, policy: str) -> dict[int, dict[str, Any]]:
+    """Files the policy drops (global indices) with the reason for each."""
+    dropped: dict[int, dict[str, Any]] = {}
+    leak_train: dict[int, tuple[int, str, float]] = {}
+    for (t, r), (kind, c) in sorted(g.cross.items()):
+        leak_train.setdefault(r, (t, kind, c))
+    if policy in ("keep-one", "drop-from-train"):
+        for r, (t, kind, c) in sorted(leak_train.items()):
+            dropped[g.valid[r]] = {
+                "reason": "leak", "kind": kind, "of": g.names[t], "correlation": round(c, 5)
+            }  # fmt: skip
+    if policy != "keep-one":
+        return dropped
+    for c in g.uf_all.groups():
+        if len({g.label_of[k] for k in c}) > 1:
+            for k in c:
+                if g.split_of[k] == "Training" and g.valid[k] not in dropped:
+                    dropped[g.valid[k]] = {
+                        "reason": "conflicting-labels", "kind": "group",
+                        "of": g.names[c[0]] if c[0] != k else g.names[c[-1]], "correlation": None,
+                    }  # fmt: skip
+    for comp in g.uf_split.groups():
+        left = [k for k in comp if g.valid[k] not in dropped]
+        for k in left[1:]:
+            same = g.hashes[k] == g.hashes[left[0]]
+            corr = 1.0 if same else float(g.X[left[0]] @ g.X[k])
+            dropped[g.valid[k]] = {
+                "reason": "duplicate", "kind": "exact" if same else "near",
+                "of": g.names[left[0]], "correlation": round(corr, 5),
+            }  # fmt: skip
+    return dropped
+
+
+def _stats(g: _DupGraph, lists: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Counts, as the data README states them."""
+    test_exact = sorted({t for (t, _), (kind, _) in g.cross.items() if kind == "exact"})
+    test_any = sorted({t for (t, _) in g.cross})
+
+    def by_class(idx: list[int]) -> dict[str, int]:
+        c = Counter(CLASS_NAMES[g.label_of[k]] for k in idx)
+        return {name: c.get(name, 0) for name in CLASS_NAMES} | {"total": len(idx)}
+
+    near = g.near
+    return {
+        "exact_groups": len(g.ex_groups),
+        "exact_files": sum(len(grp) for grp in g.ex_groups),
+        "exact_groups_cross_split": sum(1 for e in lists["exact_groups"] if e["cross_split"]),
+        "near_groups": len(lists["near_groups"]),
+        "near_files": sum(len(e["files"]) for e in lists["near_groups"]),
+        "near_pairs": len(near),
+        "near_pairs_non_exact": sum(1 for a, b, _ in near if g.hashes[a] != g.hashes[b]),
+        "near_pairs_label_agreement": (
+            round(sum(1 for a, b, _ in near if g.label_of[a] == g.label_of[b]) / len(near), 5)
+            if near
+            else None
+        ),
+        "conflicting_label_groups": len(lists["conflicting"]),
+        "leak_pairs": len(g.cross),
+        "leak_pairs_exact": sum(1 for v in g.cross.values() if v[0] == "exact"),
+        "leak_pairs_near": sum(1 for v in g.cross.values() if v[0] == "near"),
+        "test_with_exact_copy_in_train": by_class(test_exact),
+        "test_with_exact_or_near_copy_in_train": by_class(test_any),
+        "train_with_copy_in_test": len({r for (_, r) in g.cross}),
+    }
 
 
 def _dedupe(
@@ -391,171 +565,12 @@ def _dedupe(
     options: CleanOptions,
 ) -> dict[str, Any]:
     """Exact/near groups, leaks, conflicting labels and the policy's drops (global indices)."""
-    n = len(valid)
-    hashes = [results[g]["sha256"] for g in valid]
-    X = (
-        stack_vectors(results[g]["vector"] for g in valid)
-        if n
-        else np.zeros((0, THUMB_SIDE**2), np.float32)
-    )
-    split_of = [samples[g].split for g in valid]
-    label_of = [samples[g].label for g in valid]
-
-    ex_groups = exact_groups(hashes)
-    near = near_pairs(X, None, options.near_threshold)
-
-    def corr(a: int, b: int) -> float:
-        return 1.0 if hashes[a] == hashes[b] else float(X[a] @ X[b])
-
-    # edges: exact (chained within a group; correlation 1) and near
-    edges: dict[tuple[int, int], tuple[str, float]] = {}
-    for g in ex_groups:
-        for a, b in zip(g, g[1:], strict=False):
-            edges[(a, b)] = ("exact", 1.0)
-    for a, b, c in near:
-        edges.setdefault((a, b), ("exact", 1.0) if hashes[a] == hashes[b] else ("near", c))
-
-    # cross-split pairs: every (test, train) pair that is exact or near
-    cross: dict[tuple[int, int], tuple[str, float]] = {}
-    for g in ex_groups:
-        for a in g:
-            for b in g:
-                if split_of[a] == "Testing" and split_of[b] == "Training":
-                    cross[(a, b)] = ("exact", 1.0)
-    for a, b, c in near:
-        if split_of[a] != split_of[b]:
-            t, r = (a, b) if split_of[a] == "Testing" else (b, a)
-            cross.setdefault((t, r), ("exact", 1.0) if hashes[a] == hashes[b] else ("near", c))
-
-    uf_all = UnionFind(n)
-    uf_split = UnionFind(n)
-    for a, b in edges:
-        uf_all.union(a, b)
-        if split_of[a] == split_of[b]:
-            uf_split.union(a, b)
-    components = uf_all.groups()
-
-    def files(group: list[int]) -> list[str]:
-        return [rel[valid[k]] for k in group]
-
-    def classes(group: list[int]) -> list[str]:
-        return [CLASS_NAMES[label_of[k]] for k in group]
-
-    exact_out = [
-        {
-            "sha256": hashes[g[0]],
-            "files": files(g),
-            "classes": classes(g),
-            "cross_split": len({split_of[k] for k in g}) > 1,
-        }
-        for g in ex_groups
-    ]
-    near_corr: dict[int, list[float]] = {}
-    for (a, _), (kind, c) in edges.items():
-        if kind == "near":
-            near_corr.setdefault(uf_all.find(a), []).append(c)
-    near_out = []
-    for comp in components:
-        if len({hashes[k] for k in comp}) == 1:
-            continue  # an exact group and nothing more: listed there
-        comp_edges = near_corr.get(uf_all.find(comp[0]), [])
-        near_out.append(
-            {
-                "files": files(comp),
-                "classes": classes(comp),
-                "cross_split": len({split_of[k] for k in comp}) > 1,
-                "min_correlation": round(min(comp_edges), 5) if comp_edges else 1.0,
-            }
-        )
-    conflicting = [
-        {"files": files(c), "classes": classes(c)}
-        for c in components
-        if len({label_of[k] for k in c}) > 1
-    ]
-    leak_pairs = [
-        {
-            "test": rel[valid[t]],
-            "train": rel[valid[r]],
-            "kind": kind,
-            "correlation": round(c, 5),
-            "test_class": CLASS_NAMES[label_of[t]],
-            "train_class": CLASS_NAMES[label_of[r]],
-        }
-        for (t, r), (kind, c) in sorted(cross.items())
-    ]
-
-    # ---- policy
-    dropped: dict[int, dict[str, Any]] = {}
-    leak_train: dict[int, tuple[int, str, float]] = {}
-    for (t, r), (kind, c) in sorted(cross.items()):
-        leak_train.setdefault(r, (t, kind, c))
-    if options.policy in ("keep-one", "drop-from-train"):
-        for r, (t, kind, c) in sorted(leak_train.items()):
-            dropped[valid[r]] = {
-                "reason": "leak",
-                "kind": kind,
-                "of": rel[valid[t]],
-                "correlation": round(c, 5),
-            }
-    if options.policy == "keep-one":
-        for c in components:
-            if len({label_of[k] for k in c}) > 1:
-                for k in c:
-                    if split_of[k] == "Training" and valid[k] not in dropped:
-                        dropped[valid[k]] = {
-                            "reason": "conflicting-labels",
-                            "kind": "group",
-                            "of": rel[valid[c[0]]] if c[0] != k else rel[valid[c[-1]]],
-                            "correlation": None,
-                        }
-        for comp in uf_split.groups():
-            left = [k for k in comp if valid[k] not in dropped]
-            for k in left[1:]:
-                c = corr(left[0], k)
-                dropped[valid[k]] = {
-                    "reason": "duplicate",
-                    "kind": "exact" if hashes[k] == hashes[left[0]] else "near",
-                    "of": rel[valid[left[0]]],
-                    "correlation": round(c, 5),
-                }
-
-    # ---- statistics, as the data README states them
-    test_exact = sorted({t for (t, _), (kind, _) in cross.items() if kind == "exact"})
-    test_any = sorted({t for (t, _) in cross})
-
-    def by_class(idx: list[int]) -> dict[str, int]:
-        c = Counter(CLASS_NAMES[label_of[k]] for k in idx)
-        return {name: c.get(name, 0) for name in CLASS_NAMES} | {"total": len(idx)}
-
-    stats = {
-        "exact_groups": len(ex_groups),
-        "exact_files": sum(len(g) for g in ex_groups),
-        "exact_groups_cross_split": sum(1 for g in exact_out if g["cross_split"]),
-        "near_groups": len(near_out),
-        "near_files": sum(len(g["files"]) for g in near_out),
-        "near_pairs": len(near),
-        "near_pairs_non_exact": sum(1 for a, b, _ in near if hashes[a] != hashes[b]),
-        "near_pairs_label_agreement": (
-            round(sum(1 for a, b, _ in near if label_of[a] == label_of[b]) / len(near), 5)
-            if near
-            else None
-        ),
-        "conflicting_label_groups": len(conflicting),
-        "leak_pairs": len(cross),
-        "leak_pairs_exact": sum(1 for v in cross.values() if v[0] == "exact"),
-        "leak_pairs_near": sum(1 for v in cross.values() if v[0] == "near"),
-        "test_with_exact_copy_in_train": by_class(test_exact),
-        "test_with_exact_or_near_copy_in_train": by_class(test_any),
-        "train_with_copy_in_test": len(leak_train),
-    }
-    return {
-        "exact_groups": exact_out,
-        "near_groups": near_out,
-        "leak_pairs": leak_pairs,
-        "conflicting": conflicting,
-        "dropped": dropped,
-        "leaked_test": {valid[t] for t in test_any},
-        "stats": stats,
+    g = _graph(samples, rel, results, valid, options.near_threshold)
+    lists = _group_lists(g)
+    return lists | {
+        "dropped": _policy_drops(g, options.policy),
+        "leaked_test": {g.valid[t] for (t, _) in g.cross},
+        "stats": _stats(g, lists),
     }
 
 

@@ -41,20 +41,28 @@ batch needs at most this many ``interpolate`` calls whatever its size."""
 # ---------------------------------------------------------------------------------------------
 
 
-def to_model_input(x_uint8: Tensor, channels_last: bool = False) -> Tensor:
+def to_model_input(
+    x_uint8: Tensor,
+    channels_last: bool = False,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+) -> Tensor:
     """uint8 ``(B, 1|3, H, W)`` (or float in [0, 1]) -> float32 ``(B, 3, H, W)``, normalized.
 
     Computes ``(x / 255 - mean) / std`` as one fused multiply-add; a gray channel is broadcast
-    to three. With ``channels_last`` the result is in ``torch.channels_last`` memory format.
+    to three. mean/std default to the ImageNet constants (model files without stored ones).
+    With ``channels_last`` the result is in ``torch.channels_last`` memory format.
     """
     x = x_uint8
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected (B, 1|3, H, W), got {tuple(x.shape)}")
     pixel = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    scale = pixel / std
-    bias = -mean / std
+    mean_t = IMAGENET_MEAN if mean is None else tuple(mean)
+    std_t = IMAGENET_STD if std is None else tuple(std)
+    std_v = torch.tensor(std_t, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    mean_v = torch.tensor(mean_t, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    scale = pixel / std_v
+    bias = -mean_v / std_v
     b, _, h, w = x.shape
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b, 3, h, w), dtype=torch.float32, device=x.device, memory_format=fmt)

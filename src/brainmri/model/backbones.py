@@ -75,6 +75,18 @@ def offline_weights_path(name: str) -> Path | None:
     return Path(getattr(module, cls_name).get_model_file_path())
 
 
+def input_normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) the backbone's pretrained weights expect: timm's resolve_model_data_config.
+
+    For weights from an offline package, `create_backbone` records the package's own values in
+    the backbone's pretrained config first, so this is always the loaded weights' normalization.
+    """
+    from timm.data import resolve_model_data_config
+
+    cfg = resolve_model_data_config(backbone)
+    return tuple(float(v) for v in cfg["mean"]), tuple(float(v) for v in cfg["std"])
+
+
 def create_backbone(
     name: str, weights: str = "pretrained", weights_file: str | Path | None = None
 ) -> tuple[nn.Module, str]:

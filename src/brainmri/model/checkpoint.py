@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,14 @@ def save_model(
     recipe: Recipe,
     info: dict[str, Any] | None = None,
     half: bool = False,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Path:
-    """Write weights (+ fp16 when half) and metadata to one .safetensors file."""
+    """Write weights (+ fp16 when half) and metadata to one .safetensors file.
+
+    mean/std: the input normalization the model was trained with (default ImageNet's); readers
+    take them from `preprocessing` (`preprocessing_of`).
+    """
     state = {
         k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous()
         for k, v in model.state_dict().items()
@@ -75,8 +82,8 @@ def save_model(
             "image_size": recipe.data.image_size,
             "color": "luminance (L) repeated to 3 channels",
             "intensity": recipe.data.intensity,
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            "mean": [float(v) for v in (IMAGENET_MEAN if mean is None else mean)],
+            "std": [float(v) for v in (IMAGENET_STD if std is None else std)],
         },
         "dtype": "float16" if half else "float32",
         "info": info or {},
@@ -85,6 +92,12 @@ def save_model(
         path, lambda tmp: save_file(state, str(tmp), metadata={"brainmri": json.dumps(meta)})
     )
     return path
+
+
+def preprocessing_of(meta: dict[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) stored in a model file's metadata; ImageNet's where a file has none."""
+    pre = meta.get("preprocessing", {})
+    return tuple(pre.get("mean", IMAGENET_MEAN)), tuple(pre.get("std", IMAGENET_STD))
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

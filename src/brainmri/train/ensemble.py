@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -22,15 +23,16 @@ from tqdm import tqdm
 from brainmri import CLASS_NAMES
 from brainmri.config import Recipe, dump_recipe, load_recipe
 from brainmri.data.cache import cache_samples
+from brainmri.data.dedupe import file_sha256
 from brainmri.data.folders import read_file_list
 from brainmri.errors import BrainMRIError
-from brainmri.infer.core import predict_logits
-from brainmri.model.checkpoint import load_model, read_metadata, save_model
+from brainmri.model.checkpoint import load_model, preprocessing_of, read_metadata, save_model
 from brainmri.model.ensemble import EnsembleClassifier
-
-
-def split_seed(recipe: Recipe) -> int:
-    return recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
+from brainmri.train.data import split_seed
+from brainmri.train.distributed import setup_distributed
+from brainmri.train.epoch import view_logits
+from brainmri.train.loss import fit_temperature
+from brainmri.train.state import TrainResult
 
 
 def member_recipe(recipe: Recipe, k: int) -> Recipe:
@@ -39,31 +41,33 @@ def member_recipe(recipe: Recipe, k: int) -> Recipe:
     return recipe.model_copy(update={"seed": recipe.seed + k, "ensemble": 1, "data": data})
 
 
+TrainOne = Callable[[Recipe, Path, Path, bool, "str | None"], TrainResult]
+
+
 def train_ensemble(
-    recipe: Recipe | None,
+    recipe: Recipe,
     data_dir: Path,
     run_dir: Path,
-    resume: bool = False,
-    device: str | None = None,
-):
-    """Train (or resume) every member in turn, then assemble them into RUN/models/."""
-    from brainmri.train.loop import TrainResult, setup_distributed, train
+    resume: bool,
+    device: str | None,
+    train_one: TrainOne,
+) -> TrainResult:
+    """Train (or resume) every member in turn with `train_one`, then assemble them.
 
-    run_dir = Path(run_dir)
+    Every rank inspects the run folder before rank 0 writes into it (a barrier between), so
+    under torchrun a slower rank never finds the folder its peer just created.
+    """
     d = setup_distributed(device)
-    if resume:
-        recipe = load_recipe(run_dir / "recipe.yaml")
-        data_dir = Path(json.loads((run_dir / "run.json").read_text())["data"])
-    elif recipe is None:
-        raise BrainMRIError("a recipe is needed unless --resume is given")
-    elif (run_dir / "recipe.yaml").exists():
+    if not resume and (run_dir / "recipe.yaml").exists():
         raise BrainMRIError(f"{run_dir} already holds a run: pass --resume or another --out")
-    elif d.main:
+    d.barrier()
+    if d.main and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_recipe(recipe, run_dir / "recipe.yaml")
         (run_dir / "run.json").write_text(
             json.dumps({"data": str(Path(data_dir).resolve())}, indent=2)
         )
+    d.barrier()
     members = []
     for k in range(recipe.ensemble):
         mdir = run_dir / f"member{k + 1}"
@@ -73,13 +77,12 @@ def train_ensemble(
             continue
         tqdm.write(f"member {k + 1}/{recipe.ensemble}: seed {recipe.seed + k} -> {mdir}")
         again = resume and (mdir / "last.pt").is_file()
-        train(None if again else member_recipe(recipe, k), data_dir, mdir, again, device)
+        train_one(member_recipe(recipe, k), data_dir, mdir, again, device)
     summary = {"best_val_loss": float("nan"), "val_acc": float("nan")}
     summary |= {"train_wall_seconds": 0.0, "assemble_seconds": 0.0}
     if d.main:
         summary = assemble(members, run_dir, data_dir, device=d.device)
-    if d.world > 1:
-        torch.distributed.barrier()
+    d.barrier()
     models = run_dir / "models"
     return TrainResult(
         run_dir,
@@ -98,18 +101,26 @@ def _epochs(member_dir: Path) -> int:
 
 
 def _check_members(member_dirs: list[Path]) -> list[Recipe]:
-    """Members must share image size, preprocessing, model shape and the validation files."""
+    """Distinct finished runs sharing image size, preprocessing, model shape and val files."""
     if len(member_dirs) < 2:
         raise BrainMRIError("an ensemble needs at least two member runs")
-    recipes, vals = [], []
+    recipes, vals, norms, seen = [], [], [], {}
     for m in member_dirs:
         for need in ("recipe.yaml", "splits/val.txt", "models/best.safetensors"):
             if not (m / need).is_file():
                 raise BrainMRIError(f"{m} is not a finished training run (no {need})")
+        digest = file_sha256(m / "models" / "best.safetensors")
+        if digest in seen:
+            raise BrainMRIError(
+                f"{m} and {seen[digest]} are the same run (identical best model): an ensemble "
+                "of copies is one model counted twice"
+            )
+        seen[digest] = m
         recipes.append(load_recipe(m / "recipe.yaml"))
         vals.append((m / "splits" / "val.txt").read_text())
+        norms.append(preprocessing_of(read_metadata(m / "models" / "best.safetensors")))
     first = recipes[0]
-    for m, r, v in zip(member_dirs[1:], recipes[1:], vals[1:], strict=True):
+    for m, r, v, n in zip(member_dirs[1:], recipes[1:], vals[1:], norms[1:], strict=True):
         if v != vals[0]:
             raise BrainMRIError(
                 f"{m} was validated on other images than {member_dirs[0]} (split seeds "
@@ -121,8 +132,10 @@ def _check_members(member_dirs: list[Path]) -> list[Recipe]:
         )
         if not same_model or r.data.image_size != first.data.image_size:
             raise BrainMRIError(f"{m} has another model shape or image size than {member_dirs[0]}")
-        if r.data.intensity != first.data.intensity:
-            raise BrainMRIError(f"{m} uses another intensity mode than {member_dirs[0]}")
+        if r.data.intensity != first.data.intensity or n != norms[0]:
+            raise BrainMRIError(
+                f"{m} uses another intensity mode or normalization than {member_dirs[0]}"
+            )
     return recipes
 
 
@@ -137,8 +150,6 @@ def assemble(
     Returns validation figures for the ensemble and each member, computed the same way
     (plain view, raw-logit cross-entropy as in training, accuracy), so the two can be compared.
     """
-    from brainmri.train.loop import fit_temperature
-
     t0 = time.time()
     member_dirs = [Path(m) for m in member_dirs]
     recipes = _check_members(member_dirs)
@@ -149,15 +160,12 @@ def assemble(
     recipe = first.model_copy(update={"ensemble": len(member_dirs), "data": data})
     val = read_file_list(member_dirs[0] / "splits" / "val.txt", data_dir)
     x_val, y_val = cache_samples(val, recipe.data.image_size, desc="decode val")
+    mean, std = preprocessing_of(read_metadata(member_dirs[0] / "models" / "best.safetensors"))
 
     def val_logits(model: torch.nn.Module) -> torch.Tensor:
         if recipe.model.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        _, logits = predict_logits(
-            model, x_val, recipe.evaluate.batch_size, dev, recipe.model.channels_last,
-            recipe.train.amp, intensity=recipe.data.intensity,
-        )  # fmt: skip
-        return logits[0]
+        return view_logits(model, x_val, recipe, dev, mean, std)[0]
 
     def figures(logits: torch.Tensor) -> dict:
         return {
@@ -189,7 +197,8 @@ def assemble(
             "train_wall_seconds": round(sum(walls), 1),
             **figures(logits),
         }
-        save_model(out_dir / "models" / f"{which}.safetensors", ensemble, recipe, info)
+        path = out_dir / "models" / f"{which}.safetensors"
+        save_model(path, ensemble, recipe, info, mean=mean, std=std)
         if which == "best":
             summary = {
                 "best_val_loss": info["val_loss"],

@@ -1,23 +1,20 @@
-"""Per-epoch learning rate: linear warm-up, then cosine decay to a floor.
+"""Per-step learning rate of one stage: timm's CosineLRScheduler × a ReduceLROnPlateau scale.
 
-lr(e) = init·(e+1)/warmup                                  for e < warmup
-lr(e) = min + (init − min)·(1 + cos(π·progress))/2          after, progress = (e−warmup)/(E−warmup)
-ReduceLROnPlateau acts on top of it as a multiplicative scale (see PlateauScale).
+Within a stage of E epochs of S optimizer steps each, with W warm-up epochs:
+- steps 0 .. W·S−1: linear warm-up from `warmup_lr_init` towards `lr` (timm, per step, so a
+  one-epoch warm-up ramps over that epoch's steps);
+- then a cosine from `lr` down to `min_lr` over the remaining (E−W)·S steps (timm's
+  `warmup_prefix=True`), and `min_lr` after it;
+- after warm-up the cosine value is multiplied by the plateau scale (× factor after `patience`
+  epochs without a new best) and floored at `min_lr`: the floor holds whatever the plateau did.
 """
 
 from __future__ import annotations
 
-import math
+import torch
+from timm.scheduler import CosineLRScheduler
 
-
-def cosine_with_warmup(
-    epoch: int, epochs: int, init_lr: float, min_lr: float, warmup: int
-) -> float:
-    if warmup > 0 and epoch < warmup:
-        return init_lr * (epoch + 1) / warmup
-    decay_epochs = max(1, epochs - warmup)
-    progress = min(1.0, (epoch - warmup) / decay_epochs)
-    return min_lr + (init_lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2
+from brainmri.config import StageConfig
 
 
 class PlateauScale:
@@ -47,3 +44,47 @@ class PlateauScale:
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.best, self.bad_epochs = state["scale"], state["best"], state["bad_epochs"]
+
+
+class StageSchedule:
+    """Sets the optimizer's LR before every step of one stage (see the module doc)."""
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        stage: StageConfig,
+        steps_per_epoch: int,
+        plateau: PlateauScale,
+    ) -> None:
+        total = max(1, stage.epochs * steps_per_epoch)
+        self.warmup_steps = min(stage.warmup_epochs * steps_per_epoch, total)
+        self.min_lr = stage.min_lr
+        self.plateau = plateau
+        self.optimizer = optimizer
+        self.cosine = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, total - self.warmup_steps),
+            lr_min=stage.min_lr,
+            warmup_t=self.warmup_steps,
+            warmup_lr_init=stage.warmup_lr_init,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+
+    def set_step(self, step: int) -> float:
+        """Set (and return) the LR for optimizer step `step` (0-based, within the stage)."""
+        self.cosine.step_update(step)
+        lr = 0.0
+        for group in self.optimizer.param_groups:
+            lr = group["lr"]
+            if step >= self.warmup_steps:
+                lr = max(lr * self.plateau.scale, self.min_lr)
+            group["lr"] = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"cosine": self.cosine.state_dict(), "plateau": self.plateau.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.cosine.load_state_dict(state["cosine"])
+        self.plateau.load_state_dict(state["plateau"])

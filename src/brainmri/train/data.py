@@ -1,0 +1,89 @@
+"""A run's data: the grouped train/validation split, decoded once into uint8 tensors.
+
+The split comes from the data folder's splits/ (written by `brainmri clean`, checked against
+the recipe) or is drawn here over the Training folder (data/splits.py); either way it is
+grouped by duplicate components, so validation holds no copy of a training image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from brainmri import CLASS_NAMES
+from brainmri.config import Recipe
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import Sample, class_counts, scan_split
+from brainmri.data.splits import check_validation, grouped_split, read_split
+from brainmri.errors import BrainMRIError
+
+
+def split_seed(recipe: Recipe) -> int:
+    """The seed of the train/val split: data.split_seed, else the recipe seed."""
+    return recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
+
+
+def _check_recorded(recipe: Recipe, info: dict, split_dir: Path) -> None:
+    """A recipe asking for another split than the folder's splits/ is refused, not ignored."""
+    want = (recipe.data.val_fraction, split_seed(recipe))
+    have = (info["val_fraction"], info["seed"])
+    if abs(want[0] - have[0]) > 1e-9 or want[1] != have[1]:
+        raise BrainMRIError(
+            f"{split_dir} holds the split of val_fraction {have[0]}, seed {have[1]} (from "
+            f"`brainmri clean`), but the recipe asks for val_fraction {want[0]}, split seed "
+            f"{want[1]}: pass --set data.val_fraction={have[0]} --set data.split_seed={have[1]}, "
+            "or re-run clean with --val-fraction/--seed"
+        )
+
+
+def load_split(data_dir: Path, recipe: Recipe) -> tuple[list[Sample], list[Sample], dict]:
+    """(train, val, split description) for a recipe; max_per_class caps both after the split."""
+    split_dir = Path(data_dir) / "splits"
+    if (split_dir / "train.txt").is_file() and (split_dir / "val.txt").is_file():
+        train, val, info = read_split(split_dir, Path(data_dir))
+        split = info.to_dict() | {"source": "splits/ of the data folder"}
+        _check_recorded(recipe, split, split_dir)
+    else:
+        samples = scan_split(Path(data_dir), "Training")
+        if not samples:
+            raise BrainMRIError(f"no Training/<class>/ images under {data_dir}")
+        train, val, info = grouped_split(samples, recipe.data.val_fraction, split_seed(recipe))
+        split = info.to_dict() | {"source": "drawn from Training/ by train"}
+    cap = recipe.data.max_per_class
+    if cap:
+        train = [
+            s for k in range(len(CLASS_NAMES)) for s in [t for t in train if t.label == k][:cap]
+        ]
+        val = [s for k in range(len(CLASS_NAMES)) for s in [t for t in val if t.label == k][:cap]]
+    check_validation(val, str(data_dir))
+    return train, val, split
+
+
+@dataclass
+class RunData:
+    """The decoded split: uint8 (N, 1, S, S) images and int64 labels."""
+
+    train: list[Sample]
+    val: list[Sample]
+    split: dict
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+
+    @property
+    def counts(self) -> list[int]:
+        return class_counts(self.train)
+
+
+def load_data(data_dir: Path, recipe: Recipe, device: torch.device) -> RunData:
+    """Split, then decode every image once (train images moved to a CUDA device if used)."""
+    train, val, split = load_split(data_dir, recipe)
+    size = recipe.data.image_size
+    x_train, y_train = cache_samples(train, size, desc="decode train")
+    x_val, y_val = cache_samples(val, size, desc="decode val")
+    if device.type == "cuda":
+        x_train, y_train = x_train.to(device), y_train.to(device)
+    return RunData(train, val, split, x_train, y_train, x_val, y_val)
