@@ -36,11 +36,16 @@ def read_dataset(data: bytes) -> Any:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    part10 = data[128:132] == b"DICM"
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=data[128:132] != b"DICM")
+        ds = pydicom.dcmread(io.BytesIO(data), force=not part10)
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, TypeError) as exc:
         msg = f"dicom: not a readable DICOM file ({type(exc).__name__}: {exc})"
         raise BrainMRIError(msg) from exc
+    if not part10 and not any(k in ds for k in ("SOPClassUID", "Modality", "PixelData")):
+        # force=True parses any bytes into something: without these it was not DICOM
+        raise BrainMRIError("dicom: not a readable DICOM file (no DICOM header found)")
+    return ds
 
 
 def check_dataset(ds: Any) -> None:
@@ -128,3 +133,53 @@ def dicom_plane(data: bytes) -> np.ndarray:
         ds = read_dataset(data)
         check_dataset(ds)
         return to_uint8(ds, _pixels(ds))
+
+
+def plane_to_dicom(
+    plane: np.ndarray,
+    bits: int = 12,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    monochrome1: bool = False,
+    window: tuple[float, float] | None = None,
+    transfer_syntax: str | None = None,
+    modality: str = "MR",
+) -> bytes:
+    """A uint8 plane written as a single-frame DICOM file (tests, benchmarks, demos).
+
+    Stored value v = round((p * (2**bits - 1) / 255 - intercept) / slope), so the modality LUT
+    gives back p scaled to the full `bits` range; MONOCHROME1 stores the inverted values.
+    `transfer_syntax` (a UID, e.g. pydicom.uid.RLELossless) compresses the pixel data.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    top = 2**bits - 1
+    real = plane.astype(np.float64) * top / 255.0
+    if monochrome1:
+        real = top - real
+    values = np.rint((real - intercept) / slope)
+    if values.min() < 0 or values.max() > top:
+        raise ValueError(f"slope {slope} / intercept {intercept} do not fit {bits}-bit storage")
+    stored = values.astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.Rows, ds.Columns = plane.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = f"{window[0]:g}", f"{window[1]:g}"
+    ds.PixelData = stored.tobytes()
+    if transfer_syntax is not None:
+        ds.compress(transfer_syntax)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
