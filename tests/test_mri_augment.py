@@ -107,3 +107,11 @@ def test_bad_settings_rejected():
         ma.MRIAugmentSettings(frame_scale=(0.9, 0.5))
     with pytest.raises(ValueError):
         ma.invert(torch.zeros(2, 3, 8, 8))
+
+
+def test_recipe_fields_default_off_and_switch_on():
+    from brainmri.config import AugmentConfig
+
+    assert not ma.settings_from_augment(AugmentConfig()).active
+    on = ma.settings_from_augment(AugmentConfig(mri_curve_prob=0.5, mri_frame_prob=0.25))
+    assert on.curve_prob == 0.5 and on.frame_prob == 0.25 and on.active

@@ -245,3 +245,17 @@ class MRIAugment(torch.nn.Module):
         )
         x = self._apply(x, _chosen(n, s.invert_prob, generator, dev), invert)
         return x.clamp(0.0, 1.0)
+
+
+def settings_from_augment(cfg) -> MRIAugmentSettings:
+    """The `mri_*` fields of a recipe's `augment` section (AugmentConfig) as settings.
+
+    Missing fields read as 0 (off), so a recipe without them trains as before.
+    """
+    return MRIAugmentSettings(
+        curve_prob=getattr(cfg, "mri_curve_prob", 0.0),
+        invert_prob=getattr(cfg, "mri_invert_prob", 0.0),
+        histogram_prob=getattr(cfg, "mri_histogram_prob", 0.0),
+        artifact_prob=getattr(cfg, "mri_artifact_prob", 0.0),
+        frame_prob=getattr(cfg, "mri_frame_prob", 0.0),
+    )
