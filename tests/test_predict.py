@@ -1,74 +1,109 @@
-"""`brainmri predict` with the shipped model on real test images: labels, errors, JSON."""
+"""`brainmri predict` with the shipped model on real test images: records, errors, JSON/CSV."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from brainmri import CLASS_NAMES
 from brainmri.cli import app
-from brainmri.data.cache import decode_images
-from brainmri.infer.core import load_for_inference
-from brainmri.infer.predict import expand_inputs, predict_files, prepare
-from brainmri.model.checkpoint import shipped_model_path
+from brainmri.infer.predict import expand_inputs
 
 
-@pytest.fixture(scope="module")
-def shipped():
-    return load_for_inference(shipped_model_path(), "cpu")
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One ONNX export cache per test session (the export of the shipped model is made once)."""
+    root = tmp_path_factory.getbasetemp() / "onnx-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAINMRI_CACHE", str(root))
+        yield root
 
 
-def _test_images(root: Path, per_class: int) -> list[tuple[Path, str]]:
-    return [
-        (p, c) for c in CLASS_NAMES for p in sorted((root / "Testing" / c).iterdir())[:per_class]
-    ]
+def _test_images(root: Path, per_class: int) -> list[Path]:
+    return [p for c in CLASS_NAMES for p in sorted((root / "Testing" / c).iterdir())[:per_class]]
 
 
-def test_predict_classifies_real_test_images(small_benchmark: Path, shipped):
-    items = _test_images(small_benchmark, 12)
-    results = predict_files(shipped, [p for p, _ in items], tta=1)
-    correct = sum(r.label == c for r, (_, c) in zip(results, items, strict=True))
-    assert correct >= 45  # of 48; the shipped model scores > 99 % on the full split
-    for r in results:
-        assert r.error is None
-        assert sum(r.probabilities.values()) == pytest.approx(1.0, abs=1e-4)
-        assert r.probability == max(r.probabilities.values())
-
-
-def test_predict_matches_the_evaluation_path(small_benchmark: Path, shipped):
-    paths = [p for p, _ in _test_images(small_benchmark, 3)]
-    results = predict_files(shipped, paths, tta=2)
-    want = shipped.probs(decode_images(paths, shipped.image_size, workers=1), tta=2)
-    got = torch.tensor([[r.probabilities[c] for c in CLASS_NAMES] for r in results])
-    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
-
-
-def test_predict_command_reports_bad_files_and_goes_on(small_benchmark: Path, tmp_path: Path):
+@pytest.fixture
+def folder(small_benchmark: Path, tmp_path: Path) -> Path:
+    """Two good images per class, an unreadable .jpg, a broken link and a text file."""
     folder = tmp_path / "in"
     folder.mkdir()
-    good = [p for p, _ in _test_images(small_benchmark, 1)]
-    for p in good:
-        shutil.copy(p, folder / p.name)
+    for p in _test_images(small_benchmark, 2):
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
     (folder / "broken.jpg").write_bytes(b"not an image")
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
     (folder / "notes.txt").write_text("ignored: not an image extension")
+    return folder
+
+
+def test_predict_streams_records_to_json_and_csv(folder: Path, tmp_path: Path, onnx_cache):
     missing = tmp_path / "missing.png"
-    out = tmp_path / "pred.json"
-    result = CliRunner().invoke(
-        app, ["predict", str(folder), str(missing), "--tta", "1", "--json", str(out)]
-    )
-    assert result.exit_code == 1
+    out_json, out_csv = tmp_path / "pred.json", tmp_path / "pred.csv"
+    args = ["predict", str(folder), str(missing), "--json", str(out_json), "--csv", str(out_csv)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1  # some files were not ok
     assert "broken.jpg" in result.output and "no such file" in result.output
-    records = json.loads(out.read_text())
-    assert len(records) == len(good) + 2
-    ok = [r for r in records if r["error"] is None]
-    assert len(ok) == len(good)
-    assert {Path(r["path"]).name for r in ok} == {p.name for p in good}
-    assert all(r["label"] in CLASS_NAMES for r in ok)
+    assert "broken symbolic link" in result.output
+    records = json.loads(out_json.read_text())
+    assert len(records) == 8 + 3
+    ok = [r for r in records if r["status"] == "ok"]
+    assert len(ok) == 8
+    for r in ok:  # file names start with the true class
+        assert r["label"] == Path(r["path"]).name.split("_")[0]
+        assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+        assert r["probability"] == max(r["probabilities"].values())
+    for r in records:
+        assert r["runtime"] == "onnx" and r["tta"] == 1 and r["crop"] == "auto"
+        assert len(r["model_sha256"]) == 64
+    bad = [r for r in records if r["status"] != "ok"]
+    assert all(r["reason"] and r["label"] is None for r in bad)
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["path"] for r in rows] == [r["path"] for r in records]
+    assert [r["label"] or None for r in rows] == [r["label"] for r in records]
+    assert [r["status"] for r in rows] == [r["status"] for r in records]
+
+
+def test_predict_refuses_to_overwrite_outputs(folder: Path, tmp_path: Path, onnx_cache):
+    out = tmp_path / "pred.csv"
+    out.write_text("keep me")
+    result = CliRunner().invoke(app, ["predict", str(folder), "--csv", str(out)])
+    assert result.exit_code == 1 and "--force" in result.output
+    assert out.read_text() == "keep me"
+    good = next(folder.glob("glioma_*"))
+    args = ["predict", str(good), "--csv", str(out), "--force", "--runtime", "torch", "--tta", "2"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = next(csv.DictReader(out.open()))
+    assert (row["label"], row["runtime"], row["tta"]) == ("glioma", "torch", "2")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--runtime", "tensorflow"], "unknown runtime"),
+        (["--device", "tpu"], "unknown device"),
+        (["--crop", "maybe"], "unknown crop mode"),
+    ],
+)
+def test_bad_choices_are_one_line_errors(folder: Path, args: list[str], message: str):
+    result = CliRunner().invoke(app, ["predict", str(folder), *args])
+    assert result.exit_code == 1
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cuda_without_a_gpu_is_one_line(folder: Path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = CliRunner().invoke(app, ["predict", str(folder), "--device", "cuda"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: device 'cuda': no CUDA GPU is available here (use cpu)"
 
 
 def test_predict_rejects_inputs_with_no_images(tmp_path: Path):
@@ -77,24 +112,10 @@ def test_predict_rejects_inputs_with_no_images(tmp_path: Path):
     assert "no image files" in result.output
 
 
-def test_crop_option_crops_a_framed_scan(small_benchmark: Path, tmp_path: Path, shipped):
-    from PIL import Image
-
-    src = _test_images(small_benchmark, 1)[0][0]
-    framed = Image.new("L", (448, 448))
-    framed.paste(Image.open(src).convert("L"), (112, 112))
-    path = tmp_path / "framed.png"
-    framed.save(path)
-    plain = prepare(path, 64)
-    cropped = prepare(path, 64, crop=True)
-    assert plain[:8].max() == 0  # the black frame survives without cropping
-    assert cropped.mean() > plain.mean() * 2  # the brain fills the cropped input
-    assert predict_files(shipped, [path], crop=True)[0].error is None
-
-
 def test_expand_inputs_walks_folders_in_order(tmp_path: Path):
     (tmp_path / "b").mkdir()
-    for name in ("b/2.png", "b/1.JPG", "a.jpeg", "skip.txt"):
+    for name in ("b/2.png", "b/1.JPG", "a.jpeg", "c.dcm", "skip.txt"):
         (tmp_path / name).write_bytes(b"")
+    (tmp_path / "d.png").symlink_to(tmp_path / "missing.png")
     got = [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path])]
-    assert got == ["a.jpeg", "b/1.JPG", "b/2.png"]
+    assert got == ["a.jpeg", "b/1.JPG", "b/2.png", "c.dcm", "d.png"]

@@ -1,0 +1,171 @@
+"""Inference speed and agreement of the runtimes, side by side in one run.
+
+For one model file (the shipped one by default) and the official test split:
+  1. model-only throughput (img/s) at batch 1 and 32: PyTorch eager (channels_last,
+     inference_mode) vs ONNX Runtime fp32 vs ONNX Runtime int8, in interleaved rounds (the
+     best round is reported: other processes share the CPU);
+  2. single-image latency in-process, `Classifier.predict(path)` (read, decode, resize, model),
+     p50/p95 over the first images of the split;
+  3. end to end, streaming `Classifier.stream` over every test image (decode in the thread
+     pool included): img/s, accuracy, and agreement with the PyTorch runtime (same classes,
+     max |Δprob|), for ONNX fp32 and int8.
+The int8 graph is quantized with ONNX Runtime static quantization calibrated on 128 Training
+images (never test images). Running this is a test-split evaluation: it selects nothing.
+
+    python bench/inference.py --out bench/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from brainmri import CLASS_NAMES
+from brainmri.data.folders import resolve_data_dir, scan_split
+from brainmri.infer.core import Classifier
+from brainmri.infer.export import calibration_pixels, export_onnx, file_sha256
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+
+
+def rate(fn, batch: int, seconds: float) -> float:
+    fn()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn()
+        n += batch
+    return n / (time.perf_counter() - t0)
+
+
+def model_only(runtimes: dict[str, Classifier], size: int, rounds: int, seconds: float) -> dict:
+    """Best-of-rounds img/s of each runtime's backend at batch 1 and 32 (interleaved)."""
+    out: dict = {name: {"batch1": [], "batch32": []} for name in runtimes}
+    for _ in range(rounds):
+        for name, clf in runtimes.items():
+            for batch in (1, 32):
+                x = torch.rand(batch, 1, size, size)
+                run = clf.backend
+                out[name][f"batch{batch}"].append(rate(lambda r=run, x=x: r(x), batch, seconds))
+    return {
+        name: {k: {"best": max(v), "median": float(np.median(v)), "rounds": v}
+               for k, v in per.items()}
+        for name, per in out.items()
+    }  # fmt: skip
+
+
+def latency(clf: Classifier, paths: list[Path], n: int) -> dict:
+    clf.predict(str(paths[0]))
+    ms = []
+    for p in paths[:n]:
+        t0 = time.perf_counter()
+        clf.predict(str(p))
+        ms.append((time.perf_counter() - t0) * 1e3)
+    return {"n": len(ms), "p50_ms": float(np.percentile(ms, 50)),
+            "p95_ms": float(np.percentile(ms, 95)), "mean_ms": float(np.mean(ms))}  # fmt: skip
+
+
+def stream(clf: Classifier, paths: list[Path], labels: list[int]) -> tuple[dict, np.ndarray]:
+    t0 = time.perf_counter()
+    recs = list(clf.stream(paths))
+    wall = time.perf_counter() - t0
+    probs = np.array([[r["probabilities"].get(c, np.nan) for c in clf.class_names] for r in recs])
+    pred = probs.argmax(1)
+    ok = sum(r["status"] == "ok" for r in recs)
+    correct = int((pred == np.array(labels)).sum())
+    return {"images": len(paths), "wall_s": wall, "img_per_s": len(paths) / wall,
+            "ok": ok, "correct": correct, "accuracy": correct / len(paths)}, probs  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--latency-n", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=None, help="ORT/torch threads (default: cores)")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "brainmri-onnx")
+    ap.add_argument("--limit", type=int, default=None, help="first N test images (debugging)")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/inference.json"))
+    args = ap.parse_args()
+
+    model = args.model or shipped_model_path()
+    data = resolve_data_dir(args.data)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    test = scan_split(data, "Testing")
+    if args.limit:
+        test = [test[i] for i in np.linspace(0, len(test) - 1, args.limit).astype(int)]
+    paths, labels = [s.path for s in test], [s.label for s in test]
+    load_start = os.getloadavg()
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = args.work / "model_fp32.onnx", args.work / "model_int8.onnx"
+    t0 = time.perf_counter()
+    export_onnx(model, fp32)
+    export_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    export_onnx(model, int8, int8=True, calibration=calibration_pixels(data, read_metadata(model)))
+    int8_s = time.perf_counter() - t0
+
+    runtimes = {
+        "torch_eager": Classifier(model, "torch", "cpu"),
+        "onnx_fp32": Classifier(fp32, "onnx", threads=threads),
+        "onnx_int8": Classifier(int8, "onnx", threads=threads),
+    }
+    size = runtimes["torch_eager"].image_size
+    speed = model_only(runtimes, size, args.rounds, args.seconds)
+    lat = {name: latency(clf, paths, args.latency_n) for name, clf in runtimes.items()}
+    e2e, probs = {}, {}
+    for name, clf in runtimes.items():
+        e2e[name], probs[name] = stream(clf, paths, labels)
+    ref = probs["torch_eager"]
+    for name in ("onnx_fp32", "onnx_int8"):
+        e2e[name]["same_class_as_torch"] = int((probs[name].argmax(1) == ref.argmax(1)).sum())
+        e2e[name]["max_abs_dprob_vs_torch"] = float(np.abs(probs[name] - ref).max())
+    e2e["onnx_int8"]["correct_minus_fp32"] = (
+        e2e["onnx_int8"]["correct"] - e2e["onnx_fp32"]["correct"]
+    )
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "commit": commit,
+        "machine": {
+            "platform": platform.platform(),
+            "cores": len(os.sched_getaffinity(0)),
+            "threads": threads,
+            "loadavg_start": load_start,
+            "loadavg_end": os.getloadavg(),
+        },  # fmt: skip
+        "model": str(model),
+        "model_sha256": file_sha256(model),
+        "classes": list(CLASS_NAMES),
+        "export_s": {"fp32": export_s, "int8_with_calibration": int8_s},
+        "onnx_mb": {"fp32": fp32.stat().st_size / 2**20, "int8": int8.stat().st_size / 2**20},
+        "model_only_img_per_s": speed,
+        "latency_single_image": lat,
+        "end_to_end_test_split": e2e,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("export_s", "latency_single_image",
+                                             "end_to_end_test_split")}, indent=1))  # fmt: skip
+    for name, per in speed.items():
+        b1, b32 = per["batch1"]["best"], per["batch32"]["best"]
+        print(f"{name:12s} batch1 {b1:7.1f}  batch32 {b32:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

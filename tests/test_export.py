@@ -1,0 +1,95 @@
+"""`brainmri export`: one ONNX graph with dynamic batch and metadata, equal to the PyTorch graph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from brainmri import CLASS_NAMES
+from brainmri.cli import app
+from brainmri.data.cache import decode_images
+from brainmri.data.transforms import normalize_intensity
+from brainmri.infer.export import cached_export, file_sha256
+from brainmri.infer.graph import build_graph
+from brainmri.infer.onnx_runtime import OnnxBackend
+from brainmri.model.checkpoint import load_model, read_metadata, shipped_model_path
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One ONNX export cache per test session (the export of the shipped model is made once)."""
+    root = tmp_path_factory.getbasetemp() / "onnx-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAINMRI_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def exported(onnx_cache) -> Path:
+    return cached_export(shipped_model_path())
+
+
+def _pixels(root: Path, per_class: int, meta: dict) -> torch.Tensor:
+    paths = [p for c in CLASS_NAMES for p in sorted((root / "Testing" / c).iterdir())[:per_class]]
+    planes = decode_images(paths, meta["preprocessing"]["image_size"], workers=1)
+    return normalize_intensity(planes.float() / 255.0, meta["preprocessing"]["intensity"])
+
+
+def test_metadata_describes_the_model(exported: Path):
+    import onnx
+
+    model = onnx.load(str(exported), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    meta = read_metadata(shipped_model_path())
+    assert json.loads(props["class_names"]) == list(CLASS_NAMES)
+    assert float(props["temperature"]) == pytest.approx(meta["info"]["temperature"])
+    assert json.loads(props["preprocessing"]) == meta["preprocessing"]
+    full = json.loads(props["brainmri"])
+    assert full["onnx"]["source_sha256"] == file_sha256(shipped_model_path())
+    assert full["onnx"]["input"] == "pixels"
+    assert [o.name for o in model.graph.output][:2] == ["logits", "features"]
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # a named, dynamic batch axis
+
+
+def test_onnx_equals_the_torch_graph_on_real_images(small_benchmark: Path, exported: Path):
+    model, meta = load_model(shipped_model_path())
+    graph = build_graph(model, meta)
+    backend = OnnxBackend(exported, threads=1)
+    x = _pixels(small_benchmark, 6, meta)
+    with torch.inference_mode():
+        want_logits, want_feats = graph(x)
+    for batch in (1, 5, len(x)):  # dynamic batch: any size runs
+        got = backend(x[:batch])
+        torch.testing.assert_close(got["logits"], want_logits[:batch], atol=1e-4, rtol=0)
+        torch.testing.assert_close(got["features"], want_feats[:batch], atol=1e-4, rtol=1e-4)
+    t = meta["info"]["temperature"]
+    p_onnx = torch.softmax(backend(x)["logits"] / t, -1).numpy()
+    p_torch = torch.softmax(want_logits / t, -1).numpy()
+    assert (p_onnx.argmax(1) == p_torch.argmax(1)).all()
+    assert np.abs(p_onnx - p_torch).max() <= 1e-4
+
+
+def test_export_command(tmp_path: Path, exported: Path, monkeypatch):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    result = CliRunner().invoke(app, ["export", "--out", str(out)])
+    assert result.exit_code == 1 and "--force" in result.output
+    assert out.read_bytes() == b"old"
+    result = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "m.txt")])
+    assert result.exit_code == 1 and ".onnx" in result.output
+
+    import brainmri.infer.export as export_mod
+
+    def fake_export(graph, size, path):  # the real export is tested above; copy it here
+        path.write_bytes(exported.read_bytes())
+
+    monkeypatch.setattr(export_mod, "_torch_export", fake_export)
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert OnnxBackend(out).meta["class_names"] == list(CLASS_NAMES)

@@ -1,0 +1,158 @@
+"""The inference core: one graph, two runtimes (ONNX Runtime, PyTorch), the Classifier API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brainmri import CLASS_NAMES, Classifier
+from brainmri.data.cache import decode_images
+from brainmri.errors import BrainMRIError
+from brainmri.infer.core import load_for_inference, resolve_device, resolve_runtime
+from brainmri.infer.records import decode_stream
+from brainmri.model.checkpoint import add_extra_tensors, load_model, shipped_model_path
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One ONNX export cache per test session (the export of the shipped model is made once)."""
+    root = tmp_path_factory.getbasetemp() / "onnx-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAINMRI_CACHE", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def runtimes(onnx_cache):
+    return Classifier(runtime="onnx"), Classifier(runtime="torch", device="cpu")
+
+
+def _test_paths(root: Path, per_class: int) -> list[tuple[Path, str]]:
+    return [
+        (p, c) for c in CLASS_NAMES for p in sorted((root / "Testing" / c).iterdir())[:per_class]
+    ]
+
+
+def test_penultimate_then_classify_is_forward():
+    model, _ = load_model(shipped_model_path())
+    x = torch.randn(3, 3, 96, 96)
+    with torch.inference_mode():
+        want = model(x)
+        got = model.classify(model.penultimate(x))
+        member = model.members[0]
+        assert member.penultimate(x).shape == (3, member.dense.out_features)
+    assert model.penultimate(x).shape[1] == sum(m.dense.out_features for m in model.members)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_runtimes_agree_on_real_images(small_benchmark: Path, runtimes):
+    onnx, torch_rt = runtimes
+    assert (onnx.runtime, torch_rt.runtime) == ("onnx", "torch")
+    items = _test_paths(small_benchmark, 12)
+    paths = [p for p, _ in items]
+    for tta in (1, 2):
+        a, b = onnx.predict(paths, tta=tta), torch_rt.predict(paths, tta=tta)
+        assert [r["label"] for r in a] == [r["label"] for r in b]
+        diff = max(
+            abs(ra["probabilities"][c] - rb["probabilities"][c])
+            for ra, rb in zip(a, b, strict=True)
+            for c in CLASS_NAMES
+        )
+        assert diff <= 1e-4
+    assert sum(r["label"] == c for r, (_, c) in zip(a, items, strict=True)) >= 45  # of 48
+    assert all(r["status"] == "ok" and r["reason"] is None for r in a)
+
+
+def test_run_matches_the_evaluation_path(small_benchmark: Path, runtimes):
+    paths = [p for p, _ in _test_paths(small_benchmark, 2)]
+    loaded = load_for_inference(shipped_model_path(), "cpu")
+    images = decode_images(paths, loaded.image_size, workers=1)
+    want = loaded.probs(images, tta=3)
+    for clf in runtimes:
+        out = clf.run(images, tta=3)
+        assert out["logits"].shape == (3, len(paths), len(CLASS_NAMES))
+        assert out["features"].shape[0] == len(paths)
+        torch.testing.assert_close(out["probs"], want, atol=1e-5, rtol=0)
+
+
+def test_predict_single_path_bytes_and_failures(small_benchmark: Path, runtimes, tmp_path: Path):
+    clf = runtimes[0]
+    path = _test_paths(small_benchmark, 1)[0][0]
+    one = clf.predict(path)
+    assert isinstance(one, dict) and one["status"] == "ok" and one["label"] in CLASS_NAMES
+    assert set(one) >= {"path", "status", "reason", "label", "probability", "probabilities",
+                        "ood_score", "cropped"}  # fmt: skip
+    same = clf.predict_bytes(path.name, path.read_bytes())
+    assert same["probabilities"] == one["probabilities"] and same["path"] == path.name
+    missing = clf.predict(tmp_path / "missing.png")
+    assert missing["status"] == "error" and "no such file" in missing["reason"]
+    assert missing["label"] is None and missing["probability"] is None
+    bad = clf.predict_bytes("bad.jpg", b"not an image")
+    assert bad["status"] in ("error", "rejected") and bad["reason"]
+
+
+def test_stream_keeps_order_and_reads_a_bounded_number_ahead(small_benchmark: Path, runtimes):
+    clf = runtimes[0]
+    good = [p for p, _ in _test_paths(small_benchmark, 2)]
+    paths = [good[0], Path("/nonexistent/a.png"), *good[1:], Path("/nonexistent/b.png")]
+    recs = list(clf.stream(paths))
+    assert [r["path"] for r in recs] == [str(p) for p in paths]
+    assert [r["status"] for r in recs] == ["ok", "error", *["ok"] * (len(good) - 1), "error"]
+
+    taken = []
+
+    def source():
+        for p in good * 20:
+            taken.append(p)
+            yield p
+
+    stream = decode_stream(source(), 64, prefetch=5, workers=2)
+    next(stream)
+    assert len(taken) <= 6  # the first result and at most `prefetch` files in flight
+    stream.close()
+
+
+def test_ood_score_comes_from_the_graph_and_rejects(
+    small_benchmark: Path, runtimes, tmp_path: Path
+):
+    from brainmri.infer.guard import fit_statistics, ood_from_meta
+
+    torch_rt = runtimes[1]
+    items = _test_paths(small_benchmark, 6)
+    images = decode_images([p for p, _ in items], torch_rt.image_size, workers=1)
+    feats = torch_rt.run(images)["features"].numpy()
+    labels = np.array([CLASS_NAMES.index(c) for _, c in items])
+    stats = fit_statistics(feats, labels, len(CLASS_NAMES))
+    guarded = tmp_path / "guarded.safetensors"
+    guarded.write_bytes(shipped_model_path().read_bytes())
+    add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 1e9}})
+
+    onnx_g, torch_g = Classifier(guarded, "onnx"), Classifier(guarded, "torch", "cpu")
+    want = ood_from_meta(torch_g.meta, stats)(torch.from_numpy(feats))
+    for clf in (onnx_g, torch_g):
+        got = clf.run(images)["ood_score"]
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)
+    assert all(r["status"] == "ok" for r in onnx_g.predict([p for p, _ in items[:4]]))
+
+    add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 0.0}})
+    rec = Classifier(guarded, "onnx").predict(items[0][0])
+    assert rec["status"] == "rejected" and "not a brain MRI" in rec["reason"]
+    assert rec["label"] is None and rec["ood_score"] > 0
+
+
+def test_bad_device_and_runtime_are_user_errors(tmp_path: Path):
+    with pytest.raises(BrainMRIError, match="unknown device"):
+        resolve_device("tpu")
+    with pytest.raises(BrainMRIError, match="unknown runtime"):
+        resolve_runtime("tensorflow", "cpu", Path("m.safetensors"))
+    with pytest.raises(BrainMRIError, match="ONNX export"):
+        resolve_runtime("torch", "cpu", Path("m.onnx"))
+    assert resolve_runtime("auto", "cpu", Path("m.safetensors"))[0] == "onnx"
+    if not torch.cuda.is_available():
+        with pytest.raises(BrainMRIError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(BrainMRIError, match="not found"):
+        Classifier(tmp_path / "none.safetensors")
