@@ -6,7 +6,7 @@ DATA ?= ../shared/data/brain-tumor-mri
 OUT ?= demo
 RECIPE ?= quick
 
-.PHONY: venv demo test lint clean-demo
+.PHONY: venv demo test lint clean-demo browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -22,7 +22,15 @@ demo: venv
 	$(VENV)/bin/brainmri train --data $(OUT)/cleaned --config $(RECIPE) --out $(OUT)/run
 	$(VENV)/bin/brainmri evaluate --model $(OUT)/run/models/best.safetensors --data $(OUT)/cleaned --out $(OUT)/run/results
 
-test: venv
+# Debian's chromium + chromium-driver for the page test (tests/test_page.py): installed only
+# when missing and when run as root; otherwise that test skips and says why.
+browser:
+	@if { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; } && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver (apt-get)"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: venv browser
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/python -m pytest -q
 

@@ -8,74 +8,71 @@ inference core with a one-line change when that core changes.
 
 from __future__ import annotations
 
-import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from brainmri.data.images import resize_square
-from brainmri.errors import BrainMRIError, RejectedInput
-from brainmri.infer.core import load_for_inference
-from brainmri.infer.inputs import auto_crop, load_plane
+from brainmri.errors import BrainMRIError
+from brainmri.infer.core import Classifier, load_for_inference
+from brainmri.infer.gradcam import explain_png
+from brainmri.infer.records import failed_record, prepare_bytes, scored_record
 
 Record = dict[str, Any]
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Engine:
-    """A loaded model answering for uploaded bytes (thread-safe for concurrent `predict`)."""
+    """A loaded model answering for uploaded bytes (`predict` and `explain` may run at once)."""
 
-    def __init__(self, model: str | Path | None = None, device: str | None = None):
-        from brainmri.model.checkpoint import shipped_model_path
-
-        self.path = Path(model) if model else shipped_model_path()
-        self.loaded = load_for_inference(self.path, device or "cpu")
-        self.meta: dict[str, Any] = self.loaded.meta
-        self.class_names: list[str] = self.loaded.class_names
-        self.sha256 = file_sha256(self.path)
-        self.runtime = "torch"
+    def __init__(self, model: str | Path | None = None, runtime: str = "auto"):
+        self.classifier = Classifier(model, runtime=runtime)
+        self.path = self.classifier.path
+        self.meta: dict[str, Any] = self.classifier.meta
+        self.class_names = self.classifier.class_names
+        self.sha256 = self.classifier.sha256
+        self.runtime = self.classifier.runtime
+        self._cam_model: Any = None
+        self._cam_lock = threading.Lock()
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[Record]:
-        """One record per (name, bytes), in order; unreadable inputs get status "error"."""
-        records: list[Record] = []
-        planes, ok = [], []
+        """One record per (name, bytes), in order, classified as one batch: the same records
+        as `Classifier.predict_bytes` (and so `brainmri predict --json`) gives one by one."""
+        clf = self.classifier
+        records: list[Record | None] = [None] * len(items)
+        planes: list[np.ndarray] = []
+        kept: list[tuple[int, str, bool]] = []
         for i, (name, data) in enumerate(items):
-            records.append(_record(name))
             try:
-                gray, cropped = auto_crop(load_plane(data, name), "auto")
-                planes.append(resize_square(np.ascontiguousarray(gray), self.loaded.image_size))
-                records[i]["cropped"] = cropped
-                ok.append(i)
-            except RejectedInput as exc:
-                records[i].update(status="rejected", reason=str(exc))
+                plane, cropped = prepare_bytes(data, name, clf.image_size, "auto")
             except BrainMRIError as exc:
-                records[i].update(status="error", reason=str(exc))
+                records[i] = failed_record(name, exc)
+                continue
+            planes.append(plane)
+            kept.append((i, name, cropped))
         if planes:
-            probs = self.loaded.probs(torch.from_numpy(np.stack(planes)[:, None]))
-            for i, row in zip(ok, probs.tolist(), strict=True):
-                k = int(np.argmax(row))
-                records[i].update(
-                    status="ok",
-                    label=self.class_names[k],
-                    probability=round(row[k], 6),
-                    probabilities={
-                        n: round(v, 6) for n, v in zip(self.class_names, row, strict=True)
-                    },
+            out = clf.run(np.stack(planes)[:, None])
+            scores = out["ood_score"].tolist() if out["ood_score"] is not None else None
+            for j, ((i, name, cropped), probs) in enumerate(
+                zip(kept, out["probs"].tolist(), strict=True)
+            ):
+                score = scores[j] if scores is not None else None
+                records[i] = scored_record(
+                    name, probs, clf.class_names, score, clf.ood_threshold, cropped
                 )
-        return records
+        return [r for r in records if r is not None]
 
     def explain(self, name: str, data: bytes) -> tuple[Record, bytes | None]:
-        """(record, overlay PNG); no PNG unless the record's status is "ok"."""
-        raise BrainMRIError("Grad-CAM is not available in this build")
+        """(record, Grad-CAM overlay PNG of the predicted class); no PNG unless status "ok"."""
+        (record,) = self.predict([(name, data)])
+        if record["status"] != "ok":
+            return record, None
+        plane, _ = prepare_bytes(data, name, self.classifier.image_size, "auto")
+        with self._cam_lock:
+            if self._cam_model is None:  # Grad-CAM needs gradients: the PyTorch model
+                self._cam_model = load_for_inference(self.path, "cpu")
+            png = explain_png(self._cam_model, plane, self.class_names.index(record["label"]))
+        return record, png
 
     def describe(self) -> dict[str, Any]:
         """Model summary for /v1/model: classes, sha256, recipe summary, model-card figures."""
@@ -92,7 +89,7 @@ class Engine:
             "sha256": self.sha256,
             "runtime": self.runtime,
             "class_names": self.class_names,
-            "image_size": self.loaded.image_size,
+            "image_size": self.classifier.image_size,
             "recipe": {
                 "name": recipe.get("name"),
                 "backbone": model.get("backbone"),
@@ -101,20 +98,6 @@ class Engine:
                 "intensity": recipe.get("data", {}).get("intensity"),
             },
             "figures": figures,
-            "guard": self.meta.get("guard"),
+            "ood_threshold": self.classifier.ood_threshold,
             "shipped": info.get("shipped"),
         }
-
-
-def _record(name: str) -> Record:
-    return {
-        "path": name,
-        "status": "error",
-        "reason": None,
-        "label": None,
-        "probability": None,
-        "probabilities": {},
-        "ood_score": None,
-        "cropped": False,
-    }
-

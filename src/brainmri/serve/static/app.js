@@ -106,13 +106,17 @@ async function explain(card, file) {
   }
 }
 
-async function classify(file) {
+function newCard(file) {
   const card = el("article", "scan");
   card.dataset.status = "pending";
   card.dataset.name = file.name;
   card.append(el("h2", "", file.name), el("div", "body"));
-  card.querySelector(".body").append(el("p", "pending", "Classifying…"));
-  $("results").prepend(card);
+  card.querySelector(".body").append(el("p", "pending", "Waiting…"));
+  return card;
+}
+
+async function classify(card, file) {
+  card.querySelector(".pending").textContent = "Classifying…";
   const form = new FormData();
   form.append("file", file, file.name);
   let res, data;
@@ -137,7 +141,12 @@ async function handle(files) {
     notice("This server needs an API key: enter it above first.");
     return;
   }
-  for (const file of Array.from(files)) await classify(file);
+  const list = Array.from(files);
+  const cards = list.map(newCard);
+  const group = document.createDocumentFragment();
+  group.append(...cards);
+  $("results").prepend(group);  // newest uploads first, each upload's files in their order
+  for (let i = 0; i < list.length; i++) await classify(cards[i], list[i]);
 }
 
 function setup() {

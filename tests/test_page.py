@@ -1,0 +1,166 @@
+"""The page in real headless Chromium (Debian's chromium + chromium-driver, via Selenium).
+
+Scans are uploaded through the page's file input, as a user picking files would, and the
+result is read from the DOM. The screenshot saved to docs/serve_page.png shows only inputs
+made here or shipped with pydicom (a Shepp-Logan phantom, pydicom's MR_small.dcm, a text
+file), never a dataset image.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_serve import RunningServer, running_server, sample_images
+
+from brainmri import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = REPO / "docs" / "serve_page.png"
+FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1200,1500",
+)  # fmt: skip
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (make test installs them as root)",
+)
+
+
+def shepp_logan(side: int = 256) -> np.ndarray:
+    """The modified Shepp-Logan head phantom (Toft), as a uint8 plane with mild noise."""
+    ellipses = [  # intensity, semi-axes a, b, centre x, y, angle (degrees)
+        (1.0, 0.69, 0.92, 0, 0, 0), (-0.8, 0.6624, 0.874, 0, -0.0184, 0),
+        (-0.2, 0.11, 0.31, 0.22, 0, -18), (-0.2, 0.16, 0.41, -0.22, 0, 18),
+        (0.1, 0.21, 0.25, 0, 0.35, 0), (0.1, 0.046, 0.046, 0, 0.1, 0),
+        (0.1, 0.046, 0.046, 0, -0.1, 0), (0.1, 0.046, 0.023, -0.08, -0.605, 0),
+        (0.1, 0.023, 0.023, 0, -0.606, 0), (0.1, 0.023, 0.046, 0.06, -0.605, 0),
+    ]  # fmt: skip
+    y, x = np.mgrid[1 : -1 : side * 1j, -1 : 1 : side * 1j]
+    img = np.zeros((side, side))
+    for value, a, b, x0, y0, deg in ellipses:
+        t = np.deg2rad(deg)
+        xr = (x - x0) * np.cos(t) + (y - y0) * np.sin(t)
+        yr = -(x - x0) * np.sin(t) + (y - y0) * np.cos(t)
+        img[(xr / a) ** 2 + (yr / b) ** 2 <= 1] += value
+    img += np.random.default_rng(0).normal(0, 0.01, img.shape)
+    return np.uint8(np.clip(img / img.max(), 0, 1) * 255)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("page")) as srv:
+        yield srv
+
+
+@pytest.fixture()
+def browser(tmp_path: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, url: str) -> None:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url + "/")
+    WebDriverWait(driver, 60).until(
+        lambda d: "sha256" in d.find_element("id", "model").text, "model info not shown"
+    )
+
+
+def upload(driver, paths: list[Path], timeout: float = 240) -> list:
+    """Pick files through the page's input; wait until every card has its final state."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    before = len(driver.find_elements("css selector", ".scan"))
+    driver.find_element("id", "picker").send_keys("\n".join(str(p) for p in paths))
+
+    def settled(d):
+        cards = d.find_elements("css selector", ".scan")
+        if len(cards) < before + len(paths):
+            return False
+        if any(c.get_attribute("data-status") == "pending" for c in cards):
+            return False
+        return not d.find_elements("css selector", ".scan .pending")  # overlays loaded
+
+    WebDriverWait(driver, timeout).until(settled, "the page did not finish the uploads")
+    return driver.find_elements("css selector", ".scan")
+
+
+def card_for(cards: list, name: str):
+    (card,) = [c for c in cards if c.get_attribute("data-name") == name]
+    return card
+
+
+def test_page_classifies_a_benchmark_image(
+    server: RunningServer, browser, benchmark_dir: Path
+) -> None:
+    cls, path = sample_images(benchmark_dir, per_class=1)[1]
+    open_page(browser, server.url)
+    assert "not for clinical use" in browser.find_element("id", "clinical").text.lower()
+    cards = upload(browser, [path])
+    card = card_for(cards, path.name)
+    assert card.get_attribute("data-status") == "ok"
+    assert card.find_element("css selector", ".label").text == cls
+    bars = card.find_elements("css selector", ".bar")
+    assert [b.get_attribute("data-class") for b in bars] == list(CLASS_NAMES)
+    overlay = card.find_element("css selector", "img.overlay")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
+
+
+def test_page_shows_errors_and_warnings_and_saves_screenshot(
+    server: RunningServer, browser, tmp_path: Path
+) -> None:
+    import pydicom
+
+    phantom = tmp_path / "phantom.png"
+    buf = io.BytesIO()
+    Image.fromarray(shepp_logan()).save(buf, format="PNG")
+    phantom.write_bytes(buf.getvalue())
+    dicom = tmp_path / "MR_small.dcm"  # shipped with pydicom (never downloaded)
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "MR_small.dcm", dicom)
+    text = tmp_path / "report.jpg"
+    text.write_text("This is a text file, not a scan.\n")
+    dot = tmp_path / "dot.png"
+    Image.new("L", (1, 1)).save(dot)
+
+    open_page(browser, server.url)
+    cards = upload(browser, [phantom, dicom, text, dot])
+    text_card = card_for(cards, text.name)
+    assert text_card.get_attribute("data-status") == "error"
+    assert "not-an-image" in text_card.find_element("css selector", ".warning").text
+    dot_card = card_for(cards, dot.name)
+    assert dot_card.get_attribute("data-status") == "rejected"
+    warning = dot_card.find_element("css selector", ".warning").text
+    assert "does not look like a brain MRI" in warning and "tiny" in warning
+    for name in (phantom.name, dicom.name):  # classified or refused: either way, said so
+        card = card_for(cards, name)
+        status = card.get_attribute("data-status")
+        assert status in ("ok", "rejected")
+        if status == "ok":
+            assert card.find_element("css selector", ".label").text in CLASS_NAMES
+        else:
+            assert card.find_element("css selector", ".warning").text
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOT))
+    assert Image.open(SCREENSHOT).size[0] > 600

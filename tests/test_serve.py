@@ -1,0 +1,320 @@
+"""`brainmri serve` over real HTTP: the server runs as its own process on a free loopback port.
+
+The hostile uploads are the cases of bench/serve_load.py (the same list fills the table in
+docs/RESULTS.md). The API-key and batching checks run an in-process server around a small
+stand-in engine, since they are about the HTTP layer and not the model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from brainmri import CLASS_NAMES
+
+REPO = Path(__file__).resolve().parents[1]
+RECORD_KEYS = {
+    "path", "status", "reason", "label", "probability", "probabilities", "ood_score", "cropped",
+}  # fmt: skip
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("serve_load", REPO / "bench" / "serve_load.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+@dataclass
+class RunningServer:
+    url: str
+    host: str
+    port: int
+    proc: subprocess.Popen
+    cwd: Path
+    tmpdir: Path
+    log: Path
+    startup_files: set[Path]
+
+
+@contextmanager
+def running_server(tmp: Path, env: dict[str, str] | None = None) -> Iterator[RunningServer]:
+    """`python -m brainmri serve` on a free loopback port, cwd and TMPDIR in fresh folders."""
+    port = bench.free_port()
+    cwd, tmpdir = tmp / "cwd", tmp / "tmp"
+    cwd.mkdir(parents=True)
+    tmpdir.mkdir()
+    full_env = {k: v for k, v in os.environ.items() if k != "BRAINMRI_API_KEY"}
+    full_env.update({"TMPDIR": str(tmpdir), **(env or {})})
+    log = tmp / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "brainmri", "serve", "--port", str(port)],
+            cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited early:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"server not healthy in 240 s:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        startup = set(tmpdir.rglob("*"))  # what libraries wrote while loading, before any upload
+        yield RunningServer(url, "127.0.0.1", port, proc, cwd, tmpdir, log, startup)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[RunningServer]:
+    with running_server(tmp_path_factory.mktemp("serve")) as srv:
+        yield srv
+
+
+def sample_images(benchmark_dir: Path, per_class: int = 2) -> list[tuple[str, Path]]:
+    return [
+        (cls, f)
+        for cls in CLASS_NAMES
+        for f in sorted((benchmark_dir / "Testing" / cls).iterdir())[:per_class]
+    ]
+
+
+def assert_json_error(status: int, raw: bytes, expected: int) -> dict:
+    assert status == expected, raw[:500]
+    body = json.loads(raw)
+    assert set(body) >= {"error", "detail"} and body["detail"], body
+    text = raw.decode(errors="replace")
+    assert "Traceback" not in text and 'File "' not in text
+    return body
+
+
+def test_health_model_page_and_docs(server: RunningServer) -> None:
+    health = httpx.get(server.url + "/healthz").json()
+    assert health["status"] == "ok" and health["auth"] is False
+    model = httpx.get(server.url + "/v1/model").json()
+    assert model["class_names"] == list(CLASS_NAMES)
+    assert model["sha256"] == health["model_sha256"] and len(model["sha256"]) == 64
+    assert model["recipe"]["backbone"] and model["figures"]
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "not for clinical use" in page.text.lower()
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert httpx.get(server.url + asset).status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text  # nothing external
+    assert httpx.get(server.url + "/docs").status_code == 200
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(spec["paths"])
+    missing = httpx.get(server.url + "/v1/nothing")
+    assert_json_error(missing.status_code, missing.content, 404)
+    wrong_method = httpx.get(server.url + "/v1/predict")
+    assert_json_error(wrong_method.status_code, wrong_method.content, 405)
+
+
+def test_predict_benchmark_images(server: RunningServer, benchmark_dir: Path) -> None:
+    for cls, path in sample_images(benchmark_dir):
+        r = httpx.post(server.url + "/v1/predict", files={"file": (path.name, path.read_bytes())})
+        assert r.status_code == 200, r.text
+        (rec,) = r.json()["records"]
+        assert set(rec) == RECORD_KEYS
+        assert rec["status"] == "ok" and rec["path"] == path.name
+        assert rec["label"] == cls, (path, rec)
+        assert abs(sum(rec["probabilities"].values()) - 1) < 1e-3
+        assert rec["probability"] == max(rec["probabilities"].values())
+
+
+def test_predict_several_files_keeps_order_and_status(
+    server: RunningServer, benchmark_dir: Path
+) -> None:
+    cases = sample_images(benchmark_dir, per_class=1)
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for _, p in cases]
+    files.insert(2, ("files", ("notes.jpg", b"not an image", "image/jpeg")))
+    r = httpx.post(server.url + "/v1/predict", files=files)
+    assert r.status_code == 200, r.text
+    records = r.json()["records"]
+    assert [rec["path"] for rec in records] == [f[1][0] for f in files]
+    assert records[2]["status"] == "error" and records[2]["reason"]
+    labels = [rec["label"] for i, rec in enumerate(records) if i != 2]
+    assert labels == [cls for cls, _ in cases]
+
+
+@pytest.mark.parametrize("case", bench.hostile_cases(), ids=lambda c: c["name"])
+def test_hostile_upload_gets_json_4xx(server: RunningServer, case: dict) -> None:
+    if case.get("needs_ood"):
+        if httpx.get(server.url + "/v1/model").json()["ood_threshold"] is None:
+            pytest.skip("the served model carries no out-of-distribution statistics")
+    status, _, raw = bench.send_case(server.host, server.port, case)
+    body = assert_json_error(status, raw, case["expect"])
+    if status == 422:
+        (rec,) = body["records"]
+        assert rec["status"] in ("rejected", "error") and rec["label"] is None
+
+
+def test_declared_40mb_body_refused_before_it_is_sent(server: RunningServer) -> None:
+    line, body, seconds = bench.oversized_body(server.host, server.port)
+    assert line.split()[1] == "413", line
+    assert json.loads(body)["error"] == "too-large"
+    assert seconds < 10
+
+
+def test_chunked_body_over_limit_is_cut_off(server: RunningServer) -> None:
+    """No Content-Length: the body is counted as it streams and refused at the limit."""
+    limit = httpx.get(server.url + "/v1/model").json()["limits"]["max_body_bytes"]
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={bench.BOUNDARY}\r\n\r\n"
+    ).encode()
+    part = (
+        f'--{bench.BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+    ).encode()
+    size = 256 * 1024
+    piece = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
+    with socket.create_connection((server.host, server.port), timeout=30) as s:
+        s.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        for _ in range(limit // size + 1):
+            s.sendall(piece)
+        reply = s.recv(65536).decode("latin-1")
+    assert reply.split()[1] == "413", reply[:300]
+
+
+def test_api_key_required_when_set(tmp_path: Path) -> None:
+    from brainmri.serve.gate import Limits
+
+    with inprocess_server(Limits(api_key="s3cret")) as url:
+        assert httpx.get(url + "/healthz").json()["auth"] is True
+        assert httpx.get(url + "/").status_code == 200
+        for headers in ({}, {"X-API-Key": "wrong"}):
+            r = httpx.get(url + "/v1/model", headers=headers)
+            assert_json_error(r.status_code, r.content, 401)
+            r = httpx.post(url + "/v1/predict", files={"file": ("a.png", b"x")}, headers=headers)
+            assert_json_error(r.status_code, r.content, 401)
+        assert httpx.get(url + "/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
+        r = httpx.post(
+            url + "/v1/predict", files={"file": ("a.png", b"x")}, headers={"X-API-Key": "s3cret"}
+        )
+        assert r.status_code == 200 and r.json()["records"][0]["path"] == "a.png"
+
+
+def test_concurrent_requests_share_batches() -> None:
+    """8 clients at once: every answer belongs to its own request, and batches form."""
+    from brainmri.serve.gate import Limits
+
+    engine = StandInEngine(delay=0.02)
+    with inprocess_server(Limits(), engine) as url:
+
+        def call(i: int) -> str:
+            with httpx.Client() as client:
+                r = client.post(url + "/v1/predict", files={"file": (f"s{i}.png", b"x" * i)})
+                return r.json()["records"][0]["path"]
+
+        with ThreadPoolExecutor(8) as pool:
+            paths = list(pool.map(call, range(64)))
+        health = httpx.get(url + "/healthz").json()
+    assert paths == [f"s{i}.png" for i in range(64)]
+    assert health["classified"] == 64 and health["batches"] < 64
+    assert max(engine.sizes) > 1
+
+
+def test_load_burst(server: RunningServer, benchmark_dir: Path) -> None:
+    import asyncio
+
+    images = [(p.name, p.read_bytes()) for _, p in sample_images(benchmark_dir)]
+    reqs = [bench.build_request(server.host, server.port, n, d, None) for n, d in images]
+    before = httpx.get(server.url + "/healthz").json()
+    result = asyncio.run(bench.run_level(server.host, server.port, reqs, 64, 8))
+    after = httpx.get(server.url + "/healthz").json()
+    assert result["errors"] == 0, result["error_samples"]
+    assert after["classified"] - before["classified"] == 64
+    assert after["batches"] - before["batches"] < 64  # concurrent requests were batched
+
+
+def test_server_up_and_nothing_written(server: RunningServer) -> None:
+    """After everything above: still healthy, and no upload left a file anywhere we can see."""
+    assert server.proc.poll() is None
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    assert list(server.cwd.iterdir()) == []
+    left = set(server.tmpdir.rglob("*")) - server.startup_files
+    assert left == []
+    log = server.log.read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+# --- an in-process server around a stand-in engine (HTTP-layer tests) ----------------------
+
+
+class StandInEngine:
+    """Answers every upload with an "ok" record; records the batch sizes it was given."""
+
+    sha256 = "0" * 64
+    runtime = "stand-in"
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.sizes: list[int] = []
+
+    def predict(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        self.sizes.append(len(items))
+        time.sleep(self.delay)
+        probs = dict.fromkeys(CLASS_NAMES, 0.25)
+        return [
+            {"path": name, "status": "ok", "reason": None, "label": CLASS_NAMES[0],
+             "probability": 0.25, "probabilities": probs, "ood_score": None, "cropped": False}
+            for name, _ in items
+        ]  # fmt: skip
+
+    def explain(self, name: str, data: bytes) -> tuple[dict, bytes | None]:
+        return self.predict([(name, data)])[0], b"\x89PNG\r\n\x1a\n"
+
+    def describe(self) -> dict:
+        return {"file": "stand-in", "sha256": self.sha256, "class_names": list(CLASS_NAMES)}
+
+
+@contextmanager
+def inprocess_server(limits, engine=None) -> Iterator[str]:
+    import uvicorn
+
+    from brainmri.serve.app import create_app
+
+    port = bench.free_port()
+    app = create_app(engine or StandInEngine(), limits)  # type: ignore[arg-type]
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started:
+        assert time.time() < deadline and thread.is_alive(), "in-process server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
