@@ -6,7 +6,9 @@ evaluate on the trained smoke model lives in test_train.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from brainmri import CLASS_NAMES
 from brainmri.cli import app
 from brainmri.config import load_recipe
 from brainmri.evaluate.run import RESULTS_NAME
@@ -111,27 +114,114 @@ def test_train_resume_without_state_is_one_line_error(tmp_path):
     assert_one_line_error(res, "nothing to resume")
 
 
+def test_version():
+    from brainmri import __version__
+
+    res = invoke("--version")
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"brainmri {__version__}"
+
+
 def test_evaluate_cli_writes_results(untrained_model, synthetic_dataset, tmp_path):
     out = tmp_path / "out"
-    res = invoke_evaluate(
-        untrained_model,
-        synthetic_dataset,
-        "--out",
-        str(out),
-        "--tta",
-        "2",
-        "--batch-size",
-        "8",
-        "--device",
-        "cpu",
-    )
+    args = ("--out", str(out), "--tta", "2", "--batch-size", "8", "--device", "cpu")
+    res = invoke_evaluate(untrained_model, synthetic_dataset, *args)
     assert res.exit_code == 0, res.output
     data = json.loads((out / RESULTS_NAME).read_text())
     assert data["n_test"] == 12  # 3 synthetic images per class
     assert data["tta_views"] == ["original", "hflip"]
+    assert data["layout"].startswith("Kaggle layout")
     for variant in ("plain", "tta"):
         assert sum(map(sum, data[variant]["full"]["confusion_matrix"])) == 12
-    assert (out / "confusion_matrix.png").is_file()
+        ci = data[variant]["intervals"]["full"]
+        assert ci["n_resamples"] >= 2000 and ci["seed"] == 0
+        lo, hi = ci["accuracy"]["ci"]
+        assert lo <= data[variant]["full"]["accuracy"] <= hi
+        assert set(ci["recall"]) == set(CLASS_NAMES)
+        assert ci["sensitivity"]["n"] == 9 and ci["specificity"]["n"] == 3
+    assert data["model_sha256"] == hashlib.sha256(untrained_model.read_bytes()).hexdigest()
+    for name in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
+        assert (out / name).is_file(), name
+    if data["tta"]["errors"]:
+        assert (out / "misclassified.png").is_file()
+    # The console: what was run on what, one block per subset, no sklearn report.
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("model ") and str(untrained_model) in lines[0]
+    assert lines[1].startswith("data ") and lines[2].startswith("n ")
+    assert res.stdout.count("confusion matrix (rows true") == 1 + (
+        data["n_leak_free"] not in (None, 0, data["n_test"])
+    )
+    assert "support" not in res.stdout  # the scikit-learn text report is gone
+
+    # A second run into the same folder refuses, names the files and leaves them as they were.
+    before = (out / RESULTS_NAME).read_bytes()
+    again = invoke_evaluate(untrained_model, synthetic_dataset, *args)
+    assert_one_line_error(again, "--force", RESULTS_NAME)
+    assert (out / RESULTS_NAME).read_bytes() == before
+    forced = invoke_evaluate(untrained_model, synthetic_dataset, *args, "--force", "--no-gallery")
+    assert forced.exit_code == 0, forced.output
+
+
+def _biased_model(untrained_model: Path, tmp_path: Path, k: int) -> Path:
+    """The untrained model with its last bias pushed so that it always predicts class k."""
+    import torch
+
+    from brainmri.model.checkpoint import load_model
+
+    model, meta = load_model(untrained_model)
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.bias[k] += 50.0
+    recipe = load_recipe("smoke", ["model.weights=none", "model.dense_units=8"])
+    return save_model(tmp_path / "biased.safetensors", model, recipe, meta["info"])
+
+
+def test_evaluate_plain_class_folder_with_a_subset_of_classes(
+    untrained_model, synthetic_dataset, tmp_path
+):
+    plain = tmp_path / "plain"
+    for cls in ("glioma", "meningioma", "notumor"):
+        shutil.copytree(synthetic_dataset / "Testing" / cls, plain / cls)
+    (plain / "SHA256SUMS").write_text("not a folder: ignored\n")
+    model = _biased_model(untrained_model, tmp_path, CLASS_NAMES.index("pituitary"))
+    out = tmp_path / "out"
+    res = invoke_evaluate(model, plain, "--out", str(out), "--tta", "1", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / RESULTS_NAME).read_text())
+    assert data["layout"] == "plain <class>/ folder"
+    assert data["classes_present"] == ["glioma", "meningioma", "notumor"]
+    assert data["n_test"] == 9 and data["n_leak_free"] is None
+    full = data["plain"]["full"]
+    assert full["accuracy"] == 0.0 and full["errors"] == 9
+    assert full["predicted_absent"] == {"pituitary": 9}
+    assert full["confusion_matrix"][3] == [0, 0, 0, 0]
+    assert [row[3] for row in full["confusion_matrix"][:3]] == [3, 3, 3]
+    assert set(data["plain"]["intervals"]["full"]["recall"]) == set(data["classes_present"])
+    assert full["per_class"]["pituitary"]["recall"] is None
+    assert "pituitary 9" in res.stdout  # predictions into the absent class are shown
+    assert "leak-free subset," not in res.stdout
+    assert len(list(out.glob("misclassified*.png"))) == 1
+
+
+def test_evaluate_a_testing_folder_finds_training_beside_it(
+    untrained_model, synthetic_dataset, tmp_path
+):
+    out = tmp_path / "out"
+    res = invoke_evaluate(
+        untrained_model, synthetic_dataset / "Testing", "--out", str(out), "--tta", "1",
+        "--device", "cpu", "--no-gallery",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / RESULTS_NAME).read_text())
+    assert data["layout"] == "Testing/ folder" and data["n_test"] == 12
+    assert data["leak_free_source"] == "computed on the fly (exact + near)"
+    assert not (out / "misclassified.png").exists()
+
+
+def test_evaluate_folder_without_class_folders_is_one_line_error(untrained_model, tmp_path):
+    (tmp_path / "odd" / "scans").mkdir(parents=True)
+    res = invoke_evaluate(untrained_model, tmp_path / "odd", "--out", str(tmp_path / "o"))
+    assert_one_line_error(res, "no Testing/<class>/ or <class>/")
 
 
 def test_evaluate_cli_default_out_is_beside_the_run(untrained_model, synthetic_dataset):

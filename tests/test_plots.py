@@ -14,6 +14,7 @@ from brainmri.errors import BrainMRIError
 from brainmri.evaluate.metrics import compute_metrics
 from brainmri.evaluate.plots import (
     plot_confusion_matrix,
+    plot_error_gallery,
     plot_reliability,
     plot_roc_curves,
     plot_training_curves,
@@ -56,12 +57,66 @@ def test_confusion_matrix_png(tmp_path, preds):
         plot_confusion_matrix(cm2[:3, :3], CLASS_NAMES, tmp_path / "bad.png")
 
 
+def test_confusion_matrix_rows_of_present_classes_only(tmp_path):
+    cm = np.array([[5, 1, 0, 1], [0, 4, 0, 0], [0, 0, 6, 0], [0, 0, 0, 0]])
+    out = plot_confusion_matrix(cm, CLASS_NAMES, tmp_path / "cm3.png", rows=[0, 1, 2])
+    _assert_png(out)
+    with Image.open(out) as img:  # three rows drawn: wider than tall
+        assert img.size[0] > img.size[1]
+
+
 def test_roc_png(tmp_path, preds):
     probs, labels = preds
     _assert_png(plot_roc_curves(probs, labels, CLASS_NAMES, tmp_path / "roc.png"))
-    # A class absent from the labels is listed without a curve.
+    # A class absent from the labels gets no curve.
     keep = labels != 3
     _assert_png(plot_roc_curves(probs[keep], labels[keep], CLASS_NAMES, tmp_path / "roc2.png"))
+
+
+def test_roc_near_perfect_has_a_log_fpr_panel(tmp_path):
+    import matplotlib.pyplot as plt
+
+    labels = np.repeat(np.arange(4), 50)
+    probs = np.full((200, 4), 0.01)
+    probs[np.arange(200), labels] = 0.97
+    probs[0] = [0.4, 0.5, 0.05, 0.05]  # one error: AUC just below 1
+    saved = {}
+    original = plt.close
+
+    def keep(fig=None):
+        saved["fig"] = fig
+        return original(fig)
+
+    plt.close = keep
+    try:
+        _assert_png(plot_roc_curves(probs, labels, CLASS_NAMES, tmp_path / "roc3.png"))
+    finally:
+        plt.close = original
+    axes = saved["fig"].axes
+    assert len(axes) == 2
+    assert axes[0].get_xscale() == "linear" and axes[1].get_xscale() == "log"
+    lo, hi = axes[1].get_xlim()
+    assert 0 < lo < 1 / 150 and hi == pytest.approx(1.0)
+
+
+def test_error_gallery_pages_and_empty(tmp_path, monkeypatch):
+    import brainmri.evaluate.plots as plots
+
+    monkeypatch.setattr(plots, "GALLERY_PAGE", 6)
+    rng = np.random.default_rng(0)
+    n = plots.GALLERY_PAGE + 3
+    images = (rng.random((n, 32, 32)) * 255).astype(np.uint8)
+    conf = rng.random(n)
+    paths = plot_error_gallery(
+        images, ["glioma"] * n, ["meningioma"] * n, conf, [f"f{i}.jpg" for i in range(n)],
+        tmp_path / "mis.png", leak_free=[i % 2 == 0 for i in range(n)],
+    )  # fmt: skip
+    assert [p.name for p in paths] == ["mis.png", "mis_2.png"]
+    for p in paths:
+        _assert_png(p)
+    empty = plot_error_gallery(images[:0], [], [], [], [], tmp_path / "none.png")
+    assert [p.name for p in empty] == ["none.png"]
+    _assert_png(empty[0], min_side=100)
 
 
 def test_reliability_png(tmp_path, preds):

@@ -27,6 +27,26 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from brainmri import __version__
+
+        typer.echo(f"brainmri {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Train, evaluate and ship a 4-class brain MRI tumor classifier."""
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Print a user error as one line on stderr and exit 1; bugs keep their traceback."""
 
@@ -220,7 +240,15 @@ def evaluate(
             help="Model file (.safetensors from train). Default: the model shipped in the package.",
         ),
     ] = None,
-    data: DataOpt = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="Labelled images: a Kaggle-layout folder (its Testing/ is scored), a Testing/ "
+            "folder, or a plain <class>/ folder (some classes may be missing). Default: env "
+            "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Results folder (default: results/ beside the model's run)."),
@@ -232,17 +260,25 @@ def evaluate(
         Path | None,
         typer.Option(
             help="leak_free_test.txt from clean (default: DATA/leak_free_test.txt, "
-            "else computed on the fly)."
+            "else computed on the fly against DATA/Training)."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    gallery: Annotated[
+        bool, typer.Option(help="Write misclassified.png: every misclassified image.")
+    ] = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite results already in --out.")
+    ] = False,
 ) -> None:
-    """Score a model on the Testing split, plain and with TTA, full split and leak-free subset.
+    """Score a model on labelled images, plain and with TTA, all images and leak-free subset.
 
-    Writes test_results_final.json (accuracy, per-class precision/recall/F1/accuracy/AUC, macro
-    AUC, log-loss, ECE, confusion matrix, misclassified files, timings) and confusion_matrix.png,
-    roc_curves.png, reliability.png; prints a classification report.
+    Writes test_results_final.json (accuracy, per-class precision/recall/F1/AUC, macro AUC,
+    tumour sensitivity/specificity, each headline figure with a 95 % bootstrap interval,
+    log-loss, ECE, confusion matrix, misclassified files, timings), confusion-matrix, ROC and
+    reliability plots (also for the leak-free subset) and misclassified.png; prints a report.
+    Refuses to overwrite earlier results unless --force.
     """
     from brainmri.data.folders import resolve_data_dir
     from brainmri.evaluate.run import evaluate as run_evaluate
@@ -252,7 +288,10 @@ def evaluate(
     if out is None:
         run_dir = model.resolve().parent.parent
         out = run_dir / "results" if (run_dir / "recipe.yaml").exists() else Path("results")
-    run_evaluate(model, resolve_data_dir(data), out, tta, batch_size, device, leak_free)
+    run_evaluate(
+        model, resolve_data_dir(data), out, tta, batch_size, device, leak_free,
+        force=force, gallery=gallery,
+    )  # fmt: skip
 
 
 @app.command()

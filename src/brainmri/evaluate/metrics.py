@@ -13,7 +13,6 @@ from sklearn.metrics import (
     classification_report,
     confusion_matrix,
     log_loss,
-    precision_recall_fscore_support,
     roc_auc_score,
 )
 
@@ -93,12 +92,47 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
     return float(ece)
 
 
-def _ovr_auc(labels: np.ndarray, scores: np.ndarray, k: int) -> float | None:
+def ovr_auc(labels: np.ndarray, scores: np.ndarray, k: int) -> float | None:
     """One-vs-rest ROC AUC of class k; None when class k is all or none of the labels."""
     positive = labels == k
     if positive.all() or not positive.any():
         return None
     return float(roc_auc_score(positive.astype(np.int64), scores))
+
+
+NEGATIVE_CLASS = "notumor"
+
+
+def tumour_operating_point(
+    preds: np.ndarray, labels: np.ndarray, class_names: Sequence[str], probs=None
+) -> dict | None:
+    """Tumour (any tumour class) vs no tumour at the argmax decision.
+
+    Sensitivity = tumour images predicted as any tumour class; specificity = notumor images
+    predicted notumor. `auc` ranks 1 - p(notumor) (None without both kinds of image). None when
+    the classes have no "notumor".
+    """
+    names = list(class_names)
+    if NEGATIVE_CLASS not in names:
+        return None
+    neg = names.index(NEGATIVE_CLASS)
+    positive = labels != neg
+    called = preds != neg
+    tp, fn = int((positive & called).sum()), int((positive & ~called).sum())
+    tn, fp = int((~positive & ~called).sum()), int((~positive & called).sum())
+    auc = None
+    if probs is not None and positive.any() and not positive.all():
+        auc = float(roc_auc_score(positive.astype(np.int64), 1.0 - probs[:, neg]))
+    return {
+        "positive": [n for n in names if n != NEGATIVE_CLASS],
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+        "tp": tp,
+        "fn": fn,
+        "tn": tn,
+        "fp": fp,
+        "auc": auc,
+    }
 
 
 def compute_metrics(
@@ -109,10 +143,13 @@ def compute_metrics(
 ) -> dict:
     """All evaluation metrics for one set of predictions, as a JSON-serializable dict.
 
-    Keys: n, accuracy, errors, per_class {name: precision, recall, f1, accuracy (one-vs-rest
-    (TP+TN)/N), auc (one-vs-rest; None if undefined), support}, macro_precision, macro_recall,
-    macro_f1, macro_auc (mean over classes with a defined AUC; None if none), log_loss, ece,
-    confusion_matrix (rows true, cols predicted), classification_report (sklearn text).
+    Keys: n, accuracy, errors, classes_present (classes with at least one true sample),
+    predicted_absent {class: count} (predictions into classes with no true sample: all errors),
+    per_class {name: precision, recall, f1, accuracy (one-vs-rest (TP+TN)/N), auc (one-vs-rest),
+    support} — recall, f1 and auc are None for an absent class, precision None when it is never
+    predicted either —, macro_precision/recall/f1/auc (means over the classes present),
+    tumour_vs_notumor (see tumour_operating_point), log_loss, ece, confusion_matrix (rows true,
+    cols predicted, every class), classification_report (sklearn text, classes present).
     """
     class_names = [str(c) for c in class_names]
     c = len(class_names)
@@ -123,36 +160,42 @@ def compute_metrics(
 
     cm = confusion_matrix(labels, preds, labels=class_ids)
     correct = int(np.trace(cm))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, preds, labels=class_ids, zero_division=0
-    )
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    present = [k for k in class_ids if support[k] > 0]
 
     per_class: dict[str, dict] = {}
-    aucs: list[float] = []
     for k, name in enumerate(class_names):
         tp = int(cm[k, k])
-        fp = int(cm[:, k].sum()) - tp
-        fn = int(cm[k, :].sum()) - tp
+        fp = int(predicted[k]) - tp
+        fn = int(support[k]) - tp
         tn = n - tp - fp - fn
-        auc = _ovr_auc(labels, probs[:, k], k)
-        if auc is not None:
-            aucs.append(auc)
+        precision = tp / predicted[k] if predicted[k] else (0.0 if support[k] else None)
+        recall = tp / support[k] if support[k] else None
+        f1 = None
+        if recall is not None:
+            f1 = 2 * tp / (2 * tp + fp + fn)
         per_class[name] = {
-            "precision": float(precision[k]),
-            "recall": float(recall[k]),
-            "f1": float(f1[k]),
+            "precision": None if precision is None else float(precision),
+            "recall": None if recall is None else float(recall),
+            "f1": f1,
             "accuracy": (tp + tn) / n,
-            "auc": auc,
+            "auc": ovr_auc(labels, probs[:, k], k),
             "support": int(support[k]),
         }
+
+    def macro(key: str) -> float | None:
+        values = [per_class[class_names[k]][key] for k in present]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
 
     clipped = np.clip(probs, _PROB_EPS, 1.0)
     clipped = clipped / clipped.sum(axis=1, keepdims=True)
     report = classification_report(
         labels,
         preds,
-        labels=class_ids,
-        target_names=class_names,
+        labels=present,
+        target_names=[class_names[k] for k in present],
         digits=4,
         zero_division=0,
     )
@@ -160,43 +203,20 @@ def compute_metrics(
         "n": n,
         "accuracy": correct / n,
         "errors": n - correct,
+        "classes_present": [class_names[k] for k in present],
+        "predicted_absent": {
+            class_names[k]: int(predicted[k])
+            for k in class_ids
+            if not support[k] and predicted[k]
+        },
         "per_class": per_class,
-        "macro_precision": float(np.mean(precision)),
-        "macro_recall": float(np.mean(recall)),
-        "macro_f1": float(np.mean(f1)),
-        "macro_auc": float(np.mean(aucs)) if aucs else None,
+        "macro_precision": macro("precision"),
+        "macro_recall": macro("recall"),
+        "macro_f1": macro("f1"),
+        "macro_auc": macro("auc"),
+        "tumour_vs_notumor": tumour_operating_point(preds, labels, class_names, probs),
         "log_loss": float(log_loss(labels, clipped, labels=class_ids)),
         "ece": expected_calibration_error(probs, labels, n_bins),
         "confusion_matrix": cm.astype(int).tolist(),
         "classification_report": report,
     }
-
-
-def _fmt(value, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def format_metrics_table(metrics: dict, title: str) -> str:
-    """A short aligned text table of a `compute_metrics` result, for printing."""
-    summary = [
-        ("samples", str(metrics["n"])),
-        ("accuracy", _fmt(metrics["accuracy"])),
-        ("errors", str(metrics["errors"])),
-        ("macro F1", _fmt(metrics["macro_f1"])),
-        ("macro AUC", _fmt(metrics["macro_auc"])),
-        ("ECE", _fmt(metrics["ece"])),
-        ("log-loss", _fmt(metrics["log_loss"])),
-    ]
-    key_w = max(len(k) for k, _ in summary)
-    lines = [title, "=" * max(len(title), 1)]
-    lines += [f"{k:<{key_w}}  {v}" for k, v in summary]
-
-    per_class = metrics["per_class"]
-    name_w = max([len("class")] + [len(name) for name in per_class])
-    cols = ("precision", "recall", "f1", "auc", "support")
-    header = f"{'class':<{name_w}}" + "".join(f"  {c:>9}" for c in cols)
-    lines += ["", header, "-" * len(header)]
-    for name, row in per_class.items():
-        cells = [_fmt(row[c]) for c in cols[:-1]] + [str(row["support"])]
-        lines.append(f"{name:<{name_w}}" + "".join(f"  {v:>9}" for v in cells))
-    return "\n".join(lines)

@@ -29,11 +29,11 @@ from brainmri.evaluate.metrics import (  # noqa: E402
 DPI = 120
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
     return path
@@ -44,36 +44,48 @@ def plot_confusion_matrix(
     class_names: Sequence[str],
     path: Path,
     title: str = "Confusion matrix",
+    rows: Sequence[int] | None = None,
 ) -> Path:
-    """Counts in each cell; colour is the row-normalized fraction (recall per true class)."""
+    """Counts and row-percent (one decimal) in each cell; colour is the row fraction.
+
+    `rows` limits the true-class rows to those indices (classes present in the data); every
+    predicted class stays a column, so predictions into an absent class are visible.
+    """
     counts = np.asarray(cm, dtype=np.int64)
     c = len(class_names)
     if counts.shape != (c, c):
         raise ValueError(f"confusion matrix shape {counts.shape} does not match {c} classes")
+    rows = list(range(c)) if rows is None else list(rows)
+    counts = counts[rows]
     row_sums = counts.sum(axis=1, keepdims=True)
     norm = np.divide(counts, row_sums, out=np.zeros(counts.shape), where=row_sums > 0)
 
-    size = max(4.0, 1.1 * c + 2.0)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    size = max(4.0, 1.2 * c + 2.0)
+    fig, ax = plt.subplots(figsize=(size, size * 0.85 * max(len(rows), 2) / c + 0.6))
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
-    for i in range(c):
+    for i in range(len(rows)):
         for j in range(c):
             ax.text(
                 j,
                 i,
-                f"{counts[i, j]}\n{norm[i, j]:.0%}",
+                f"{counts[i, j]}\n{100 * norm[i, j]:.1f} %",
                 ha="center",
                 va="center",
                 fontsize=9,
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     ax.set_xticks(range(c), labels=list(class_names), rotation=30, ha="right")
-    ax.set_yticks(range(c), labels=list(class_names))
+    ax.set_yticks(range(len(rows)), labels=[class_names[k] for k in rows])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title} (n={int(counts.sum())})")
+    ax.set_title(f"{title} (n={int(counts.sum())})", fontsize=10)
     return _save(fig, path)
+
+
+def _roc_points(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    fpr, tpr, _ = roc_curve(positive, scores)
+    return fpr, tpr, float(roc_auc_score(positive, scores))
 
 
 def plot_roc_curves(
@@ -83,26 +95,49 @@ def plot_roc_curves(
     path: Path,
     title: str = "ROC (one-vs-rest)",
 ) -> Path:
-    """One one-vs-rest ROC curve per class (AUC in the legend) and the chance diagonal."""
+    """One-vs-rest ROC per class: linear axes (left) and log false-positive axis (right).
+
+    Near AUC 1 every curve hugs the top-left corner on linear axes; the right panel spreads
+    the false-positive rate over decades (FPR 0 drawn at half of 1/negatives, marked) and
+    zooms the true-positive axis to where the curves are.
+    """
     probs, labels = check_probs_labels(probs, labels, n_classes=len(class_names))
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig, (ax, ax_log) = plt.subplots(1, 2, figsize=(11, 5))
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="chance")
+    floor, tpr_low = 1.0, 1.0
     for k, name in enumerate(class_names):
         positive = (labels == k).astype(np.int64)
         if positive.all() or not positive.any():
-            ax.plot([], [], label=f"{name} (AUC n/a)")
-            continue
-        fpr, tpr, _ = roc_curve(positive, probs[:, k])
-        auc = roc_auc_score(positive, probs[:, k])
-        ax.plot(fpr, tpr, linewidth=1.5, label=f"{name} (AUC={auc:.4f})")
+            continue  # no curve for a class with no image (or only that class)
+        fpr, tpr, auc = _roc_points(positive, probs[:, k])
+        colour = f"C{k}"
+        ax.plot(fpr, tpr, linewidth=1.5, color=colour, label=f"{name} (AUC={auc:.5f})")
+        zero = 0.5 / int((positive == 0).sum())
+        floor = min(floor, zero)
+        shown = np.maximum(fpr, zero)
+        ax_log.plot(shown, tpr, linewidth=1.5, color=colour)
+        tpr_low = min(tpr_low, float(tpr[np.searchsorted(fpr, 0.0, side="right") - 1]))
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
+
+    ax_log.set_xscale("log")
+    ax_log.set_xlim(floor * 0.8, 1.0)
+    y_lo = max(0.0, np.floor((tpr_low - 0.02) * 20) / 20)
+    ax_log.set_ylim(y_lo, 1.0 + (1.0 - y_lo) * 0.02)
+    ax_log.axvline(floor, color="grey", linestyle=":", linewidth=1)
+    ax_log.annotate("FPR = 0", xy=(floor, y_lo), xytext=(3, 4), textcoords="offset points",
+                    fontsize=7, color="grey")  # fmt: skip
+    ax_log.set_xlabel("false positive rate (log scale)")
+    ax_log.set_ylabel("true positive rate")
+    ax_log.set_title("zoom: log false-positive axis", fontsize=10)
+    ax_log.grid(alpha=0.3, which="both")
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -113,7 +148,10 @@ def plot_reliability(
     n_bins: int = 15,
     title: str = "Reliability diagram",
 ) -> Path:
-    """Accuracy vs top-1 confidence per bin, the identity line, ECE in the title, counts below."""
+    """Accuracy vs top-1 confidence per bin, the identity line, ECE in the title, counts below.
+
+    Counts are on a log axis: with an accurate model almost every image sits in the top bin.
+    """
     bins = reliability_bins(probs, labels, n_bins)
     ece = expected_calibration_error(probs, labels, n_bins)
     edges = np.asarray(bins["bin_edges"])
@@ -125,30 +163,82 @@ def plot_reliability(
     conf = np.array([c if c is not None else 0.0 for c in bins["confidence"]])
 
     fig, (ax, ax_hist) = plt.subplots(
-        2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+        2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    ax.bar(
-        centers[filled],
-        acc[filled],
-        width=width * 0.9,
-        color="tab:blue",
-        edgecolor="black",
-        linewidth=0.5,
-        label="accuracy",
-    )
-    ax.scatter(conf[filled], acc[filled], s=12, color="tab:red", zorder=3, label="mean conf.")
+    ax.bar(centers[filled], acc[filled], width=width * 0.9, color="tab:blue",
+           edgecolor="black", linewidth=0.5, label="accuracy in bin")  # fmt: skip
+    ax.scatter(conf[filled], acc[filled], s=14, color="tab:red", zorder=3,
+               label="mean confidence in bin")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{title} (ECE={ece:.4f}, n={int(count.sum())})")
+    ax.set_title(f"{title}\nECE={100 * ece:.2f} %, n={int(count.sum())}, {n_bins} bins",
+                 fontsize=10)  # fmt: skip
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
 
-    ax_hist.bar(centers, count, width=width * 0.9, color="tab:grey", edgecolor="black", lw=0.5)
+    ax_hist.bar(centers[filled], count[filled], width=width * 0.9, color="tab:grey",
+                edgecolor="black", lw=0.5)  # fmt: skip
+    for x, n in zip(centers[filled], count[filled], strict=True):
+        ax_hist.annotate(str(n), xy=(x, n), xytext=(0, 1), textcoords="offset points",
+                         ha="center", va="bottom", fontsize=6)  # fmt: skip
+    ax_hist.set_yscale("log")
+    ax_hist.set_ylim(0.7, max(2.0, count.max() * 4))
     ax_hist.set_xlim(0, 1)
     ax_hist.set_xlabel("confidence (top-1 probability)")
-    ax_hist.set_ylabel("count")
+    ax_hist.set_ylabel("images (log)")
     return _save(fig, path)
+
+
+GALLERY_PAGE = 60  # tiles per PNG
+GALLERY_COLS = 6
+
+
+def plot_error_gallery(
+    images: np.ndarray,
+    true: Sequence[str],
+    pred: Sequence[str],
+    confidence: Sequence[float],
+    captions: Sequence[str],
+    path: Path,
+    title: str = "Misclassified images",
+    leak_free: Sequence[bool] | None = None,
+) -> list[Path]:
+    """Every misclassified image (N, H, W uint8) with true -> predicted class and probability.
+
+    Most confident errors first. Up to GALLERY_PAGE tiles per PNG: `path`, then
+    `<stem>_2.png`, ... for more. With `leak_free`, tiles of test images that have a copy in
+    Training are marked. No error: one PNG saying so.
+    """
+    path = Path(path)
+    n = len(images)
+    order = np.argsort(-np.asarray(confidence, dtype=np.float64), kind="stable")
+    pages = [order[i : i + GALLERY_PAGE] for i in range(0, n, GALLERY_PAGE)] or [order]
+    written = []
+    for p, page in enumerate(pages):
+        rows = max(1, math.ceil(len(page) / GALLERY_COLS))
+        cols = GALLERY_COLS if n else 1
+        height = 2.7 * rows + 1.3
+        fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, height), squeeze=False)
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 1.2 / height,
+                            wspace=0.05, hspace=0.3)  # fmt: skip
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, i in zip(axes.ravel(), page, strict=False):
+            ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+            mark = ""
+            if leak_free is not None and not leak_free[i]:
+                mark = " [copy in Training]"
+            ax.set_title(f"{true[i]} → {pred[i]}\np = {confidence[i]:.3f}{mark}\n{captions[i]}",
+                         fontsize=7)  # fmt: skip
+        if not n:
+            axes[0, 0].text(0.5, 0.5, "no misclassified image", ha="center", va="center")
+        page_note = f" — page {p + 1}/{len(pages)}" if len(pages) > 1 else ""
+        fig.suptitle(f"{title}{page_note}\n(true → predicted, predicted-class probability)",
+                     fontsize=10, y=1 - 0.15 / height, va="top")  # fmt: skip
+        out = path if p == 0 else path.with_name(f"{path.stem}_{p + 1}{path.suffix}")
+        written.append(_save(fig, out, dpi=90))
+    return written
 
 
 _CURVE_COLUMNS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc")
