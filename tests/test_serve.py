@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from brainmri import CLASS_NAMES
@@ -30,6 +31,7 @@ from brainmri import CLASS_NAMES
 REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
     "path", "status", "reason", "label", "probability", "probabilities", "ood_score", "cropped",
+    "model_sha256", "runtime", "tta", "crop",
 }  # fmt: skip
 
 
@@ -148,6 +150,26 @@ def test_predict_benchmark_images(server: RunningServer, benchmark_dir: Path) ->
         assert rec["label"] == cls, (path, rec)
         assert abs(sum(rec["probabilities"].values()) - 1) < 1e-3
         assert rec["probability"] == max(rec["probabilities"].values())
+
+
+def test_records_equal_predict_json(
+    server: RunningServer, benchmark_dir: Path, tmp_path: Path
+) -> None:
+    """The API's records are `brainmri predict --json`'s (the path aside: a file name here)."""
+    (_, image), (_, image2) = sample_images(benchmark_dir, per_class=1)[:2]
+    tiny, text = tmp_path / "dot.png", tmp_path / "notes.jpg"
+    tiny.write_bytes(bench.png_bytes(np.zeros((1, 1), np.uint8)))
+    text.write_text("not an image")
+    files = [image, image2, tiny, text]
+    out = tmp_path / "records.json"
+    cli = [sys.executable, "-m", "brainmri", "predict", *map(str, files), "--json", str(out)]
+    subprocess.run(cli, capture_output=True, timeout=300)
+    expected = json.loads(out.read_text())
+    assert [r["status"] for r in expected] == ["ok", "ok", "rejected", "error"]
+    for path, want in zip(files, expected, strict=True):
+        r = httpx.post(server.url + "/v1/predict", files={"files": (path.name, path.read_bytes())})
+        (got,) = r.json()["records"]
+        assert {**got, "path": want["path"]} == want
 
 
 def test_predict_several_files_keeps_order_and_status(

@@ -60,7 +60,8 @@ class Engine:
                 records[i] = scored_record(
                     name, probs, clf.class_names, score, clf.ood_threshold, cropped
                 )
-        return [r for r in records if r is not None]
+        extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto"}
+        return [{**r, **extra} for r in records if r is not None]
 
     def explain(self, name: str, data: bytes) -> tuple[Record, bytes | None]:
         """(record, Grad-CAM overlay PNG of the predicted class); no PNG unless status "ok"."""
