@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# clean -> train -> evaluate on the shared benchmark (short recipe; ~15-20 min on 2 cores)
+# clean -> train -> evaluate on the shared benchmark (short recipe; measured time: docs/RESULTS.md §7)
 demo: venv
 	$(VENV)/bin/brainmri clean --data $(DATA) --out $(OUT)/cleaned --policy drop-from-train
 	$(VENV)/bin/brainmri train --data $(OUT)/cleaned --config $(RECIPE) --out $(OUT)/run
