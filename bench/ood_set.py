@@ -31,6 +31,7 @@ KINDS = (
     "photo_sklearn",
     "photo_matplotlib",
     "medical_non_mri",
+    "mri_non_brain",
     "dicom_non_mr",
 )
 
@@ -228,4 +229,13 @@ def ood_items() -> list[OODItem]:
         add("medical_non_mri", name, img)
     for name, data in _dicom_files():
         items.append(OODItem("dicom_non_mr", name, data, name))
+    folder = Path(os.path.dirname(pydicom_file())) / "data" / "test_files"
+    abdomen = (folder / "examples_overlay.dcm").read_bytes()  # an abdominal MR slice
+    items.append(OODItem("mri_non_brain", "abdomen_mr_dicom", abdomen, "abdomen.dcm"))
     return items
+
+
+def pydicom_file() -> str:
+    import pydicom
+
+    return pydicom.__file__

@@ -7,6 +7,8 @@ import pytest
 from conftest import synthetic_brain
 
 from brainmri.data.crop import brain_box, crop_to_brain
+from brainmri.errors import BrainMRIError
+from brainmri.infer.inputs import CROP_MARGIN, auto_crop, content_box, has_wide_frame
 
 
 def disc_bbox(size: int, radius: float, offset=(0, 0)) -> tuple[float, float, float, float]:
@@ -71,3 +73,67 @@ def test_no_brain_falls_back_to_full_image(img):
 def test_rejects_colour_input():
     with pytest.raises(ValueError):
         brain_box(np.zeros((10, 10, 3), np.uint8))
+
+
+# ------------------------------------------------------------------ auto crop (predict --crop)
+
+
+def framed_brain(canvas: int = 512, side: int = 224, seed: int = 0, at=None) -> np.ndarray:
+    """A brain image that fills its own side x side picture, pasted into a black canvas."""
+    img = np.zeros((canvas, canvas), np.uint8)
+    y, x = at or ((canvas - side) // 2, (canvas - side) // 2)
+    img[y : y + side, x : x + side] = synthetic_brain(side, 0.45, seed=seed)
+    return img
+
+
+@pytest.mark.parametrize("at", [None, (10, 250), (280, 20)], ids=["centre", "top-right", "low"])
+def test_auto_crop_removes_a_wide_black_frame(at):
+    img = framed_brain(at=at)
+    out, cropped = auto_crop(img, "auto")
+    assert cropped and has_wide_frame(img)
+    side = 224 * 0.9  # the disc spans 0.9 of its picture
+    assert side <= out.shape[0] <= side * (1 + 2 * CROP_MARGIN) + 4
+    assert side <= out.shape[1] <= side * (1 + 2 * CROP_MARGIN) + 4
+    assert (out > 100).sum() >= 0.99 * (img > 100).sum()  # the whole brain is kept
+
+
+@pytest.mark.parametrize("radius", [0.3, 0.45])
+def test_auto_crop_leaves_cropped_images_alone(radius):
+    img = synthetic_brain(224, radius, seed=5)
+    out, cropped = auto_crop(img, "auto")
+    assert not cropped and out is img
+
+
+def test_crop_modes_off_on_and_unknown():
+    img = framed_brain()
+    assert auto_crop(img, "off") == (img, False)
+    assert auto_crop(img, "on")[1]
+    cropped_already = synthetic_brain(224, 0.3, seed=1)
+    out, did = auto_crop(cropped_already, "on")  # on: crops to the content box even here
+    assert did and out.shape[0] < 224
+    with pytest.raises(BrainMRIError, match="crop mode"):
+        auto_crop(img, "sometimes")
+
+
+def test_auto_crop_keeps_blank_and_dark_images():
+    for img in (np.zeros((300, 300), np.uint8), np.full((64, 64), 15, np.uint8)):
+        assert content_box(img) is None
+        out, cropped = auto_crop(img, "auto")
+        assert out is img and not cropped
+
+
+def test_auto_crop_on_real_benchmark_images(small_benchmark):
+    """Training images of the benchmark (already cropped) are left alone; framed, cropped."""
+    from brainmri.data.images import load_gray
+
+    files = sorted((small_benchmark / "Training").rglob("*.jpg"))
+    assert len(files) >= 40
+    touched = 0
+    for f in files:
+        g = load_gray(f)
+        touched += auto_crop(g, "auto")[1]
+        canvas = np.zeros((512, 512), np.uint8)
+        canvas[144 : 144 + g.shape[0], 144 : 144 + g.shape[1]] = g
+        out, cropped = auto_crop(canvas, "auto")
+        assert cropped and out.shape[0] <= (224 + 4) * (1 + 2 * CROP_MARGIN) + 2  # blur: 2 px
+    assert touched <= 1

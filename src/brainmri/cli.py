@@ -443,6 +443,55 @@ def serve(
     run_server(model, host, port, workers, max_body_mb, max_files, access_log)
 
 
+@app.command()
+@user_errors
+def explain(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Image or DICOM files and/or folders (searched recursively)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the Grad-CAM PNGs.")],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", "-m", help="Model file. Default: the model shipped in the package."
+        ),
+    ] = None,
+    crop: Annotated[
+        str,
+        typer.Option(help="auto: crop a wide black frame away; on: always crop; off: never."),
+    ] = "auto",
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Explain this class instead of the predicted one."),
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+) -> None:
+    """Grad-CAM: where the model looked. Writes OUT/<name>_gradcam.png (input | overlay, class
+    and probability written on it). An ensemble shows the mean of its members' maps. Inputs the
+    guard refuses are listed and skipped; the exit code is 1 if any file was not explained."""
+    from brainmri.infer.gradcam import explain_files
+    from brainmri.infer.inputs import CROP_MODES
+
+    if crop not in CROP_MODES:
+        raise BrainMRIError(f"--crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
+    paths = [
+        p
+        for item in inputs
+        for p in (sorted(q for q in item.rglob("*") if q.is_file()) if item.is_dir() else [item])
+    ]
+    if not paths:
+        raise BrainMRIError("no files found in the given inputs")
+    records = explain_files(paths, out, model, crop, class_name, device)
+    for r in records:
+        if r["status"] == "ok":
+            typer.echo(f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}")
+        else:
+            typer.echo(f"{r['status']}: {r['path']}: {r['reason']}", err=True)
+    if any(r["status"] != "ok" for r in records):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
     app(prog_name="brainmri")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -163,3 +164,55 @@ def explain_png(
     names = list(meta["class_names"])
     caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
     return render_png(plane, cam, caption)
+
+
+def explain_files(
+    paths: list[Path],
+    out_dir: Path,
+    model_path: Path | None = None,
+    crop: str = "auto",
+    class_name: str | None = None,
+    device: str | None = None,
+) -> list[dict[str, Any]]:
+    """Write OUT/<stem>_gradcam.png for each file; one record per file (status ok / rejected /
+    error with a reason, like predict) with the class explained and the PNG written."""
+    from brainmri.errors import BrainMRIError, RejectedInput
+    from brainmri.infer.core import load_for_inference
+    from brainmri.infer.guard import load_guard, ood_reason, penultimate_features
+    from brainmri.infer.inputs import auto_crop, load_plane
+    from brainmri.model.checkpoint import shipped_model_path
+
+    model_path = Path(model_path or shipped_model_path())
+    loaded = load_for_inference(model_path, device or "cpu")
+    scorer, threshold = load_guard(model_path)
+    names = loaded.class_names
+    if class_name is not None and class_name not in names:
+        raise BrainMRIError(f"unknown class {class_name!r} (one of {', '.join(names)})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in paths:
+        rec: dict[str, Any] = {"path": str(path), "status": "ok", "reason": None}
+        try:
+            plane, cropped = auto_crop(load_plane(Path(path).read_bytes(), Path(path).name), crop)
+            rec["cropped"] = cropped
+            if scorer is not None:
+                x = torch.from_numpy(resize_square(np.ascontiguousarray(plane), loaded.image_size))
+                feats, _ = penultimate_features(
+                    loaded.model, x[None, None], loaded.intensity, loaded.channels_last
+                )
+                rec["ood_score"] = round(float(scorer(feats)[0]), 2)
+                reason = ood_reason(rec["ood_score"], threshold)
+                if reason is not None:
+                    raise RejectedInput(reason, code="ood")
+            k = None if class_name is None else names.index(class_name)
+            cam, probs, k = explain_plane(loaded, plane, k)
+            target = out_dir / f"{Path(path).stem}_gradcam.png"
+            target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
+            rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}
+            rec |= {"png": str(target)}
+        except RejectedInput as exc:
+            rec |= {"status": "rejected", "reason": str(exc)}
+        except (BrainMRIError, OSError) as exc:
+            rec |= {"status": "error", "reason": str(exc)}
+        records.append(rec)
+    return records

@@ -15,6 +15,7 @@ tensors `guard.class_means` (C, F) and `guard.precision` (F, F), and metadata
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -142,3 +143,16 @@ def penultimate_features(
     if not feats:
         return torch.empty((0, 0)), torch.empty((0, 0))
     return torch.cat(feats), torch.cat(logits)
+
+
+def load_guard(path: str | Path) -> tuple[OODScore | None, float | None]:
+    """(scorer, threshold) stored in a model file; (None, None) when it has no statistics."""
+    from safetensors import safe_open
+
+    from brainmri.model.checkpoint import read_metadata
+
+    meta = read_metadata(Path(path))
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k).float() for k in f.keys() if k.startswith(GUARD_PREFIX)}
+    scorer = ood_from_meta(meta, tensors)
+    return scorer, (ood_threshold(meta) if scorer is not None else None)

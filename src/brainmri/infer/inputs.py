@@ -25,7 +25,7 @@ FRAME_LEVEL = 20
 """Grey level (after a 5x5 blur) at or under which a pixel belongs to a black frame."""
 FRAME_SHARE = 0.01
 """A row/column is content when more than this share of its pixels is above FRAME_LEVEL."""
-WIDE_FRAME = 0.55
+WIDE_FRAME = 0.5
 """auto: crop when the content box spans less than this share of the width or the height."""
 CROP_MARGIN = 0.06
 """Margin kept around the content box on each side, as a share of the box's own size."""

@@ -1,0 +1,153 @@
+"""Fit the input guard's OOD statistics for a model and store them in its model file.
+
+The model's own split is rebuilt as training did it (benchmark Training folder, the recipe's
+val_fraction and data.split_seed, data/folders.stratified_split). Penultimate features of the
+training part give the class means and the shared (Ledoit-Wolf) covariance; the validation
+part's scores give the threshold that accepts `--accept` of them (default 99 %). The file is
+rewritten with tensors `guard.*` and metadata `guard` added; its weights are copied bit for bit
+and the script checks that, and that the logits on the validation images are unchanged.
+
+    python bench/fit_guard.py [--model src/brainmri/weights/lite0_cpu.safetensors] \
+        [--data ../shared/data/brain-tumor-mri] [--accept 0.99] [--out bench/results/guard_fit.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from robustness import machine
+from safetensors.torch import load_file
+
+from brainmri.config import recipe_from_dict
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import resolve_data_dir, scan_split, stratified_split
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.guard import (
+    GUARD_PREFIX,
+    fit_statistics,
+    ood_from_meta,
+    penultimate_features,
+    threshold_for,
+)
+from brainmri.model.checkpoint import add_extra_tensors, read_metadata, shipped_model_path
+
+
+def weights_digest(path: Path) -> str:
+    """sha256 over every non-guard tensor (name, dtype, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    for k, v in sorted(load_file(str(path)).items()):
+        if k.startswith(GUARD_PREFIX):
+            continue
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_split(data_dir: Path, meta: dict) -> tuple[list, list, dict]:
+    recipe = recipe_from_dict(meta["recipe"], "model metadata")
+    seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
+    samples = scan_split(data_dir, "Training")
+    train, val = stratified_split(samples, recipe.data.val_fraction, seed)
+    return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument("--accept", type=float, default=0.99, help="validation share accepted")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/guard_fit.json"))
+    ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write")
+    ap.add_argument("--save-features", type=Path, default=None, help="also write them (.npz)")
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    loaded = load_for_inference(path, "cpu")
+    meta = read_metadata(path)
+    data_dir = resolve_data_dir(args.data)
+    train, val, split = model_split(data_dir, meta)
+    size = loaded.image_size
+
+    def feats(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = cache_samples(samples, size, desc)
+        f, logits = penultimate_features(
+            loaded.model, images, loaded.intensity, loaded.channels_last
+        )
+        return f, logits, labels
+
+    f_tr, _, y_tr = feats(train, "train")
+    f_va, logit_va, y_va = feats(val, "val")
+    if args.save_features is not None:
+        np.savez_compressed(
+            args.save_features, train=f_tr.numpy(), train_labels=y_tr.numpy(),
+            val=f_va.numpy(), val_labels=y_va.numpy(), val_logits=logit_va.numpy(),
+        )  # fmt: skip
+    tensors = fit_statistics(f_tr.numpy(), y_tr.numpy(), len(loaded.class_names))
+    scorer = ood_from_meta(meta, tensors)
+    assert scorer is not None
+    s_tr = scorer(f_tr).numpy()
+    s_va = scorer(f_va).numpy()
+    threshold = threshold_for(s_va, args.accept)
+    guard_meta = {
+        "ood_threshold": round(threshold, 4),
+        "score": "Mahalanobis distance of penultimate features to the nearest class mean, "
+        "shared Ledoit-Wolf covariance",
+        "features": "penultimate (Dense+SiLU output; ensemble members concatenated)",
+        "feature_width": int(f_tr.shape[1]),
+        "fitted_on": f"Training minus validation (split_seed {split['split_seed']}, "
+        f"val_fraction {split['val_fraction']}): {len(train)} images",
+        "threshold_on": f"validation split, {len(val)} images, {args.accept:.2%} accepted",
+        "val_accept_rate": round(float((s_va <= threshold).mean()), 5),
+        "fitted": time.strftime("%Y-%m-%d"),
+    }
+    report = {
+        "benchmark": "guard_fit",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
+        "machine": machine(loaded.device),
+        "model": str(path),
+        "data": str(data_dir),
+        "split": split | {"train": len(train), "val": len(val)},
+        "guard": guard_meta,
+        "shrinkage": float(tensors[GUARD_PREFIX + "shrinkage"][0]),
+        "train_scores": _pct(s_tr),
+        "val_scores": _pct(s_va),
+    }
+    if not args.dry_run:
+        before = weights_digest(path)
+        add_extra_tensors(path, tensors, {"guard": guard_meta})
+        after = weights_digest(path)
+        again = load_for_inference(path, "cpu")
+        images, _ = cache_samples(val, size, "val again")
+        _, logit_again = penultimate_features(
+            again.model, images, again.intensity, again.channels_last
+        )
+        report["weights_sha256_before"] = before
+        report["weights_sha256_after"] = after
+        report["val_logits_max_abs_diff"] = float((logit_again - logit_va).abs().max())
+        if before != after or report["val_logits_max_abs_diff"] != 0.0:
+            raise SystemExit(f"model changed while adding guard statistics: {report}")
+    report["seconds"] = round(time.time() - t0, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("guard", "train_scores", "val_scores")}, indent=2))
+    print(f"wrote {args.out}" + ("" if args.dry_run else f" and guard statistics into {path}"))
+    return report
+
+
+def _pct(scores: np.ndarray) -> dict[str, float]:
+    q = np.percentile(scores, [0, 1, 5, 50, 95, 99, 99.5, 100])
+    names = ("min", "p1", "p5", "median", "p95", "p99", "p99.5", "max")
+    return {n: round(float(v), 3) for n, v in zip(names, q, strict=True)}
+
+
+if __name__ == "__main__":
+    main()
