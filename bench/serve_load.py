@@ -53,6 +53,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def benchmark_images(per_class: int = 16) -> list[tuple[str, bytes]]:
     if not DATA.is_dir():
         sys.exit(f"benchmark test images not found at {DATA}")
@@ -295,8 +301,8 @@ def get_json(url: str, key: str | None = None) -> dict:
         return json.loads(r.read())
 
 
-def start_server(model: str | None, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "brainmri", "serve", "--port", str(port)]
+def start_server(model: str | None, port: int, extra: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "brainmri", "serve", "--port", str(port), *extra]
     if model:
         cmd += ["--model", model]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -333,8 +339,12 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
     levels = []
     for conc in args.concurrency:
         coro = run_level(host, port, requests, args.requests, conc)
+        cpu0, client0 = (cpu_seconds(proc.pid) if proc else 0.0), time.process_time()
         levels.append(asyncio.run(asyncio.wait_for(coro, args.timeout)))
+        per_req = 1000 / args.requests
+        levels[-1]["client_cpu_ms_per_req"] = round((time.process_time() - client0) * per_req, 2)
         if proc:
+            levels[-1]["server_cpu_ms_per_req"] = round((cpu_seconds(proc.pid) - cpu0) * per_req, 2)
             rss[f"after_c{conc}"] = rss_mib(proc.pid)
         print(json.dumps(levels[-1]), flush=True)
     health = get_json(f"{base}/healthz")
@@ -361,6 +371,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--url", default=None, help="an already running server (loopback only)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
+    ap.add_argument("--serve-args", default="", help="extra `brainmri serve` options")
     ap.add_argument("--hostile", action="store_true", help="also send the hostile uploads")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_load.json")
     args = ap.parse_args()
@@ -375,7 +386,7 @@ def main() -> None:
             sys.exit("--url must be a loopback address")
     else:
         host, port = "127.0.0.1", free_port()
-        proc = start_server(args.model, port)
+        proc = start_server(args.model, port, args.serve_args.split())
     try:
         result = measure(host, port, proc, args, key)
     finally:

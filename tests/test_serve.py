@@ -284,7 +284,7 @@ def test_server_up_and_nothing_written(server: RunningServer) -> None:
     assert httpx.get(server.url + "/healthz").status_code == 200
     assert list(server.cwd.iterdir()) == []
     left = set(server.tmpdir.rglob("*")) - server.startup_files
-    assert left == []
+    assert left == set()
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
 

@@ -431,6 +431,10 @@ def serve(
     ] = 16.0,
     max_files: Annotated[int, typer.Option(min=1, help="Most files in one request.")] = 16,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="ONNX Runtime threads per process (default: all cores)."),
+    ] = None,
 ) -> None:
     """Serve the classifier: HTTP API (/v1/predict, /v1/explain, /v1/model, /healthz), the page
     at / and the OpenAPI docs at /docs.

@@ -194,7 +194,7 @@ def create_app(engine: Engine, limits: Limits | None = None, max_batch: int = 16
         records = await batcher.submit(uploads)
         if not several and len(records) == 1 and records[0]["status"] != "ok":
             return refusal(records[0])
-        return {"model": {"sha256": engine.sha256, "runtime": engine.runtime}, "records": records}
+        return JSONResponse({"records": records})
 
     @app.post(
         "/v1/explain",

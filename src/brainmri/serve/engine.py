@@ -25,8 +25,10 @@ Record = dict[str, Any]
 class Engine:
     """A loaded model answering for uploaded bytes (`predict` and `explain` may run at once)."""
 
-    def __init__(self, model: str | Path | None = None, runtime: str = "auto"):
-        self.classifier = Classifier(model, runtime=runtime)
+    def __init__(
+        self, model: str | Path | None = None, runtime: str = "auto", threads: int | None = None
+    ):
+        self.classifier = Classifier(model, runtime=runtime, threads=threads)
         self.path = self.classifier.path
         self.meta: dict[str, Any] = self.classifier.meta
         self.class_names = self.classifier.class_names

@@ -30,7 +30,8 @@ def app_from_env() -> Any:
     from brainmri.serve.app import create_app
     from brainmri.serve.engine import Engine
 
-    engine = Engine(os.environ.get(ENV_PREFIX + "MODEL") or None)
+    threads = os.environ.get(ENV_PREFIX + "THREADS")
+    engine = Engine(os.environ.get(ENV_PREFIX + "MODEL") or None, threads=int(threads or 0) or None)
     return create_app(engine, limits_from_env())
 
 
@@ -51,6 +52,7 @@ def serve(
     max_body_mb: float = 16.0,
     max_files: int = 16,
     access_log: bool = False,
+    threads: int | None = None,
 ) -> None:
     """Load the model, then serve until interrupted (the model loads before the port opens)."""
     import uvicorn
@@ -63,6 +65,8 @@ def serve(
     os.environ[ENV_PREFIX + "MAX_FILES"] = str(max_files)
     if model is not None:
         os.environ[ENV_PREFIX + "MODEL"] = str(Path(model).resolve())
+    if threads:
+        os.environ[ENV_PREFIX + "THREADS"] = str(threads)
     if not is_loopback(host) and not os.environ.get("BRAINMRI_API_KEY"):
         log.warning("listening on %s without BRAINMRI_API_KEY: anyone who can reach it can use it",
                     host)  # fmt: skip
