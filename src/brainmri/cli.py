@@ -444,7 +444,7 @@ def serve(
     """
     from brainmri.serve.server import serve as run_server
 
-    run_server(model, host, port, workers, max_body_mb, max_files, access_log)
+    run_server(model, host, port, workers, max_body_mb, max_files, access_log, threads)
 
 
 @app.command()
