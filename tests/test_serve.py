@@ -265,6 +265,23 @@ def test_concurrent_requests_share_batches() -> None:
     assert max(engine.sizes) > 1
 
 
+def test_full_queue_answers_503() -> None:
+    from brainmri.serve.gate import Limits
+
+    with inprocess_server(Limits(), StandInEngine(delay=0.3), max_waiting=2) as url:
+
+        def call(i: int) -> int:
+            r = httpx.post(url + "/v1/predict", files={"file": (f"s{i}.png", b"x")}, timeout=30)
+            if r.status_code != 200:
+                assert_json_error(r.status_code, r.content, 503)
+            return r.status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(call, range(8)))
+        assert 503 in codes and 200 in codes
+        assert httpx.get(url + "/healthz").status_code == 200
+
+
 def test_load_burst(server: RunningServer, benchmark_dir: Path) -> None:
     import asyncio
 
@@ -320,13 +337,13 @@ class StandInEngine:
 
 
 @contextmanager
-def inprocess_server(limits, engine=None) -> Iterator[str]:
+def inprocess_server(limits, engine=None, **options) -> Iterator[str]:
     import uvicorn
 
     from brainmri.serve.app import create_app
 
     port = bench.free_port()
-    app = create_app(engine or StandInEngine(), limits)  # type: ignore[arg-type]
+    app = create_app(engine or StandInEngine(), limits, **options)  # type: ignore[arg-type]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, daemon=True)

@@ -7,7 +7,8 @@ Status codes (every error is JSON `{"error", "detail", ...}`, never a stack trac
 - 413: body over the size limit (refused on its Content-Length before reading) or too many files;
 - 415: not multipart/form-data, or a part whose content type is not an image or DICOM;
 - 422: one upload that is not a usable brain MRI slice (unreadable, or refused by the input
-  guard); the body carries its record with the reason.
+  guard); the body carries its record with the reason;
+- 503: more than 256 uploads already wait for the model (Retry-After: 1).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from brainmri import __version__
-from brainmri.serve.batcher import Batcher
+from brainmri.serve.batcher import Batcher, Busy
 from brainmri.serve.engine import Engine, Record
 from brainmri.serve.gate import Gate, Limits, error_body
 
@@ -144,10 +145,12 @@ def refusal(record: Record) -> JSONResponse:
     )
 
 
-def create_app(engine: Engine, limits: Limits | None = None, max_batch: int = 16) -> FastAPI:
+def create_app(
+    engine: Engine, limits: Limits | None = None, max_batch: int = 16, max_waiting: int = 256
+) -> FastAPI:
     """The app around a loaded engine (tests build it directly; `serve` runs it on uvicorn)."""
     limits = limits or Limits()
-    batcher: Batcher[tuple[str, bytes], Record] = Batcher(engine.predict, max_batch)
+    batcher: Batcher[tuple[str, bytes], Record] = Batcher(engine.predict, max_batch, max_waiting)
     explainer = ThreadPoolExecutor(1, thread_name_prefix="brainmri-explain")
 
     @asynccontextmanager
@@ -191,7 +194,11 @@ def create_app(engine: Engine, limits: Limits | None = None, max_batch: int = 16
     async def predict(request: Request) -> Any:
         """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""
         uploads, several = await read_uploads(request, limits, one=False)
-        records = await batcher.submit(uploads)
+        try:
+            records = await batcher.submit(uploads)
+        except Busy:
+            detail = "the server is busy: too many uploads are waiting; retry shortly"
+            return JSONResponse(error_body("busy", detail), 503, headers={"retry-after": "1"})
         if not several and len(records) == 1 and records[0]["status"] != "ok":
             return refusal(records[0])
         return JSONResponse({"records": records})

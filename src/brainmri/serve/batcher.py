@@ -21,12 +21,22 @@ Result = TypeVar("Result")
 log = logging.getLogger("brainmri.serve")
 
 
+class Busy(Exception):
+    """More uploads are waiting than `max_waiting`: the caller should answer 503."""
+
+
 class Batcher(Generic[Item, Result]):
     """Feed `run(items) -> results` (same length, same order) from many coroutines."""
 
-    def __init__(self, run: Callable[[list[Item]], Sequence[Result]], max_batch: int = 16):
+    def __init__(
+        self,
+        run: Callable[[list[Item]], Sequence[Result]],
+        max_batch: int = 16,
+        max_waiting: int = 256,
+    ):
         self.run = run
         self.max_batch = max_batch
+        self.max_waiting = max_waiting
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="brainmri-infer")
         self.queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
         self.task: asyncio.Task[None] | None = None
@@ -48,6 +58,8 @@ class Batcher(Generic[Item, Result]):
         """Results for `items`, in order (raises what `run` raised for their batch)."""
         if self.queue is None:
             raise RuntimeError("Batcher.start() was not called")
+        if self.queue.qsize() + len(items) > self.max_waiting:
+            raise Busy(f"{self.queue.qsize()} uploads are waiting")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Result]] = []
         for item in items:
