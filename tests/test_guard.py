@@ -1,0 +1,146 @@
+"""infer/guard.py: the Mahalanobis OOD score, its statistics in the model file, and the shipped
+model's guard on real test images and the curated OOD set."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from safetensors.torch import load_file
+
+from brainmri.config import load_recipe
+from brainmri.errors import RejectedInput
+from brainmri.infer.guard import (
+    MEANS_KEY,
+    PRECISION_KEY,
+    OODScore,
+    check_ood,
+    fit_statistics,
+    load_guard,
+    ood_from_meta,
+    ood_reason,
+    threshold_for,
+)
+from brainmri.model.checkpoint import add_extra_tensors, load_model, save_model
+from brainmri.model.classifier import TumorClassifier
+
+
+def clusters(n: int = 400, f: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 5, (3, f))
+    labels = rng.integers(0, 3, n)
+    mix = rng.normal(0, 1, (f, f))
+    return centres[labels] + rng.normal(0, 1, (n, f)) @ mix, labels
+
+
+def test_score_is_the_distance_to_the_nearest_class_mean():
+    x, y = clusters()
+    t = fit_statistics(x, y, 3)
+    scorer = OODScore(t[MEANS_KEY], t[PRECISION_KEY])
+    got = scorer(torch.from_numpy(x[:20]).float()).numpy()
+    mu, p = t[MEANS_KEY].double().numpy(), t[PRECISION_KEY].double().numpy()
+    want = [min(np.sqrt((v - m) @ p @ (v - m)) for m in mu) for v in x[:20]]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    p32 = t[PRECISION_KEY].numpy()
+    np.testing.assert_allclose(p32, p32.T, atol=1e-5)
+    assert np.linalg.eigvalsh(p32.astype(np.float64)).min() > 0
+
+
+def test_far_points_score_high_and_the_threshold_accepts_the_share():
+    x, y = clusters()
+    t = fit_statistics(x[:300], y[:300], 3)
+    scorer = OODScore(t[MEANS_KEY], t[PRECISION_KEY])
+    held_out = scorer(torch.from_numpy(x[300:]).float()).numpy()
+    thr = threshold_for(held_out, 0.99)
+    assert (held_out <= thr).mean() >= 0.99
+    far = torch.from_numpy(x[:10] * 0 + 60.0).float()
+    assert (scorer(far).numpy() > thr).all()
+    with pytest.raises(ValueError):
+        fit_statistics(x, np.zeros(len(x), int), 3)  # a class with no features
+
+
+def test_reasons_and_missing_statistics():
+    assert ood_reason(3.0, 10.0) is None and ood_reason(None, 10.0) is None
+    assert ood_reason(12.4, 10.0) == "not a brain MRI (OOD score 12 > 10)"
+    assert "OOD score nan" in ood_reason(float("nan"), 10.0)
+    with pytest.raises(RejectedInput) as info:
+        check_ood(812.0, 95.0)
+    assert info.value.code == "ood" and "812 > 95" in str(info.value)
+    assert ood_from_meta({"class_names": ["a", "b"]}, {}) is None
+    t = fit_statistics(*clusters(), 3)
+    with pytest.raises(ValueError, match="class means"):
+        ood_from_meta({"class_names": ["a", "b"]}, t)
+
+
+def test_statistics_live_in_the_model_file_beside_unchanged_weights(tmp_path):
+    recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
+    torch.manual_seed(0)
+    model = TumorClassifier(recipe.model, pretrained=False).eval()
+    path = save_model(tmp_path / "m.safetensors", model, recipe, {"temperature": 1.0})
+    before = load_file(str(path))
+    width = recipe.model.dense_units
+    x, y = clusters(200, width, 1)
+    t = fit_statistics(np.concatenate([x, x[:4] + 1]), np.r_[y, [3, 3, 3, 3]], 4)
+    add_extra_tensors(path, t, {"guard": {"ood_threshold": 42.5}})
+    after = load_file(str(path))
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # weights bit for bit
+    assert set(after) - set(before) == set(t)
+    loaded, meta = load_model(path)  # the guard tensors are not model weights
+    assert meta["guard"]["ood_threshold"] == 42.5
+    with torch.inference_mode():
+        probe = torch.rand(2, 3, 64, 64)
+        assert torch.equal(loaded(probe), model(probe))
+        assert loaded.penultimate(probe).shape == (2, width)
+    scorer, thr = load_guard(path)
+    assert thr == 42.5 and scorer is not None and scorer.width == width
+    add_extra_tensors(path, t, {"guard": {"ood_threshold": 40.0}})  # refit replaces
+    assert load_guard(path)[1] == 40.0 and set(load_file(str(path))) == set(after)
+    with pytest.raises(ValueError, match="must start with"):
+        add_extra_tensors(path, {"other": torch.zeros(1)}, {})
+
+
+def _bench(name: str):
+    sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    from brainmri.model.checkpoint import shipped_model_path
+
+    scorer, _ = load_guard(shipped_model_path())
+    if scorer is None:
+        pytest.skip("the shipped model holds no guard statistics (run bench/fit_guard.py)")
+    return _bench("guard_eval").Guarded(shipped_model_path())
+
+
+@pytest.mark.slow
+def test_shipped_guard_accepts_test_images(guarded, benchmark_dir):
+    files = [f for c in ("glioma", "meningioma", "notumor", "pituitary")
+             for f in sorted((benchmark_dir / "Testing" / c).iterdir())[:3]]  # fmt: skip
+    recs = guarded.files([(f.name, f.read_bytes()) for f in files])
+    assert sum(r["status"] == "ok" for r in recs) >= len(files) - 1, recs
+
+
+@pytest.mark.slow
+def test_shipped_guard_rejects_every_ood_kind(guarded):
+    ood = _bench("ood_set")
+    items = ood.ood_items()
+    first = {}
+    for it in items:  # one item of every kind, plus every photo and non-MRI medical image
+        if it.kind not in first or it.kind.startswith(("photo", "medical", "mri")):
+            first.setdefault(it.kind, []).append(it)
+    chosen = [it for group in first.values() for it in group]
+    recs = guarded.files([(it.file_name, it.data) for it in chosen])
+    accepted = [(it.kind, it.name, r) for it, r in zip(chosen, recs, strict=True)
+                if r["status"] == "ok"]  # fmt: skip
+    assert not accepted
+    assert set(first) == set(ood.KINDS)
