@@ -195,6 +195,13 @@ def synthetic_jpeg(side: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def pydicom_file(name: str) -> bytes:
+    """A test file shipped inside the pydicom package (never downloaded)."""
+    import pydicom
+
+    return (Path(pydicom.__file__).parent / "data" / "test_files" / name).read_bytes()
+
+
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
 
@@ -222,6 +229,8 @@ def hostile_cases() -> list[dict]:
          "parts": [(f, "bomb.png", bomb_png(), "image/png")]},
         {"name": "RGB noise PNG (not a brain MRI)", "expect": 422, "needs_ood": True,
          "parts": [(f, "noise.png", png_bytes(rgb_noise), "image/png")]},
+        {"name": "DICOM of modality CT (pydicom's CT_small.dcm)", "expect": 422,
+         "parts": [(f, "ct.dcm", pydicom_file("CT_small.dcm"), "application/dicom")]},
         {"name": "path-traversal file name", "expect": 400,
          "parts": [(f, "../../etc/cron.d/x.jpg", jpeg, "image/jpeg")]},
         {"name": "Windows path file name", "expect": 400,

@@ -8,6 +8,7 @@ stand-in engine, since they are about the HTTP layer and not the model.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -66,7 +67,10 @@ def running_server(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Run
     cwd.mkdir(parents=True)
     tmpdir.mkdir()
     full_env = {k: v for k, v in os.environ.items() if k != "BRAINMRI_API_KEY"}
-    full_env.update({"TMPDIR": str(tmpdir), **(env or {})})
+    # torch keeps a compile cache under TMPDIR unless told otherwise: elsewhere, so that
+    # TMPDIR shows only what uploads leave
+    cache = tmp / "torch-cache"
+    full_env.update({"TMPDIR": str(tmpdir), "TORCHINDUCTOR_CACHE_DIR": str(cache), **(env or {})})
     log = tmp / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -170,6 +174,26 @@ def test_records_equal_predict_json(
         r = httpx.post(server.url + "/v1/predict", files={"files": (path.name, path.read_bytes())})
         (got,) = r.json()["records"]
         assert {**got, "path": want["path"]} == want
+
+
+def test_explain_returns_overlay_png(server: RunningServer, benchmark_dir: Path) -> None:
+    from PIL import Image
+
+    _, path = sample_images(benchmark_dir, per_class=1)[0]
+    r = httpx.post(
+        server.url + "/v1/explain", files={"file": (path.name, path.read_bytes())}, timeout=300
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.format == "PNG" and im.width > im.height > 100  # input | overlay
+    r = httpx.post(server.url + "/v1/explain", files={"file": ("dot.png", bench.png_bytes(
+        np.zeros((1, 1), np.uint8)))})  # fmt: skip
+    body = assert_json_error(r.status_code, r.content, 422)
+    assert body["records"][0]["status"] == "rejected"
+    r = httpx.post(
+        server.url + "/v1/explain", files=[("files", ("a.png", b"x")), ("files", ("b.png", b"y"))]
+    )
+    assert_json_error(r.status_code, r.content, 400)
 
 
 def test_predict_several_files_keeps_order_and_status(
