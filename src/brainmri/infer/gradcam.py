@@ -76,7 +76,7 @@ def model_input(
     plane: np.ndarray, size: int, intensity: str = "none", channels_last: bool = False
 ) -> torch.Tensor:
     """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does."""
-    x = torch.from_numpy(resize_square(np.ascontiguousarray(plane), size))[None, None]
+    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
     x = normalize_intensity(x.float() / 255.0, intensity)
     return to_model_input(x, channels_last)
 
@@ -196,7 +196,7 @@ def explain_files(
             plane, cropped = auto_crop(load_plane(Path(path).read_bytes(), Path(path).name), crop)
             rec["cropped"] = cropped
             if scorer is not None:
-                x = torch.from_numpy(resize_square(np.ascontiguousarray(plane), loaded.image_size))
+                x = torch.from_numpy(np.array(resize_square(plane, loaded.image_size)))
                 feats, _ = penultimate_features(
                     loaded.model, x[None, None], loaded.intensity, loaded.channels_last
                 )
