@@ -40,7 +40,7 @@ from brainmri.infer.guard import load_guard, penultimate_features
 from brainmri.infer.inputs import auto_crop, load_plane
 from brainmri.model.checkpoint import shipped_model_path
 
-SECTIONS = ("test", "perturbed", "ood", "dicom")
+SECTIONS = ("test", "perturbed", "ood", "dicom", "gradcam")
 
 
 class Guarded:
@@ -210,6 +210,43 @@ def eval_dicom(g: Guarded, test: list) -> dict:
     return {"bundled": {"counts": dict(status), "files": files}, "benchmark_copies": copies}
 
 
+def eval_gradcam(g: Guarded, test: list) -> dict:
+    """Per test image: share of the predicted class's map inside the head mask (and the mask's
+    share of the image), and how far the map moves for each other class (mean |difference|)."""
+    from brainmri.infer.gradcam import gradcam_maps, head_mask, model_input
+
+    lo, rows = g.loaded, []
+    for s in test:
+        plane = load_plane(s.path.read_bytes(), s.path.name)
+        x = model_input(plane, lo.image_size, lo.intensity, lo.channels_last)
+        maps = gradcam_maps(lo.model, x.repeat(4, 1, 1, 1), [0, 1, 2, 3])
+        with torch.inference_mode():
+            k = int(lo.model(x).argmax())
+        mask = head_mask(np.array(resize_square(plane, lo.image_size)))
+        rows.append(
+            {
+                "file": s.path.name,
+                "class": s.class_name,
+                "pred": k,
+                "mass_inside_head": round(float((maps[k] * mask).sum() / maps[k].sum()), 4),
+                "head_area": round(float(mask.mean()), 4),
+                "move_min": round(
+                    min(float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k), 4
+                ),  # fmt: skip
+            }
+        )
+    inside = np.array([r["mass_inside_head"] for r in rows])
+    return {
+        "n": len(rows),
+        "mass_inside_head_mean": round(float(inside.mean()), 4),
+        "mass_inside_head_median": round(float(np.median(inside)), 4),
+        "images_with_80pct_inside": int((inside >= 0.8).sum()),
+        "head_area_mean": round(float(np.mean([r["head_area"] for r in rows])), 4),
+        "move_min_mean": round(float(np.mean([r["move_min"] for r in rows])), 4),
+        "images": rows,
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
@@ -218,6 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--limit", type=int, default=None, help="test images (round robin)")
     ap.add_argument("--dicom-limit", type=int, default=48, help="test images copied as DICOM")
     ap.add_argument("--perturbed-limit", type=int, default=None, help="test images perturbed")
+    ap.add_argument("--gradcam-limit", type=int, default=48, help="test images explained")
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_eval.json"))
     args = ap.parse_args(argv)
     sections = args.only.split(",")
@@ -249,6 +287,10 @@ def main(argv: list[str] | None = None) -> dict:
     if "dicom" in sections:
         report["dicom"] = eval_dicom(g, pick(test, args.dicom_limit))
         print(f"  dicom: {report['dicom']['bundled']['counts']}", flush=True)
+    if "gradcam" in sections:
+        torch.set_grad_enabled(True)
+        report["gradcam"] = eval_gradcam(g, pick(test, args.gradcam_limit))
+        print(f"  gradcam: {report['gradcam']['mass_inside_head_mean']} of the mass inside")
     report["threshold"] = g.threshold
     report["seconds"] = round(time.time() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,11 @@ FRAME_LEVEL = 20
 FRAME_SHARE = 0.01
 """A row/column is content when more than this share of its pixels is above FRAME_LEVEL."""
 WIDE_FRAME = 0.5
-"""auto: crop when the content box spans less than this share of the width or the height."""
+"""auto: crop when the content box spans less than this share of the width or the height.
+(Benchmark Training images: 37 of 5,708 under 0.5; a 224-px image in a 512-px frame: <= 0.44.)"""
 CROP_MARGIN = 0.06
-"""Margin kept around the content box on each side, as a share of the box's own size."""
+"""Margin kept around the content box on each side, as a share of the box's own size (chosen on
+96 framed validation images among 0, 0.03, 0.06, 0.1, 0.15: 88, 90, 93, 91, 91 right)."""
 
 
 def load_plane(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
