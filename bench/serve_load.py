@@ -288,6 +288,27 @@ def oversized_body(host: str, port: int, declared: int = 40 * 2**20, sent: int =
     return reply.split("\r\n")[0], reply.split("\r\n\r\n", 1)[-1], time.perf_counter() - t0
 
 
+def chunked_over_limit(host: str, port: int, limit: int) -> tuple[str, str]:
+    """Stream a multipart body without Content-Length (chunked) past `limit`, then read:
+    (status line, body) of the reply."""
+    head = (
+        f"POST /v1/predict HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n\r\n"
+    ).encode()
+    part = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="big.png"'
+        "\r\nContent-Type: image/png\r\n\r\n"
+    ).encode()
+    size = 256 * 1024
+    piece = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        for _ in range(limit // size + 1):
+            s.sendall(piece)
+        reply = s.recv(65536).decode("latin-1")
+    return reply.split("\r\n")[0], reply.split("\r\n\r\n", 1)[-1]
+
+
 def run_hostile(host: str, port: int, key: str | None = None) -> list[dict]:
     """Send every hostile case; the table rows: input, status, error, detail."""
     rows = []
@@ -301,6 +322,12 @@ def run_hostile(host: str, port: int, key: str | None = None) -> list[dict]:
     rows.append({"input": "40 MB body (1 MB sent, then read)", "expected": 413,
                  "status": int(line.split()[1]), "error": parsed.get("error"),
                  "detail": parsed.get("detail"), "seconds": round(secs, 3)})  # fmt: skip
+    limit = get_json(f"http://{host}:{port}/v1/model", key)["limits"]["max_body_bytes"]
+    line, body = chunked_over_limit(host, port, limit)
+    parsed = json.loads(body) if body.startswith("{") else {}
+    rows.append({"input": "chunked body (no Content-Length) streaming past the limit",
+                 "expected": 413, "status": int(line.split()[1]), "error": parsed.get("error"),
+                 "detail": parsed.get("detail")})  # fmt: skip
     return rows
 
 

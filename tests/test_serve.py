@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -233,22 +232,9 @@ def test_declared_40mb_body_refused_before_it_is_sent(server: RunningServer) -> 
 def test_chunked_body_over_limit_is_cut_off(server: RunningServer) -> None:
     """No Content-Length: the body is counted as it streams and refused at the limit."""
     limit = httpx.get(server.url + "/v1/model").json()["limits"]["max_body_bytes"]
-    head = (
-        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-        f"Content-Type: multipart/form-data; boundary={bench.BOUNDARY}\r\n\r\n"
-    ).encode()
-    part = (
-        f'--{bench.BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
-        'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
-    ).encode()
-    size = 256 * 1024
-    piece = f"{size:x}\r\n".encode() + b"a" * size + b"\r\n"
-    with socket.create_connection((server.host, server.port), timeout=30) as s:
-        s.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
-        for _ in range(limit // size + 1):
-            s.sendall(piece)
-        reply = s.recv(65536).decode("latin-1")
-    assert reply.split()[1] == "413", reply[:300]
+    line, body = bench.chunked_over_limit(server.host, server.port, limit)
+    assert line.split()[1] == "413", line
+    assert json.loads(body)["error"] == "too-large"
 
 
 def test_api_key_required_when_set(tmp_path: Path) -> None:
