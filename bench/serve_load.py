@@ -284,8 +284,28 @@ def oversized_body(host: str, port: int, declared: int = 40 * 2**20, sent: int =
     t0 = time.perf_counter()
     with socket.create_connection((host, port), timeout=20) as s:
         s.sendall(head + b"\x00" * sent)
-        reply = s.recv(65536).decode("latin-1")
-    return reply.split("\r\n")[0], reply.split("\r\n\r\n", 1)[-1], time.perf_counter() - t0
+        line, body = read_reply(s)
+    return line, body, time.perf_counter() - t0
+
+
+def read_reply(sock: socket.socket) -> tuple[str, str]:
+    """(status line, body) of one reply read off a raw socket (until Content-Length or EOF)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:])
+                   if k.strip().lower() == "content-length"), None)  # fmt: skip
+    while length is not None and len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return lines[0], body.decode("utf-8", errors="replace")
 
 
 def chunked_over_limit(host: str, port: int, limit: int) -> tuple[str, str]:
@@ -305,8 +325,7 @@ def chunked_over_limit(host: str, port: int, limit: int) -> tuple[str, str]:
         s.sendall(head + f"{len(part):x}\r\n".encode() + part + b"\r\n")
         for _ in range(limit // size + 1):
             s.sendall(piece)
-        reply = s.recv(65536).decode("latin-1")
-    return reply.split("\r\n")[0], reply.split("\r\n\r\n", 1)[-1]
+        return read_reply(s)
 
 
 def run_hostile(host: str, port: int, key: str | None = None) -> list[dict]:
