@@ -418,6 +418,35 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
     return out
 
 
+def markdown(result: dict) -> str:
+    """The tables of docs/RESULTS.md §11 from a result file."""
+    out = [
+        "| concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | errors "
+        "| server CPU ms/req | client CPU ms/req |",
+        "|---:" * 10 + "|",
+    ]
+    for lv in result["levels"]:
+        out.append(
+            f"| {lv['concurrency']} | {lv['requests']} | {lv['req_per_s']} | {lv['p50_ms']} "
+            f"| {lv['p95_ms']} | {lv['p99_ms']} | {lv['max_ms']} | {lv['errors']} "
+            f"| {lv.get('server_cpu_ms_per_req', '')} | {lv.get('client_cpu_ms_per_req', '')} |"
+        )
+    rss = result.get("rss_mib", {})
+    out += [
+        "",
+        "| server RSS (MiB) | " + " | ".join(rss) + " |",
+        "|---|" + "---:|" * len(rss),
+        "| | " + " | ".join(str(v) for v in rss.values()) + " |",
+    ]
+    if result.get("hostile"):
+        out += ["", "| input | status | error | message |", "|---|---:|---|---|"]
+        for row in result["hostile"]:
+            detail = str(row["detail"]).replace("|", "\\|")
+            mark = "" if row["status"] == row["expected"] else f" (expected {row['expected']})"
+            out.append(f"| {row['input']} | {row['status']}{mark} | {row['error']} | {detail} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
@@ -429,7 +458,11 @@ def main() -> None:
     ap.add_argument("--serve-args", default="", help="extra `brainmri serve` options")
     ap.add_argument("--hostile", action="store_true", help="also send the hostile uploads")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve_load.json")
+    ap.add_argument("--report", type=Path, help="print the markdown tables of a result file")
     args = ap.parse_args()
+    if args.report:
+        print(markdown(json.loads(args.report.read_text())))
+        return
     key = os.environ.get("BRAINMRI_API_KEY")
 
     load_before = [round(x, 2) for x in os.getloadavg()]
