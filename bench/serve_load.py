@@ -1,10 +1,14 @@
 """Load test of `brainmri serve` over loopback: N requests at each concurrency level.
 
     python bench/serve_load.py [--requests 1000] [--concurrency 1 8] [--model FILE]
-        [--url http://127.0.0.1:PORT] [--out bench/results/serve_load.json]
+        [--hostile] [--serve-args "--threads 1"] [--url http://127.0.0.1:PORT]
+        [--out bench/results/serve_load.json]
+    python bench/serve_load.py --report bench/results/serve_load.json   # markdown tables
 
 Without --url it starts `brainmri serve` itself on a free loopback port (the real server, as
-a user would run it) and reads the server's resident memory (VmRSS) before and after the run.
+a user would run it) and reads the server's resident memory (VmRSS) and CPU time after start,
+after a warm-up at the highest concurrency and after each level. --hostile then sends the
+hostile uploads (the cases of tests/test_serve.py) and records status and message of each.
 Each request is POST /v1/predict with one benchmark test image (cycled through 64 of them, all
 four classes) in the multipart field `file`. The client keeps one HTTP/1.1 keep-alive
 connection per concurrent slot and writes pre-built requests on raw asyncio sockets, so it
@@ -388,7 +392,7 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
     model = get_json(f"{base}/v1/model", key)
     requests = [build_request(host, port, n, d, key) for n, d in benchmark_images()]
     rss = {"after_start": rss_mib(proc.pid)} if proc else {}
-    asyncio.run(run_level(host, port, requests, args.warmup, 2))
+    asyncio.run(run_level(host, port, requests, args.warmup, max(args.concurrency)))
     if proc:
         rss["after_warmup"] = rss_mib(proc.pid)
     levels = []
@@ -451,7 +455,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=100, help="requests before measuring")
     ap.add_argument("--model", default=None)
     ap.add_argument("--url", default=None, help="an already running server (loopback only)")
     ap.add_argument("--timeout", type=float, default=600, help="seconds for the whole run")
