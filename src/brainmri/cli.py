@@ -103,7 +103,11 @@ def clean(
         int, typer.Option(help="Quarantine images with more pixels than this.")
     ] = 40_000_000,
     val_fraction: Annotated[
-        float, typer.Option(help="Stratified validation share of Training written to splits/.")
+        float,
+        typer.Option(
+            help="Validation share of Training written to splits/, in (0, 0.5]: whole groups of "
+            "exact/near copies (corr > 0.98) are dealt to one side, stratified by class."
+        ),
     ] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
     workers: Annotated[
@@ -138,13 +142,14 @@ def clean(
 def train(
     data: DataOpt = None,
     config: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--config",
             "-c",
-            help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke).",
+            help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke). "
+            "Default: cpu (the shipped model's recipe; says its measured time first).",
         ),
-    ] = "cpu",
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Run directory (default runs/<recipe>-<time>).")
     ] = None,
@@ -178,15 +183,20 @@ def train(
 
     from brainmri.config import load_recipe
     from brainmri.data.folders import resolve_data_dir
+    from brainmri.train.loop import DEFAULT_RECIPE, DEFAULT_RECIPE_NOTE, refuse_with_resume
     from brainmri.train.loop import train as run_train
 
     if resume is not None:
-        result = run_train(None, Path(), resume, resume=True, device=device)
+        given = {"--config": config, "--set": overrides, "--data": data, "--out": out}
+        refuse_with_resume([k for k, v in (given | {"--weights": weights}).items() if v])
+        result = run_train(None, None, resume, resume=True, device=device)
     else:
         extra = list(overrides or [])
         if weights is not None:
             extra.append(f"model.weights_file={weights}")
-        recipe = load_recipe(config, extra)
+        if config is None and os.environ.get("RANK", "0") == "0":
+            typer.echo(DEFAULT_RECIPE_NOTE, err=True)
+        recipe = load_recipe(config or DEFAULT_RECIPE, extra)
         run_dir = out or Path("runs") / f"{recipe.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
         result = run_train(recipe, resolve_data_dir(data), run_dir, device=device)
     if os.environ.get("RANK", "0") != "0":  # torchrun: the summary comes from rank 0 only

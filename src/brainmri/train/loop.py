@@ -256,3 +256,21 @@ def calibrate(ctx: Context, best_path: Path, wall: float) -> None:
         f"temperature fitted on validation: {temperature:.3f}; validation accuracy "
         f"{info['val_acc_at_best']:.4f} plain, {info['val_acc_tta']:.4f} with {tta} TTA views"
     )
+
+
+DEFAULT_RECIPE = "cpu"
+DEFAULT_RECIPE_NOTE = (
+    "no --config given: training the `cpu` recipe, the shipped model's (a 2-member "
+    "EfficientNet-Lite0 ensemble at 192 px, 17 epochs per member). Measured: 87 min on a 2-core "
+    "CPU (docs/RESULTS.md, section 3.4). For a short run pass --config quick (training ~6 min "
+    "on 2 cores, section 7)."
+)
+
+
+def refuse_with_resume(given: list[str]) -> None:
+    """--resume continues the run as recorded; options it would ignore are refused."""
+    if given:
+        raise BrainMRIError(
+            f"--resume continues the run as recorded in its recipe.yaml and run.json; it does "
+            f"not take {', '.join(given)} (start a new run with --out for other settings)"
+        )
