@@ -329,14 +329,20 @@ class StandInEngine:
         self.delay = delay
         self.sizes: list[int] = []
 
+    def prepare(self, name: str, data: bytes) -> tuple:
+        return name, data, False, None
+
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict]:
+        return self.classify([self.prepare(name, data) for name, data in items])
+
+    def classify(self, items: list[tuple]) -> list[dict]:
         self.sizes.append(len(items))
         time.sleep(self.delay)
         probs = dict.fromkeys(CLASS_NAMES, 0.25)
         return [
             {"path": name, "status": "ok", "reason": None, "label": CLASS_NAMES[0],
              "probability": 0.25, "probabilities": probs, "ood_score": None, "cropped": False}
-            for name, _ in items
+            for name, *_ in items
         ]  # fmt: skip
 
     def explain(self, name: str, data: bytes) -> tuple[dict, bytes | None]:

@@ -29,8 +29,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from brainmri import __version__
-from brainmri.serve.batcher import Batcher, Busy
-from brainmri.serve.engine import Engine, Record
+from brainmri.serve.batcher import Batcher
+from brainmri.serve.engine import Engine, Prepared, Record
 from brainmri.serve.gate import Gate, Limits, error_body
 
 STATIC = Path(__file__).parent / "static"
@@ -150,7 +150,8 @@ def create_app(
 ) -> FastAPI:
     """The app around a loaded engine (tests build it directly; `serve` runs it on uvicorn)."""
     limits = limits or Limits()
-    batcher: Batcher[tuple[str, bytes], Record] = Batcher(engine.predict, max_batch, max_waiting)
+    batcher: Batcher[Prepared, Record] = Batcher(engine.classify, max_batch, max_waiting)
+    decoder = ThreadPoolExecutor(2, thread_name_prefix="brainmri-decode")
     explainer = ThreadPoolExecutor(1, thread_name_prefix="brainmri-explain")
 
     @asynccontextmanager
@@ -158,7 +159,8 @@ def create_app(
         batcher.start()
         yield
         await batcher.stop()
-        explainer.shutdown(wait=False, cancel_futures=True)
+        for pool in (decoder, explainer):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="brainmri",
@@ -194,11 +196,14 @@ def create_app(
     async def predict(request: Request) -> Any:
         """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""
         uploads, several = await read_uploads(request, limits, one=False)
-        try:
-            records = await batcher.submit(uploads)
-        except Busy:
+        if not batcher.has_room(len(uploads)):
             detail = "the server is busy: too many uploads are waiting; retry shortly"
             return JSONResponse(error_body("busy", detail), 503, headers={"retry-after": "1"})
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(
+            *(loop.run_in_executor(decoder, engine.prepare, name, data) for name, data in uploads)
+        )  # decoded beside the model thread, which may be busy with an earlier batch
+        records = await batcher.submit(prepared)
         if not several and len(records) == 1 and records[0]["status"] != "ok":
             return refusal(records[0])
         return JSONResponse({"records": records})

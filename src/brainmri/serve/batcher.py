@@ -21,10 +21,6 @@ Result = TypeVar("Result")
 log = logging.getLogger("brainmri.serve")
 
 
-class Busy(Exception):
-    """More uploads are waiting than `max_waiting`: the caller should answer 503."""
-
-
 class Batcher(Generic[Item, Result]):
     """Feed `run(items) -> results` (same length, same order) from many coroutines."""
 
@@ -54,12 +50,14 @@ class Batcher(Generic[Item, Result]):
                 await self.task
         self.executor.shutdown(wait=False, cancel_futures=True)
 
+    def has_room(self, n: int) -> bool:
+        """Whether n more items fit under `max_waiting` (callers answer 503 when not)."""
+        return self.queue is None or self.queue.qsize() + n <= self.max_waiting
+
     async def submit(self, items: Sequence[Item]) -> list[Result]:
         """Results for `items`, in order (raises what `run` raised for their batch)."""
         if self.queue is None:
             raise RuntimeError("Batcher.start() was not called")
-        if self.queue.qsize() + len(items) > self.max_waiting:
-            raise Busy(f"{self.queue.qsize()} uploads are waiting")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[Result]] = []
         for item in items:

@@ -20,6 +20,7 @@ from brainmri.infer.gradcam import explain_png
 from brainmri.infer.records import failed_record, prepare_bytes, scored_record
 
 Record = dict[str, Any]
+Prepared = tuple[str, "np.ndarray | None", bool, "Record | None"]
 
 
 class Engine:
@@ -37,33 +38,37 @@ class Engine:
         self._cam_model: Any = None
         self._cam_lock = threading.Lock()
 
-    def predict(self, items: list[tuple[str, bytes]]) -> list[Record]:
-        """One record per (name, bytes), in order, classified as one batch: the same records
-        as `Classifier.predict_bytes` (and so `brainmri predict --json`) gives one by one."""
+    def prepare(self, name: str, data: bytes) -> Prepared:
+        """Decode and check one upload: (name, plane, cropped, None), or (name, None, False,
+        failed record). Thread-safe; the service runs it as uploads arrive, beside the model."""
+        try:
+            plane, cropped = prepare_bytes(data, name, self.classifier.image_size, "auto")
+        except BrainMRIError as exc:
+            return name, None, False, failed_record(name, exc)
+        return name, plane, cropped, None
+
+    def classify(self, items: list[Prepared]) -> list[Record]:
+        """One record per prepared upload, in order, the planes run as one batch: the same
+        records as `Classifier.predict_bytes` (and so `brainmri predict --json`)."""
         clf = self.classifier
-        records: list[Record | None] = [None] * len(items)
-        planes: list[np.ndarray] = []
-        kept: list[tuple[int, str, bool]] = []
-        for i, (name, data) in enumerate(items):
-            try:
-                plane, cropped = prepare_bytes(data, name, clf.image_size, "auto")
-            except BrainMRIError as exc:
-                records[i] = failed_record(name, exc)
-                continue
-            planes.append(plane)
-            kept.append((i, name, cropped))
-        if planes:
-            out = clf.run(np.stack(planes)[:, None])
+        records = [failed for _, _, _, failed in items]
+        kept = [i for i, (_, plane, _, _) in enumerate(items) if plane is not None]
+        if kept:
+            out = clf.run(np.stack([items[i][1] for i in kept])[:, None])
+            probs = out["probs"].tolist()
             scores = out["ood_score"].tolist() if out["ood_score"] is not None else None
-            for j, ((i, name, cropped), probs) in enumerate(
-                zip(kept, out["probs"].tolist(), strict=True)
-            ):
+            for j, i in enumerate(kept):
+                name, _, cropped, _ = items[i]
                 score = scores[j] if scores is not None else None
                 records[i] = scored_record(
-                    name, probs, clf.class_names, score, clf.ood_threshold, cropped
+                    name, probs[j], clf.class_names, score, clf.ood_threshold, cropped
                 )
         extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto"}
         return [{**r, **extra} for r in records if r is not None]
+
+    def predict(self, items: list[tuple[str, bytes]]) -> list[Record]:
+        """Records for (name, bytes) uploads: `prepare` each, then `classify` them together."""
+        return self.classify([self.prepare(name, data) for name, data in items])
 
     def explain(self, name: str, data: bytes) -> tuple[Record, bytes | None]:
         """(record, Grad-CAM overlay PNG of the predicted class); no PNG unless status "ok"."""
