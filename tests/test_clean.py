@@ -209,7 +209,10 @@ def dataset_with_copies(tmp_path_factory) -> Path:
 
 
 def run(raw: Path, out: Path, **kw) -> dict:
-    return run_clean(raw, out, CleanOptions(workers=1, progress=False, **kw))
+    # a few images only: half of them as validation (2 folds) so that the grouped split fits
+    return run_clean(
+        raw, out, CleanOptions(workers=1, progress=False, **({"val_fraction": 0.5} | kw))
+    )
 
 
 def test_policy_keep_one(dataset_with_copies, tmp_path):
@@ -278,6 +281,18 @@ def test_policy_drop_from_train_and_report(dataset_with_copies, tmp_path):
     ]
     rep = run(dataset_with_copies, tmp_path / "b", policy="report")
     assert rep["dropped"] == []
+    # nothing dropped, so the split itself must keep copies together: every exact or near
+    # group of Training lies on one side (a per-image split would separate some)
+    side = {
+        line.split("\t")[0]: name
+        for name in ("train", "val")
+        for line in (tmp_path / "b" / "splits" / f"{name}.txt").read_text().splitlines()
+    }
+    assert len(side) == 12 and rep["splits"]["near_threshold"] == 0.98
+    for group in rep["exact_groups"] + rep["near_groups"]:
+        train_files = [f for f in group["files"] if f.startswith("Training/")]
+        assert len({side[f] for f in train_files}) <= 1, group["files"]
+    assert json.loads((tmp_path / "b" / "splits" / "split.json").read_text())["folds"] == 2
     assert len(rep["leak_pairs"]) == 2 and len(rep["exact_groups"]) == 3
     assert rep["leak_free_test"]["count"] == 4
     check_counts_add_up(rep)
@@ -289,6 +304,9 @@ def test_invalid_options_and_paths(dataset_with_copies, tmp_path):
         CleanOptions(policy="keep-all")
     with pytest.raises(BrainMRIError):
         CleanOptions(workers=0)
+    for fraction in (0.0, 0.7):  # train needs a validation split; at most half of Training
+        with pytest.raises(BrainMRIError, match="val_fraction"):
+            CleanOptions(val_fraction=fraction)
     raw = dataset_with_copies
     before = snapshot(raw)
     for bad_out in (raw, raw / "cleaned", raw / "Training" / "x"):

@@ -95,6 +95,10 @@ def test_unknown_key_raises(override, where):
         ("data.image_size=[1, 2]", "data.image_size"),
         ("model.weights=imagenet", "model.weights"),
         ("train.stages.1.trainable_fraction=1.5", "train.stages.1.trainable_fraction"),
+        ("data.val_fraction=0", "data.val_fraction"),  # no validation: refused, not ignored
+        ("data.val_fraction=0.6", "data.val_fraction"),
+        ("train.stages.0.warmup_lr_init=-1", "train.stages.0.warmup_lr_init"),
+        ("train.amp=fp8", "train.amp"),
     ],
 )
 def test_bad_value_names_field_path(override, where):

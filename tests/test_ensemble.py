@@ -23,11 +23,14 @@ from brainmri.data.transforms import to_model_input
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.run import evaluate
 from brainmri.infer.core import load_for_inference
-from brainmri.model.checkpoint import load_model
+from brainmri.model.checkpoint import load_model, preprocessing_of
 from brainmri.model.classifier import TumorClassifier
 from brainmri.model.ensemble import EnsembleClassifier
+from brainmri.train.data import load_split
 from brainmri.train.ensemble import assemble, member_recipe
-from brainmri.train.loop import load_split, train
+from brainmri.train.epoch import view_logits
+from brainmri.train.loop import train
+from brainmri.train.loss import fit_temperature
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,16 @@ def test_ensemble_file_averages_member_logits(ensemble_run, small_benchmark: Pat
     run_dir, _ = ensemble_run
     model, meta = load_model(run_dir / "models" / "best.safetensors")
     assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
-    assert meta["info"]["temperature"] > 0
+    # the stored validation figures and temperature are those of this file's own logits
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    val = read_file_list(run_dir / "splits" / "val.txt", small_benchmark)
+    x_val, y_val = cache_samples(val, 64, desc="decode")
+    mean, std = preprocessing_of(meta)
+    logits = view_logits(model, x_val, recipe, torch.device("cpu"), mean, std)[0]
+    assert meta["info"]["val_acc"] == pytest.approx(
+        float((logits.argmax(1) == y_val).float().mean()), abs=1e-5
+    )
+    assert meta["info"]["temperature"] == pytest.approx(fit_temperature(logits, y_val), rel=1e-3)
     paths = [run_dir / f"member{k}" / "models" / "best.safetensors" for k in (1, 2)]
     members = [load_model(p)[0] for p in paths]
     assert all(isinstance(m, TumorClassifier) for m in members)
@@ -98,7 +110,6 @@ def test_evaluate_scores_an_ensemble_file(ensemble_run, small_benchmark: Path, t
         run_dir / "models" / "best.safetensors", small_benchmark, tmp_path, tta=2, plots=False
     )
     assert sum(map(sum, res["tta"]["full"]["confusion_matrix"])) == 48
-    assert 0.0 <= res["tta"]["full"]["accuracy"] <= 1.0
 
 
 def test_resume_of_a_finished_ensemble_skips_trained_members(ensemble_run, tmp_path: Path):
@@ -147,3 +158,13 @@ def test_ensemble_command_combines_runs_and_rejects_a_single_run(ensemble_run, t
     one = CliRunner().invoke(app, ["ensemble", runs[0], "--out", str(tmp_path / "one")])
     assert one.exit_code == 1
     assert "at least two" in one.output
+
+
+def test_ensemble_refuses_the_same_run_twice(ensemble_run, tmp_path: Path):
+    run_dir, _ = ensemble_run
+    one = str(run_dir / "member1")
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir / "member1", copy)
+    for runs in ([one, one], [one, str(copy)]):
+        res = CliRunner().invoke(app, ["ensemble", *runs, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 1 and "same run" in res.output, res.output

@@ -358,11 +358,14 @@ def _write_split(out: Path, train_kept: list[Sample], options: CleanOptions) -> 
     train.
     """
     out_split = {"train": "splits/train.txt", "val": "splits/val.txt", "info": "splits/split.json"}
-    if not train_kept:
-        return out_split | {"train_count": 0, "val_count": 0}
-    tr, va, info = grouped_split(
-        train_kept, options.val_fraction, options.seed, workers=options.workers
-    )
+    try:
+        if not train_kept:
+            raise BrainMRIError("no Training images were written")
+        tr, va, info = grouped_split(
+            train_kept, options.val_fraction, options.seed, workers=options.workers
+        )
+    except BrainMRIError as exc:  # too few images: the clean copy is still good, no split
+        return {"train_count": 0, "val_count": 0, "not_written": str(exc)}
     write_split(out / "splits", tr, va, info, out)
     return out_split | {"train_count": len(tr), "val_count": len(va), **info.to_dict()}
 
@@ -626,6 +629,14 @@ def format_summary(report: dict) -> str:
             f"(exact {st['test_with_exact_copy_in_train']['total']})",
         ),
         ("leak-free test", f"{lf['count']} of {lf['of_test_written']} -> {lf['file']}"),
+        (
+            "validation split",
+            f"no splits/ written: {report['splits']['not_written']}"
+            if "not_written" in report["splits"]
+            else f"{report['splits']['val_count']} of "
+            f"{report['splits']['train_count'] + report['splits']['val_count']} Training images "
+            f"in {report['splits']['groups']} duplicate groups -> splits/",
+        ),
         ("crop fallbacks", f"{report['crop']['fallback_count']}"),
         (
             "wall time",

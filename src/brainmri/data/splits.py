@@ -114,6 +114,11 @@ def grouped_split(
             f"for a validation fraction of {val_fraction} ({k} folds)"
         )
     labels = np.array([s.label for s in ordered])
+    if np.bincount(labels).max() < k:
+        raise BrainMRIError(
+            f"no class has {k} training images: too few for a validation fraction of "
+            f"{val_fraction} ({k} folds)"
+        )
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     train_idx, val_idx = next(cv.split(np.zeros(len(ordered)), labels, groups))
     sizes = np.bincount(groups, minlength=n_groups)
