@@ -164,3 +164,11 @@ def test_dicom_copies_of_benchmark_images_get_the_jpeg_class(benchmark_dir):
             labels[start : start + n],
         )
         start += n
+
+
+def test_pixel_limit_is_judged_from_the_header():
+    data = plane_to_dicom(synthetic_brain(96))
+    assert load_plane(data, "a.dcm", max_pixels=96 * 96).shape == (96, 96)
+    with pytest.raises(RejectedInput, match="over-pixel-limit") as info:
+        load_plane(data, "a.dcm", max_pixels=96 * 96 - 1)
+    assert info.value.code == "over-pixel-limit"

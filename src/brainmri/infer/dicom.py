@@ -126,12 +126,19 @@ def to_uint8(ds: Any, arr: np.ndarray) -> np.ndarray:
     return np.rint(y * 255.0).astype(np.uint8)
 
 
-def dicom_plane(data: bytes) -> np.ndarray:
-    """One DICOM file's bytes -> HxW uint8 plane (see module doc for what is refused)."""
+def dicom_plane(data: bytes, max_pixels: int | None = None) -> np.ndarray:
+    """One DICOM file's bytes -> HxW uint8 plane (see module doc for what is refused); with
+    max_pixels, a larger slice is refused from its header, before its pixels are decoded."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # padding, VR mismatches: pydicom copes, the user can't
         ds = read_dataset(data)
         check_dataset(ds)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        if max_pixels is not None and rows * cols > max_pixels:
+            raise RejectedInput(
+                f"over-pixel-limit: {cols}x{rows} = {rows * cols} px > {max_pixels}",
+                code="over-pixel-limit",
+            )
         return to_uint8(ds, _pixels(ds))
 
 

@@ -36,9 +36,7 @@ CROP_MARGIN = 0.06
 def load_plane(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """File bytes -> HxW uint8 luminance plane; RejectedInput / BrainMRIError when refused."""
     if is_dicom(data, name):
-        plane = dicom_plane(data)
-        if plane.size > max_pixels:
-            raise_for({"reason": "over-pixel-limit", "detail": f"{plane.size} px > {max_pixels}"})
+        plane = dicom_plane(data, max_pixels)
         failed = check_plane(plane)
         if failed is not None:
             raise_for(failed)
