@@ -138,7 +138,7 @@ def test_ood_score_comes_from_the_graph_and_rejects(
     assert all(r["status"] == "ok" for r in onnx_g.predict([p for p, _ in items[:4]]))
 
     add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 0.0}})
-    rec = Classifier(guarded, "onnx").predict(items[0][0])
+    rec = Classifier(guarded, "torch", "cpu").predict(items[0][0])
     assert rec["status"] == "rejected" and "not a brain MRI" in rec["reason"]
     assert rec["label"] is None and rec["ood_score"] > 0
 
