@@ -54,13 +54,57 @@ def _pct_ci(stat: dict | None) -> str:
 def _auc_ci(stat: dict | None) -> str:
     if stat is None:
         return "n/a"
+    if not stat.get("ci"):
+        return f"{stat['value']:.5f} (no interval)"
     lo, hi = stat["ci"]
     return f"{stat['value']:.5f} [{lo:.4f}, {hi:.4f}]"
 
 
+# The TTA evaluation of the shipped model, kept from before evaluate wrote intervals (TTA on
+# the shared 2 cores did not fit the later re-run); its proportion intervals are computed here
+# from its confusion matrices (evaluate.bootstrap.intervals_from_confusion).
+EARLIER_TTA = SHIPPED / "test_results_tta_2026-11-27.json"
+EARLIER_TTA_PROVENANCE = "measured 2026-11-27, commit `e77162d`"
+
+
 def provenance(res: dict) -> str:
+    if "evaluated_at" not in res:
+        return f"{EARLIER_TTA_PROVENANCE}, {MACHINE}"
     commit = res.get("code_commit") or "unknown commit"
-    return f"measured {res.get('evaluated_at', '?')}, commit `{commit}`, {MACHINE}"
+    return f"measured {res['evaluated_at']}, commit `{commit}`, {MACHINE}"
+
+
+def with_intervals(res: dict) -> dict:
+    """A results file from before intervals: add the proportion intervals its confusion
+    matrices determine (AUC: point value only)."""
+    from brainmri.evaluate.bootstrap import intervals_from_confusion
+
+    for variant in ("plain", "tta"):
+        block = res.get(variant)
+        if block is None or "intervals" in block:
+            continue
+        block["intervals"] = {}
+        for subset in ("full", "leak_free"):
+            m = block[subset]
+            if m is None:
+                block["intervals"][subset] = None
+                continue
+            ci = intervals_from_confusion(m["confusion_matrix"], CLASS_NAMES)
+            ci["macro_auc"] = {"value": m["macro_auc"], "ci": None}
+            block["intervals"][subset] = ci
+    return res
+
+
+def test_sources(res: dict) -> list[dict]:
+    """The results files the test tables quote: TTA rows first, then plain."""
+    if "tta" in res:
+        return [res]
+    earlier = load_json(EARLIER_TTA)
+    if earlier is None:
+        return [res]
+    tta_only = {k: v for k, v in with_intervals(earlier).items() if k != "plain"}
+    tta_only["_file"] = EARLIER_TTA.name
+    return [tta_only, res]
 
 
 def _label(res: dict, variant: str, subset: str) -> str:
@@ -69,28 +113,29 @@ def _label(res: dict, variant: str, subset: str) -> str:
     return f"{what}, {'all' if subset == 'full' else 'leak-free'} ({n:,})"
 
 
-def _blocks(res: dict) -> list[tuple[str, str, dict, dict]]:
-    """(variant, subset, metrics, intervals) in display order: headline first."""
+def _blocks(sources: list[dict]) -> list[tuple[dict, str, str, dict, dict]]:
+    """(results, variant, subset, metrics, intervals) in display order: TTA first."""
     out = []
     for variant in ("tta", "plain"):
-        if variant not in res:
-            continue
-        for subset in ("full", "leak_free"):
-            if res[variant][subset] is not None:
-                m, ci = res[variant][subset], res[variant]["intervals"][subset]
-                out.append((variant, subset, m, ci))
+        for res in sources:
+            if variant not in res:
+                continue
+            for subset in ("full", "leak_free"):
+                if res[variant][subset] is not None:
+                    m, ci = res[variant][subset], res[variant]["intervals"][subset]
+                    out.append((res, variant, subset, m, ci))
     return out
 
 
-def summary_table(res: dict) -> list[str]:
+def summary_table(sources: list[dict]) -> list[str]:
     """Accuracy, errors, tumour sensitivity/specificity and macro AUC with 95 % intervals."""
     rows = [
         "| predictions, images | accuracy [95 % CI] | errors | tumour sensitivity | "
         "tumour specificity | macro AUC [95 % CI] | ECE |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for variant, subset, m, ci in _blocks(res):
-        bold = "**" if (variant, subset) == (res["headline"], "full") else ""
+    for res, variant, subset, m, ci in _blocks(sources):
+        bold = "**" if (variant, subset) == ("tta", "full") else ""
         rows.append(
             f"| {_label(res, variant, subset)} | {bold}{_pct_ci(ci['accuracy'])}{bold} | "
             f"{m['errors']} | {_pct_ci(ci['sensitivity'])} | {_pct_ci(ci['specificity'])} | "
@@ -99,13 +144,13 @@ def summary_table(res: dict) -> list[str]:
     return rows
 
 
-def recall_table(res: dict) -> list[str]:
-    present = res.get("classes_present", list(CLASS_NAMES))
+def recall_table(sources: list[dict]) -> list[str]:
+    present = list(CLASS_NAMES)
     rows = [
         "| predictions, images | " + " | ".join(f"{c} recall" for c in present) + " |",
         "|---|" + "---:|" * len(present),
     ]
-    for variant, subset, _, ci in _blocks(res):
+    for res, variant, subset, _, ci in _blocks(sources):
         cells = [_pct_ci(ci["recall"].get(c)) for c in present]
         rows.append(f"| {_label(res, variant, subset)} | " + " | ".join(cells) + " |")
     return rows
@@ -123,22 +168,26 @@ def wilson_note() -> str:
     return (
         "Intervals: 95 %, percentile bootstrap over images (2,000 resamples, seed 0); `*` marks "
         "a proportion with no misses, whose bootstrap interval has zero width, shown with its "
-        "Wilson score interval instead."
+        "Wilson score interval instead. Two rows with the same count can differ by about one "
+        "image at an interval end: the resampling noise of 2,000 draws."
     )
 
 
 def test_block(res: dict) -> list[str]:
     """The shipped model on the official test split (README, RESULTS, card)."""
-    return [
-        f"Official test split, shipped model ({provenance(res)}; "
-        "`bench/results/shipped/test_results_final.json`):",
-        "",
-        *summary_table(res),
-        "",
-        *recall_table(res),
-        "",
-        wilson_note(),
-    ]
+    sources = test_sources(res)
+    lines = ["Official test split, shipped model:", "", *summary_table(sources), "",
+             *recall_table(sources), ""]  # fmt: skip
+    for src in sources:
+        rows = " and ".join(v.upper() if v == "tta" else v for v in ("tta", "plain") if v in src)
+        name = src.get("_file", "test_results_final.json")
+        lines.append(f"- {rows} rows: `bench/results/shipped/{name}`, {provenance(src)}.")
+        if "_file" in src:
+            lines.append(
+                "  Its intervals are computed by `bench/model_card.py` from its confusion "
+                "matrices (the per-image scores were not kept, so its AUC has no interval)."
+            )
+    return [*lines, "", wilson_note()]
 
 
 def external_block(ext: dict | None) -> list[str]:
@@ -151,7 +200,7 @@ def external_block(ext: dict | None) -> list[str]:
         f"another collection, uncropped; plain predictions; {provenance(ext)}; "
         "`bench/results/shipped/external_dev.json`):",
         "",
-        "| accuracy [95 % CI] | errors | predicted as pituitary (absent) | "
+        "| accuracy [95 % CI] | errors | predictions into absent classes | "
         + " | ".join(f"{c} recall" for c in ext["classes_present"])
         + " | tumour sensitivity | tumour specificity | ECE |",
         "|---:|---:|---:|" + "---:|" * (len(ext["classes_present"]) + 3),
@@ -175,7 +224,7 @@ def front_matter(res: dict) -> list[str]:
     ci = res[res["headline"]]["intervals"]["full"]
     free = res[res["headline"]]["intervals"]["leak_free"]
     results = [
-        {"type": "accuracy", "name": f"accuracy, {res['headline'].upper()}, all "
+        {"type": "accuracy", "name": f"accuracy, {res['headline']} predictions, all "
          f"{res['n_test']} test images", "value": round(ci["accuracy"]["value"], 4)},
         {"type": "roc_auc", "name": "macro one-vs-rest AUC", "value":
          round(ci["macro_auc"]["value"], 5)},
@@ -264,9 +313,10 @@ def history_lines(res: dict) -> list[str]:
         "member 1's and its validation accuracy is not lower, else keep member 1 — was written "
         "down before member 2 was trained, and the decision used the 857-image validation "
         "split only (docs/RESULTS.md §3.3–3.4). The ensemble was then scored on the test split "
-        f"once and scored again with confidence intervals ({res.get('evaluated_at', '?')}); no "
-        "choice followed either. Read the test figures as one of several looks at the same "
-        "1,311 images: between seeds of one recipe they move by about ±3 images.",
+        f"once (2026-11-27), and its plain predictions again with intervals "
+        f"({res.get('evaluated_at', '?')}); no choice followed either. Read the test figures "
+        "as one of several looks at the same 1,311 images: between seeds of one recipe they "
+        "move by about ±3 images.",
     ]
 
 
@@ -294,6 +344,7 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
     rm = recipe["model"]
     first = json.loads((SHIPPED / "member1" / "run.json").read_text())
     head = res["headline"]
+    views = "TTA" if head == "tta" else "plain"
     errors = sorted(res[head]["errors"], key=lambda e: -e["confidence"])
     lines = [
         *front_matter(res),
@@ -352,11 +403,11 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "",
         *test_block(res),
         "",
-        f"Confusion matrix ({head.upper()}, all {res['n_test']} test images):",
+        f"Confusion matrix ({views}, all {res['n_test']} test images):",
         "",
         *confusion_table(res[head]["full"], res["class_names"]),
         "",
-        f"Misclassified test images ({head.upper()}, most confident first):",
+        f"Misclassified test images ({views}, most confident first):",
         "",
         *[
             f"- `{Path(e['file']).name}`: {e['true']} → {e['pred']} (p = {e['confidence']:.4f}"
@@ -412,10 +463,11 @@ def fill_blocks(text: str, blocks: dict[str, str]) -> str:
     """Replace the body of every `<!-- generated: NAME -->` ... `<!-- end: NAME -->` block."""
     for name, body in blocks.items():
         pattern = re.compile(
-            rf"(<!-- generated: {re.escape(name)} -->\n).*?(\n<!-- end: {re.escape(name)} -->)",
+            rf"(<!-- generated: {re.escape(name)} -->\n)(?:.*?\n)?"
+            rf"(<!-- end: {re.escape(name)} -->)",
             re.S,
         )
-        text = pattern.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+        text = pattern.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 

@@ -298,3 +298,20 @@ def test_bad_inputs_raise_value_error():
         compute_metrics(np.full((2, 4), 0.25), np.array([0, 4]), CLASS_NAMES)
     with pytest.raises(ValueError):
         expected_calibration_error(np.full((2, 2), 0.5), np.array([0, 1]), n_bins=0)
+
+
+def test_intervals_from_confusion_match_the_predictions():
+    from brainmri.evaluate.bootstrap import intervals_from_confusion
+
+    probs, labels = _noisy()
+    m = compute_metrics(probs, labels, CLASS_NAMES)
+    direct = bootstrap_intervals(probs, labels, CLASS_NAMES, n_resamples=2000)
+    from_cm = intervals_from_confusion(m["confusion_matrix"], CLASS_NAMES, n_resamples=2000)
+    assert from_cm["macro_auc"] is None
+    assert from_cm["accuracy"]["k"] == direct["accuracy"]["k"]
+    assert from_cm["accuracy"]["wilson"] == direct["accuracy"]["wilson"]
+    # Same distribution, other image order: the interval ends agree to within a step or two.
+    assert from_cm["accuracy"]["ci"] == pytest.approx(direct["accuracy"]["ci"], abs=0.02)
+    for name in CLASS_NAMES:
+        assert from_cm["recall"][name]["value"] == direct["recall"][name]["value"]
+    assert from_cm["specificity"]["n"] == direct["specificity"]["n"]

@@ -51,3 +51,54 @@ def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Pa
         assert mine["macro_auc"] == pytest.approx(ref["macro_auc"], abs=1e-6)
         assert mine["ece"] == pytest.approx(ref["ece"], abs=1e-6)
     assert got["n_test"] == 1311
+
+
+def _model_card_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_card", REPO / "bench" / "model_card.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_docs_quote_the_results_files():
+    """README, docs/RESULTS.md and MODEL_CARD.md hold exactly what bench/model_card.py makes
+    from the committed results files: the figures cannot drift apart."""
+    mc = _model_card_module()
+    res = json.loads(CARD_RESULTS.read_text())
+    ext = mc.load_json(mc.SHIPPED / "external_dev.json")
+    blocks = mc.generated_blocks(res, ext)
+    for doc in mc.DOCS:
+        text = (REPO / doc).read_text()
+        for name in blocks:
+            assert f"<!-- generated: {name} -->" in text, f"{doc}: no {name} block"
+        assert mc.fill_blocks(text, blocks) == text, f"{doc} is stale: run bench/model_card.py"
+    card = mc.render_card(res, ext, mc.load_json(REPO / "bench/results/robustness.json"))
+    assert (REPO / "MODEL_CARD.md").read_text() == card, "MODEL_CARD.md is stale"
+
+
+def test_model_card_metadata_block():
+    import yaml
+
+    text = (REPO / "MODEL_CARD.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    for key in ("license", "datasets", "metrics", "intended_use", "limitations"):
+        assert meta.get(key), key
+    res = json.loads(CARD_RESULTS.read_text())
+    head = res[res["headline"]]["full"]
+    metrics = meta["model-index"][0]["results"][0]["metrics"]
+    assert metrics[0]["value"] == round(head["accuracy"], 4)
+    assert "test split was never used" not in text  # it states how the split was used instead
+    assert "Test-split evaluations" in text
+
+
+def test_results_file_has_intervals():
+    res = json.loads(CARD_RESULTS.read_text())
+    for variant in [v for v in ("plain", "tta") if v in res]:
+        for subset in ("full", "leak_free"):
+            ci = res[variant]["intervals"][subset]
+            assert ci["n_resamples"] >= 2000
+            lo, hi = ci["accuracy"]["ci"]
+            assert lo <= res[variant][subset]["accuracy"] <= hi

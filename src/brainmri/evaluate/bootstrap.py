@@ -157,3 +157,29 @@ def bootstrap_intervals(
         out["sensitivity"] = _proportion(_ratio(w, called, tumour), called, tumour, level)
         out["specificity"] = _proportion(_ratio(w, ~called, ~tumour), ~called, ~tumour, level)
     return out
+
+
+def intervals_from_confusion(
+    cm,
+    class_names: Sequence[str],
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> dict:
+    """The proportion intervals (accuracy, per-class recall, tumour sensitivity/specificity)
+    of a results file that kept only its confusion matrix.
+
+    These proportions depend only on each image's true and predicted class, which the
+    confusion matrix holds, so they equal bootstrap_intervals on the original predictions up to
+    the order of the images (which changes which image a resample draws, not the method). The
+    macro AUC needs the scores and is None.
+    """
+    counts = np.asarray(cm, dtype=np.int64)
+    true, pred = np.nonzero(counts)
+    reps = counts[true, pred]
+    labels, preds = np.repeat(true, reps), np.repeat(pred, reps)
+    one_hot = np.eye(len(class_names))[preds]
+    out = bootstrap_intervals(one_hot, labels, class_names, n_resamples, seed, level)
+    out["macro_auc"] = None
+    out["method"] += " (from the confusion matrix: no AUC)"
+    return out

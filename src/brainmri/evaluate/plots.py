@@ -75,7 +75,8 @@ def plot_confusion_matrix(
                 fontsize=9,
                 color="white" if norm[i, j] > 0.5 else "black",
             )
-    ax.set_xticks(range(c), labels=list(class_names), rotation=30, ha="right")
+    columns = [n if k in rows else f"{n}\n(no image)" for k, n in enumerate(class_names)]
+    ax.set_xticks(range(c), labels=columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), labels=[class_names[k] for k in rows])
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -190,6 +191,14 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def _shorten(text: str, width: int = 30) -> str:
+    """Keep a tile caption inside its tile: the start and the end of a long file name."""
+    if len(text) <= width:
+        return text
+    keep = (width - 1) // 2
+    return text[:keep] + "…" + text[-keep:]
+
+
 GALLERY_PAGE = 60  # tiles per PNG
 GALLERY_COLS = 6
 
@@ -229,7 +238,8 @@ def plot_error_gallery(
             mark = ""
             if leak_free is not None and not leak_free[i]:
                 mark = " [copy in Training]"
-            ax.set_title(f"{true[i]} → {pred[i]}\np = {confidence[i]:.3f}{mark}\n{captions[i]}",
+            ax.set_title(f"{true[i]} → {pred[i]}\np = {confidence[i]:.3f}{mark}\n"
+                         f"{_shorten(captions[i])}",
                          fontsize=7)  # fmt: skip
         if not n:
             axes[0, 0].text(0.5, 0.5, "no misclassified image", ha="center", va="center")

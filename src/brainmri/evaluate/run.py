@@ -152,6 +152,7 @@ def evaluate(
     free_idx, free_source = leak_free_test(eval_set.root, test, leak_free_file)
     class_names, temperature, size = loaded.class_names, loaded.temperature, loaded.image_size
 
+    provenance = _provenance(model_path)  # the code and model as loaded, before the long part
     images, labels_t = cache_samples(test, size, desc="decode")
     labels = labels_t.numpy()
 
@@ -168,7 +169,7 @@ def evaluate(
     results: dict = {
         "model": str(model_path),
         "model_info": loaded.meta["info"],
-        **_provenance(model_path),
+        **provenance,
         "data": str(data_dir),
         "layout": eval_set.layout,
         "class_names": class_names,
