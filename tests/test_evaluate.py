@@ -264,3 +264,25 @@ def test_evaluate_tta_out_of_range_is_rejected(untrained_model, synthetic_datase
     )
     assert res.exit_code != 0
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_leak_free_subset_gets_its_own_block_and_plots(
+    untrained_model, synthetic_dataset, tmp_path
+):
+    files = sorted((synthetic_dataset / "Testing").glob("*/*.jpg"))[::2]  # 6 of the 12
+    listing = tmp_path / "leak_free_test.txt"
+    lines = [f"Testing/{p.parent.name}/{p.name}\t{p.parent.name}\n" for p in files]
+    listing.write_text("".join(lines))
+    out = tmp_path / "out"
+    res = invoke_evaluate(
+        untrained_model, synthetic_dataset, "--out", str(out), "--tta", "1", "--device", "cpu",
+        "--leak-free", str(listing), "--no-gallery",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads((out / RESULTS_NAME).read_text())
+    assert data["n_leak_free"] == 6
+    assert data["plain"]["intervals"]["leak_free"]["accuracy"]["n"] == 6
+    assert "leak-free subset, 6 images" in res.stdout
+    assert res.stdout.count("confusion matrix (rows true") == 2
+    for name in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
+        assert (out / name).is_file() and (out / f"leak_free_{name}").is_file(), name
