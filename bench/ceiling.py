@@ -13,6 +13,11 @@ Two learners, both from ImageNet EfficientNet-Lite0 (offline weights), images wh
   whole at --size px for EPOCHS epochs on each training fold, with the `cpu` recipe's
   augmentation.
 
+With --transfer N, for comparison: the same frozen features with a logistic regression trained
+on N benchmark Training images (seed-42 validation files excluded, 4 classes) and applied to
+all of external-dev -- how far generic ImageNet features carry across collections when the
+classifier on top learns from the benchmark.
+
 Out-of-fold predictions are broken down as in bench/external.py (per class, sequence, tumour).
 Measurement only: nothing here is, or may become, a shipped model.
 
@@ -154,7 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--finetune", type=int, default=0, help="epochs per fold (0: skip)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--transfer", type=int, default=0, help="benchmark images for the transfer probe"
+    )
+    p.add_argument("--skip-cv", action="store_true", help="only the transfer probe")
     args = p.parse_args(argv)
+    if args.skip_cv:
+        return transfer_only(args)
     torch.set_num_threads(2)
     samples = scan_external(args.data)
     y = np.array([s.label for s in samples])
@@ -206,6 +217,49 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(args.out / "ceiling.json", out)
     plot_risk_coverage(curves, args.out / "ceiling_risk_coverage.png", "external-dev ceiling")
     return out
+
+
+def transfer_probe(ext_feats: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
+    """4-class probabilities on external-dev of an LR trained on benchmark features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from brainmri.data.cache import decode_images
+    from brainmri.data.folders import scan_split, stratified_split
+
+    bench = DEFAULT_DATA.parent / "brain-tumor-mri"
+    train, _ = stratified_split(scan_split(bench, "Training"), 0.15, 42)
+    pick = np.random.default_rng(seed).choice(len(train), size=min(n, len(train)), replace=False)
+    chosen = [train[i] for i in pick]
+    x = imagenet_features(decode_images([s.path for s in chosen], size, desc="benchmark"))
+    y = np.array([s.label for s in chosen])
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    return pipe.fit(x, y).predict_proba(ext_feats)
+
+
+def transfer_only(args) -> dict:
+    from brainmri import CLASS_NAMES
+
+    torch.set_num_threads(2)
+    samples = scan_external(args.data)
+    y = np.array([s.label for s in samples])
+    t0 = time.perf_counter()
+    feats = imagenet_features(decode_external(samples, args.size))
+    probs = transfer_probe(feats, args.transfer, args.size, args.seed)
+    res = breakdown(probs, y, samples, list(CLASS_NAMES))
+    res.update(
+        {
+            "train_images": args.transfer,
+            "C": 0.01,
+            "size": args.size,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "provenance": provenance(),
+        }
+    )
+    print(format_breakdown(res, "transfer probe (benchmark-trained LR on frozen ImageNet lite0)"))
+    write_json(args.out / "transfer_probe.json", res)
+    return res
 
 
 if __name__ == "__main__":

@@ -2,10 +2,10 @@
 
 A measurement script, not the product training loop. Every variant starts from the same
 weights (member 1 of the shipped model by default, or ImageNet lite0 with --init imagenet),
-fine-tunes the whole network at --size px for --steps steps of --batch images drawn (same
-seeded order for every variant) from the benchmark Training split less its validation files
-(the seed-42 stratified split the shipped model was chosen on), with the shipped recipe's own
-`BatchAugment` plus the variant's extra:
+fine-tunes the head and the top --trainable share of the backbone (1 = all) at --size px for
+--steps steps of --batch images drawn (same seeded order for every variant) from the
+benchmark Training split less its validation files (the seed-42 stratified split the shipped
+model was chosen on), with the shipped recipe's own `BatchAugment` plus the variant's extra:
 
     a  nothing extra
     b  sequence/contrast randomization: random monotone / non-monotone intensity curves,
@@ -30,6 +30,7 @@ OUT/summary.json and OUT/risk_coverage.png.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -155,7 +156,8 @@ def train_variant(model, data: Data, variant: str, recipe: dict, args) -> float:
     extra = MRIAugment(SETTINGS[variant])
     intensity = recipe["data"].get("intensity", "none")
     gen = torch.Generator().manual_seed(args.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     warm = max(1, args.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -226,11 +228,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument(
+        "--trainable", type=float, default=1.0, help="top share of backbone units trained"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT / "proxy")
     p.add_argument("--limit", type=int, default=None, help="about N val / external images (smoke)")
+    p.add_argument("--summarize", action="store_true", help="only tabulate OUT/<variant>.json")
     args = p.parse_args(argv)
+    if args.summarize:
+        return summarize(args.out, args)
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
     t0 = time.perf_counter()
@@ -241,6 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.manual_seed(args.seed)
         model, recipe = initial_model(args.init)
         model = model.to(memory_format=torch.channels_last)
+        model.set_trainable_fraction(args.trainable)
         secs = 0.0 if v == "init" else train_variant(model, data, v, recipe, args)
         res = measure(model, data, recipe["data"].get("intensity", "none"))
         res["train_seconds"] = round(secs, 1)
@@ -252,31 +261,40 @@ def main(argv: list[str] | None = None) -> dict:
         res["provenance"] = provenance()
         write_json(args.out / f"{v}.json", res)
         print(row(v, res), flush=True)
+    return summarize(args.out, args)
+
+
+def summarize(out: Path, args) -> dict:
+    """Table, McNemar p vs a and one risk-coverage PNG over every <variant>.json in out."""
+    order = ["init", "a", "b", "c", "d", "e"]
+    results = {
+        v: json.loads((out / f"{v}.json").read_text())
+        for v in order
+        if (out / f"{v}.json").is_file()
+    }
     if "a" in results:
         for v, res in results.items():
             if v != "a":
                 res["mcnemar_p_vs_a"] = mcnemar_p(
                     np.array(results["a"]["right"], bool), np.array(res["right"], bool)
                 )
-                write_json(args.out / f"{v}.json", res)
+                write_json(out / f"{v}.json", res)
     header = (
         "| variant | bench val | external-dev | glioma | meningioma | notumor | T1C+ | T1 | T2 | "
         "ECE | McNemar p vs a | train time |"
     )
     table = "\n".join([header, "|" + "---|" * 12] + [row(v, r) for v, r in results.items()])
     print(table)
+    keys = ("val_accuracy", "accuracy", "ece", "train_seconds", "mcnemar_p_vs_a")
     summary = {
         "table": table,
         "provenance": provenance(),
-        "variants": {
-            v: {k: r[k] for k in ("val_accuracy", "accuracy", "ece", "train_seconds")}
-            for v, r in results.items()
-        },
+        "variants": {v: {k: r.get(k) for k in keys} for v, r in results.items()},
     }
-    write_json(args.out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     plot_risk_coverage(
         {v: r["risk_coverage"] for v, r in results.items()},
-        args.out / "risk_coverage.png",
+        out / "risk_coverage.png",
         f"external-dev, proxy variants ({args.steps} steps, {args.size} px)",
     )
     return summary
