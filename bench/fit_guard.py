@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_fit.json"))
     ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write")
     ap.add_argument("--save-features", type=Path, default=None, help="also write them (.npz)")
+    ap.add_argument(
+        "--from-features", type=Path, default=None,
+        help="fit from features an earlier --save-features run wrote (same model, same split)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--check-n", type=int, default=None,
+        help="validation images rerun after writing to check the logits (default: all)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     path = args.model or shipped_model_path()
     t0 = time.time()
@@ -83,8 +91,16 @@ def main(argv: list[str] | None = None) -> dict:
         )
         return f, logits, labels
 
-    f_tr, _, y_tr = feats(train, "train")
-    f_va, logit_va, y_va = feats(val, "val")
+    if args.from_features is not None:
+        saved = np.load(args.from_features)
+        if len(saved["train"]) != len(train) or len(saved["val"]) != len(val):
+            raise SystemExit(f"{args.from_features} does not hold this model's split")
+        f_tr, y_tr = torch.from_numpy(saved["train"]), torch.from_numpy(saved["train_labels"])
+        f_va, y_va = torch.from_numpy(saved["val"]), torch.from_numpy(saved["val_labels"])
+        logit_va = torch.from_numpy(saved["val_logits"])
+    else:
+        f_tr, _, y_tr = feats(train, "train")
+        f_va, logit_va, y_va = feats(val, "val")
     if args.save_features is not None:
         np.savez_compressed(
             args.save_features, train=f_tr.numpy(), train_labels=y_tr.numpy(),
@@ -97,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict:
     s_va = scorer(f_va).numpy()
     threshold = threshold_for(s_va, args.accept)
     guard_meta = {
-        "ood_threshold": round(threshold, 4),
+        "ood_threshold": threshold,
         "score": "Mahalanobis distance of penultimate features to the nearest class mean, "
         "shared Ledoit-Wolf covariance",
         "features": "penultimate (Dense+SiLU output; ensemble members concatenated)",
@@ -126,12 +142,15 @@ def main(argv: list[str] | None = None) -> dict:
         add_extra_tensors(path, tensors, {"guard": guard_meta})
         after = weights_digest(path)
         again = load_for_inference(path, "cpu")
-        images, _ = cache_samples(val, size, "val again")
+        check = val[: args.check_n] if args.check_n else val
+        logit_va = logit_va[: len(check)]
+        images, _ = cache_samples(check, size, "val again")
         _, logit_again = penultimate_features(
             again.model, images, again.intensity, again.channels_last
         )
         report["weights_sha256_before"] = before
         report["weights_sha256_after"] = after
+        report["val_logits_checked"] = len(check)
         report["val_logits_max_abs_diff"] = float((logit_again - logit_va).abs().max())
         if before != after or report["val_logits_max_abs_diff"] != 0.0:
             raise SystemExit(f"model changed while adding guard statistics: {report}")
