@@ -27,10 +27,13 @@ import torch
 
 from brainmri.errors import BrainMRIError
 from brainmri.infer.graph import build_graph
+from brainmri.infer.guard import ood_threshold
 from brainmri.model.checkpoint import atomic_write, load_model
 
 OPSET = 17
 EXPORTER = f"torch.onnx (TorchScript exporter, dynamo=False), opset {OPSET}"
+REDUCE_RANGE = True
+"""7-bit int8 weights: avoids the u8s8 saturation of AVX2 CPUs without VNNI (ORT docs)."""
 EXPORT_VERSION = 1
 """Bumped when the graph or its metadata change, so cached exports are rebuilt."""
 
@@ -61,7 +64,7 @@ def onnx_metadata(meta: dict, source_sha: str, outputs: tuple[str, ...], int8: b
         "preprocessing": json.dumps(meta.get("preprocessing", {})),
         "temperature": str(float(meta.get("info", {}).get("temperature", 1.0))),
     }
-    threshold = meta.get("guard", {}).get("ood_threshold")
+    threshold = ood_threshold(meta)
     if threshold is not None:
         props["ood_threshold"] = str(float(threshold))
     return props
@@ -125,7 +128,9 @@ def export_onnx(
             "int8": int8, "exporter": EXPORTER}  # fmt: skip
 
 
-def quantize_static_int8(src: Path, dst: Path, pixels: np.ndarray, batch: int = 16) -> None:
+def quantize_static_int8(
+    src: Path, dst: Path, pixels: np.ndarray, batch: int = 16, reduce_range: bool = REDUCE_RANGE
+) -> None:
     """ONNX Runtime static QDQ quantization calibrated on `pixels` (N, 1, S, S) float32."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -149,6 +154,7 @@ def quantize_static_int8(src: Path, dst: Path, pixels: np.ndarray, batch: int = 
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            reduce_range=reduce_range,
         )  # fmt: skip
     finally:
         if pre.exists():
