@@ -47,7 +47,7 @@ def weights_digest(path: Path) -> str:
         if k.startswith(GUARD_PREFIX):
             continue
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-        h.update(v.contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(v.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
