@@ -121,14 +121,22 @@ def risk_coverage(probs: np.ndarray, labels: np.ndarray, points: int = 101) -> d
     for c in np.linspace(1.0 / n, 1.0, points):
         i = max(1, int(round(c * n))) - 1
         curve.append(
-            {"coverage": (i + 1) / n, "accuracy": float(acc_at_k[i]),
-             "threshold": float(conf[order][i])}
-        )  # fmt: skip
+            {
+                "coverage": (i + 1) / n,
+                "accuracy": float(acc_at_k[i]),
+                "threshold": float(conf[order][i]),
+            }
+        )
     at = []
     for t in THRESHOLDS:
         m = conf >= t
-        at.append({"threshold": t, "coverage": float(m.mean()),
-                   "accuracy": float(correct[m].mean()) if m.any() else None})  # fmt: skip
+        at.append(
+            {
+                "threshold": t,
+                "coverage": float(m.mean()),
+                "accuracy": float(correct[m].mean()) if m.any() else None,
+            }
+        )
     return {"curve": curve, "at_threshold": at, "aurc": float(np.mean(1.0 - acc_at_k))}
 
 
@@ -144,30 +152,46 @@ def breakdown(
     seq = np.array([s.sequence for s in samples])
     tum = np.array([s.tumour for s in samples])
     present = sorted(set(labels.tolist()))
-    res: dict = {"n": len(labels), "accuracy": float(correct.mean()), "errors": int((~correct).sum())}
+    res: dict = {
+        "n": len(labels),
+        "accuracy": float(correct.mean()),
+        "errors": int((~correct).sum()),
+    }
     res["per_class"] = {
-        class_names[c]: {**_acc(correct, labels == c),
-                         "predicted": dict(Counter(class_names[p] for p in pred[labels == c]))}
+        class_names[c]: {
+            **_acc(correct, labels == c),
+            "predicted": dict(Counter(class_names[p] for p in pred[labels == c])),
+        }
         for c in present
-    }  # fmt: skip
+    }
     res["per_sequence"] = {q: _acc(correct, seq == q) for q in SEQUENCES if (seq == q).any()}
     res["per_class_sequence"] = {
-        class_names[c]: {q: _acc(correct, (labels == c) & (seq == q)) for q in SEQUENCES
-                         if ((labels == c) & (seq == q)).any()}
+        class_names[c]: {
+            q: _acc(correct, (labels == c) & (seq == q))
+            for q in SEQUENCES
+            if ((labels == c) & (seq == q)).any()
+        }
         for c in present
-    }  # fmt: skip
+    }
     res["per_tumour"] = {
-        t: {**_acc(correct, tum == t),
-            "by_sequence": {q: _acc(correct, (tum == t) & (seq == q)) for q in SEQUENCES
-                            if ((tum == t) & (seq == q)).any()}}
+        t: {
+            **_acc(correct, tum == t),
+            "by_sequence": {
+                q: _acc(correct, (tum == t) & (seq == q))
+                for q in SEQUENCES
+                if ((tum == t) & (seq == q)).any()
+            },
+        }
         for t in sorted(set(tum.tolist()))
-    }  # fmt: skip
+    }
     res["confusion"] = {
         "rows": [class_names[c] for c in present],
         "cols": list(class_names),
-        "counts": [[int(((labels == c) & (pred == p)).sum()) for p in range(len(class_names))]
-                   for c in present],
-    }  # fmt: skip
+        "counts": [
+            [int(((labels == c) & (pred == p)).sum()) for p in range(len(class_names))]
+            for c in present
+        ],
+    }
     res["ece"] = expected_calibration_error(probs, labels)
     sub = probs[:, present] / probs[:, present].sum(axis=1, keepdims=True)
     remap = {c: i for i, c in enumerate(present)}
@@ -193,9 +217,11 @@ def pct(x: float | None) -> str:
 
 def format_breakdown(res: dict, title: str) -> str:
     """A few text lines: overall, per class, per sequence, per tumour, calibration."""
-    lines = [f"{title}: {pct(res['accuracy'])} % of {res['n']} ({res['errors']} errors), "
-             f"ECE {pct(res['ece'])} %, median p right {res['median_confidence']['right']:.3f} "
-             f"/ wrong {res['median_confidence']['wrong'] or float('nan'):.3f}"]  # fmt: skip
+    lines = [
+        f"{title}: {pct(res['accuracy'])} % of {res['n']} ({res['errors']} errors), "
+        f"ECE {pct(res['ece'])} %, median p right {res['median_confidence']['right']:.3f} "
+        f"/ wrong {res['median_confidence']['wrong'] or float('nan'):.3f}"
+    ]
     cls = ", ".join(f"{k} {pct(v['accuracy'])}" for k, v in res["per_class"].items())
     seq = ", ".join(f"{k} {pct(v['accuracy'])}" for k, v in res["per_sequence"].items())
     lines += [f"  class: {cls}", f"  sequence: {seq}"]
@@ -206,8 +232,10 @@ def format_breakdown(res: dict, title: str) -> str:
     lines.append("  confusion (rows true, cols predicted " + "/".join(conf["cols"]) + "):")
     for name, row in zip(conf["rows"], conf["counts"], strict=True):
         lines.append(f"    {name:>10}: {row}")
-    rc = ", ".join(f"p>={a['threshold']}: {pct(a['coverage'])} % kept at {pct(a['accuracy'])} %"
-                   for a in res["risk_coverage"]["at_threshold"])  # fmt: skip
+    rc = ", ".join(
+        f"p>={a['threshold']}: {pct(a['coverage'])} % kept at {pct(a['accuracy'])} %"
+        for a in res["risk_coverage"]["at_threshold"]
+    )
     lines.append(f"  risk-coverage: {rc}")
     return "\n".join(lines)
 
@@ -240,8 +268,12 @@ def plot_risk_coverage(curves: dict[str, dict], path: Path, title: str) -> None:
 def provenance() -> dict:
     """Machine, date, commit and command line of this run."""
     try:
-        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=False).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
     except OSError:
         commit = ""
     return {
@@ -286,7 +318,9 @@ def evaluate_model(model_path: Path, samples: list[ExternalSample], tta: int = 1
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=ROOT / "src/brainmri/weights/lite0_cpu.safetensors")
+    p.add_argument(
+        "--model", type=Path, default=ROOT / "src/brainmri/weights/lite0_cpu.safetensors"
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--name", default="shipped")
@@ -296,8 +330,11 @@ def main(argv: list[str] | None = None) -> dict:
     res = evaluate_model(args.model, samples, args.tta)
     res["provenance"] = provenance()
     write_json(args.out / f"{args.name}.json", res)
-    plot_risk_coverage({args.name: res["risk_coverage"]}, args.out / f"{args.name}_risk_coverage.png",
-                       f"external-dev, {args.name} ({pct(res['accuracy'])} %)")  # fmt: skip
+    plot_risk_coverage(
+        {args.name: res["risk_coverage"]},
+        args.out / f"{args.name}_risk_coverage.png",
+        f"external-dev, {args.name} ({pct(res['accuracy'])} %)",
+    )
     print(format_breakdown(res, f"{args.name} on external-dev"))
     return res
 
