@@ -417,6 +417,12 @@ def export(
     outputs = ", ".join(report["outputs"])
     kind = "int8" if int8 else "fp32"
     typer.echo(f"wrote {out} ({kind}; outputs {outputs}; {report['exporter']})")
+    if int8:
+        typer.echo(
+            "note: int8 changes more than 1 test-split prediction of fp32 (docs/RESULTS.md §9); "
+            "fp32 is the supported export",
+            err=True,
+        )
 
 
 @app.command()
