@@ -55,15 +55,19 @@ def test_runtimes_agree_on_real_images(small_benchmark: Path, runtimes):
     paths = [p for p, _ in items]
     for tta in (1, 2):
         a, b = onnx.predict(paths, tta=tta), torch_rt.predict(paths, tta=tta)
-        assert [r["label"] for r in a] == [r["label"] for r in b]
+        assert [(r["status"], r["label"]) for r in a] == [(r["status"], r["label"]) for r in b]
         diff = max(
             abs(ra["probabilities"][c] - rb["probabilities"][c])
             for ra, rb in zip(a, b, strict=True)
+            if ra["status"] == "ok"
             for c in CLASS_NAMES
         )
         assert diff <= 1e-4
-    assert sum(r["label"] == c for r, (_, c) in zip(a, items, strict=True)) >= 45  # of 48
-    assert all(r["status"] == "ok" and r["reason"] is None for r in a)
+    # the input guard may refuse a benchmark image or two (it accepts ~99 % of the split)
+    ok = [(r, c) for r, (_, c) in zip(a, items, strict=True) if r["status"] == "ok"]
+    assert len(ok) >= 44 and sum(r["label"] == c for r, c in ok) >= len(ok) - 2  # of 48
+    assert all(r["reason"] is None for r, _ in ok)
+    assert all(r["reason"] for r in a if r["status"] != "ok")
 
 
 def test_run_matches_the_evaluation_path(small_benchmark: Path, runtimes):
@@ -82,11 +86,12 @@ def test_predict_single_path_bytes_and_failures(small_benchmark: Path, runtimes,
     clf = runtimes[0]
     path = _test_paths(small_benchmark, 1)[0][0]
     one = clf.predict(path)
-    assert isinstance(one, dict) and one["status"] == "ok" and one["label"] in CLASS_NAMES
+    assert isinstance(one, dict) and one["status"] in ("ok", "rejected")
     assert set(one) >= {"path", "status", "reason", "label", "probability", "probabilities",
                         "ood_score", "cropped"}  # fmt: skip
     same = clf.predict_bytes(path.name, path.read_bytes())
     assert same["probabilities"] == one["probabilities"] and same["path"] == path.name
+    assert same["ood_score"] == one["ood_score"] and same["status"] == one["status"]
     missing = clf.predict(tmp_path / "missing.png")
     assert missing["status"] == "error" and "no such file" in missing["reason"]
     assert missing["label"] is None and missing["probability"] is None
@@ -100,7 +105,10 @@ def test_stream_keeps_order_and_reads_a_bounded_number_ahead(small_benchmark: Pa
     paths = [good[0], Path("/nonexistent/a.png"), *good[1:], Path("/nonexistent/b.png")]
     recs = list(clf.stream(paths))
     assert [r["path"] for r in recs] == [str(p) for p in paths]
-    assert [r["status"] for r in recs] == ["ok", "error", *["ok"] * (len(good) - 1), "error"]
+    assert [r["status"] == "error" for r in recs] == [False, True, *[False] * (len(good) - 1), True]
+    assert [r["ood_score"] for r in recs if r["status"] != "error"] == [
+        r["ood_score"] for r in clf.predict(good)
+    ]
 
     taken = []
 
@@ -136,6 +144,7 @@ def test_ood_score_comes_from_the_graph_and_rejects(
         got = clf.run(images)["ood_score"]
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)
     assert all(r["status"] == "ok" for r in onnx_g.predict([p for p, _ in items[:4]]))
+    assert "ood_score" in onnx_g.backend.output_names
 
     add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 0.0}})
     rec = Classifier(guarded, "torch", "cpu").predict(items[0][0])
