@@ -37,7 +37,7 @@ from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.dicom import plane_to_dicom
 from brainmri.infer.guard import load_guard, penultimate_features
-from brainmri.infer.inputs import auto_crop, load_plane
+from brainmri.infer.inputs import auto_crop, check_scan_statistics, load_plane
 from brainmri.model.checkpoint import shipped_model_path
 
 SECTIONS = ("test", "perturbed", "ood", "dicom", "gradcam")
@@ -143,6 +143,14 @@ def eval_test(g: Guarded, test: list) -> dict:
     }
 
 
+def _passes_statistics(plane: np.ndarray) -> bool:
+    try:
+        check_scan_statistics(plane)
+    except RejectedInput:
+        return False
+    return True
+
+
 def eval_perturbed(g: Guarded, test: list) -> dict:
     originals = [load_plane(s.path.read_bytes(), s.path.name) for s in test]
     labels = np.array([s.label for s in test])
@@ -150,11 +158,14 @@ def eval_perturbed(g: Guarded, test: list) -> dict:
     for p in PERTURBATIONS:
         if p.name == "clean":
             continue
-        res = g.planes([p.fn(gr, i) for i, gr in enumerate(originals)])
-        ok = res["score"] <= g.threshold
+        planes = [p.fn(gr, i) for i, gr in enumerate(originals)]
+        passes = np.array([_passes_statistics(pl) for pl in planes])
+        res = g.planes(planes)
+        ok = (res["score"] <= g.threshold) & passes
         per[p.name] = {
             "accept_rate": round(float(ok.mean()), 5),
             "accepted": int(ok.sum()),
+            "refused_by_image_statistics": int((~passes).sum()),
             "accuracy": round(float((res["pred"] == labels).mean()), 5),
             "scores": _scores(res["score"]),
         }

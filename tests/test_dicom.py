@@ -49,9 +49,12 @@ def roundtrip(ds: pydicom.Dataset) -> bytes:
 def test_bundled_mr_slice_decodes_to_a_full_range_plane():
     data = bundled("MR_small.dcm")
     assert is_dicom(data, "x")  # by its DICM magic, whatever the name
-    plane = load_plane(data, "MR_small.dcm")
+    plane = dicom_plane(data)
     assert plane.shape == (64, 64) and plane.dtype == np.uint8
     assert plane.max() == 255 and plane.std() > 20
+    # a 64 px close-up without the dark air around a head: the guard refuses it as a scan
+    with pytest.raises(RejectedInput, match="not a brain MRI"):
+        load_plane(data, "MR_small.dcm")
 
 
 @pytest.mark.parametrize("name", MR_VARIANTS)

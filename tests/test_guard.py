@@ -144,3 +144,43 @@ def test_shipped_guard_rejects_every_ood_kind(guarded):
                 if r["status"] == "ok"]  # fmt: skip
     assert not accepted
     assert set(first) == set(ood.KINDS)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda r: r.integers(0, 256, (128, 128, 3), dtype=np.uint8), "colour"),
+        (
+            lambda r: np.full((128, 128), 240, np.uint8) - r.integers(0, 9, (128, 128), np.uint8),
+            "background",
+        ),  # fmt: skip
+        (lambda r: r.integers(0, 40, (128, 128), dtype=np.uint8), "grain"),
+    ],
+    ids=["colour", "white-page", "dark-noise"],
+)
+def test_image_statistics_refuse_what_cannot_be_a_slice(make, code):
+    from brainmri.infer.inputs import load_plane
+
+    with pytest.raises(RejectedInput) as info:
+        load_plane(_png(make(np.random.default_rng(0))), "x.png")
+    assert info.value.code == code and str(info.value).startswith("not a brain MRI")
+
+
+def test_image_statistics_pass_a_brain_and_real_benchmark_images(small_benchmark):
+    from conftest import synthetic_brain
+
+    from brainmri.infer.inputs import load_plane
+
+    assert load_plane(_png(synthetic_brain(128, 0.35, seed=1)), "b.png").shape == (128, 128)
+    for f in sorted((small_benchmark / "Training").rglob("*.jpg")):
+        load_plane(f.read_bytes(), f.name)  # raises if refused

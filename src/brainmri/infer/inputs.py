@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from brainmri.data.quality import DEFAULT_MAX_PIXELS, check_image_bytes, check_plane, raise_for
-from brainmri.errors import BrainMRIError
+from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.dicom import dicom_plane, is_dicom
 
 CROP_MODES = ("auto", "on", "off")
@@ -33,15 +33,82 @@ CROP_MARGIN = 0.06
 96 framed validation images among 0, 0.03, 0.06, 0.1, 0.15: 88, 90, 93, 91, 91 right)."""
 
 
+MAX_CHROMA = 5.0
+"""Mean |R-G|, |G-B|, |R-B| (grey levels, 128 px thumbnail) above which a file is a colour
+picture. Benchmark Training (every 3rd image, 1,903): at most 2.6 (RGB-mode files are grey)."""
+MAX_BACKGROUND = 60.0
+"""Median grey level of the outer 6 % ring above which there is no dark background around the
+head. Benchmark Training: at most 50 (99.9th percentile 42); a document page: 255."""
+MAX_GRAIN = 0.42
+"""Mean |x - Gaussian blur(x, 1 px)| / (std + 1) at 128 px above which an image is noise or
+text. Benchmark Training: at most 0.40 (99.9th percentile 0.36); noise >= 0.60, text ~0.44."""
+
+
+def scan_statistics(plane: np.ndarray) -> dict[str, float]:
+    """Background level (median of the outer ring) and grain of a uint8 plane (see above)."""
+    g = cv2.resize(plane, (128, 128), interpolation=cv2.INTER_AREA).astype(np.float32)
+    b = max(2, int(0.06 * 128))
+    ring = np.concatenate([g[:b].ravel(), g[-b:].ravel(), g[:, :b].ravel(), g[:, -b:].ravel()])
+    grain = float(np.abs(g - cv2.GaussianBlur(g, (0, 0), 1.0)).mean() / (g.std() + 1.0))
+    return {"background": float(np.median(ring)), "grain": grain}
+
+
+def check_scan_statistics(plane: np.ndarray) -> None:
+    """Refuse planes that cannot be an MR slice: no dark background, or noise/text grain."""
+    st = scan_statistics(plane)
+    if st["background"] > MAX_BACKGROUND:
+        raise RejectedInput(
+            f"not a brain MRI (no dark background: border level {st['background']:.0f} > "
+            f"{MAX_BACKGROUND:.0f})",
+            code="background",
+        )
+    if st["grain"] > MAX_GRAIN:
+        raise RejectedInput(
+            f"not a brain MRI (noise or text: grain {st['grain']:.2f} > {MAX_GRAIN})",
+            code="grain",
+        )
+
+
+def chroma(data: bytes) -> float:
+    """Mean colour difference of an image file (0 for grey-level files); see MAX_CHROMA."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("L", "LA", "1") or im.mode.startswith("I"):
+            return 0.0
+        im = im.convert("RGB")
+        im.thumbnail((128, 128))
+        a = np.asarray(im, dtype=np.int16)
+    return float(
+        (
+            np.abs(a[..., 0] - a[..., 1])
+            + np.abs(a[..., 1] - a[..., 2])
+            + np.abs(a[..., 0] - a[..., 2])
+        ).mean()
+        / 3
+    )
+
+
 def load_plane(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """File bytes -> HxW uint8 luminance plane; RejectedInput / BrainMRIError when refused."""
+    """File bytes -> HxW uint8 luminance plane; RejectedInput / BrainMRIError when refused
+    (clean's quality rules, DICOM rules, a colour picture, no dark background, noise/text)."""
     if is_dicom(data, name):
         plane = dicom_plane(data, max_pixels)
         failed = check_plane(plane)
         if failed is not None:
             raise_for(failed)
-        return plane
-    return check_image_bytes(data, max_pixels)
+    else:
+        plane = check_image_bytes(data, max_pixels)
+        c = chroma(data)
+        if c > MAX_CHROMA:
+            raise RejectedInput(
+                f"not a brain MRI (colour picture: chroma {c:.1f} > {MAX_CHROMA:.0f})",
+                code="colour",
+            )
+    check_scan_statistics(plane)
+    return plane
 
 
 def content_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
