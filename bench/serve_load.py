@@ -12,9 +12,10 @@ hostile uploads (the cases of tests/test_serve.py) and records status and messag
 Each request is POST /v1/predict with one benchmark test image (cycled through 64 of them, all
 four classes) in the multipart field `file`. The client keeps one HTTP/1.1 keep-alive
 connection per concurrent slot and writes pre-built requests on raw asyncio sockets, so it
-costs the two shared cores as little as possible. An error is any response other than 200
-with status "ok", or a failed connection. Traffic goes to the loopback address only, and the
-run is bounded by --requests and --timeout.
+costs the two shared cores as little as possible. An error is a failed connection or any
+answer other than 200 with status "ok" or 422 with status "rejected" (the input guard refusing
+an image is an answer, listed by file name in `rejected_by_guard`). Traffic goes to the
+loopback address only, and the run is bounded by --requests and --timeout.
 """
 
 from __future__ import annotations
@@ -118,8 +119,11 @@ async def client(host: str, port: int, requests: list[bytes], todo: list[int], o
                 reader, writer = await asyncio.open_connection(host, port)
                 continue
             out["latency"].append(time.perf_counter() - t0)
-            ok = status == 200 and json.loads(body)["records"][0]["status"] == "ok"
-            if not ok:
+            answer = json.loads(body) if status in (200, 422) else {}
+            record_status = (answer.get("records") or [{}])[0].get("status")
+            if status == 422 and record_status == "rejected":
+                out["rejected"].add(answer["records"][0]["path"])  # the guard's answer
+            elif not (status == 200 and record_status == "ok"):
                 out["errors"].append(f"{status}: {body[:200]!r}")
             if close:
                 writer.close()
@@ -129,7 +133,7 @@ async def client(host: str, port: int, requests: list[bytes], todo: list[int], o
 
 
 async def run_level(host: str, port: int, requests: list[bytes], n: int, conc: int) -> dict:
-    out: dict = {"latency": [], "errors": []}
+    out: dict = {"latency": [], "errors": [], "rejected": set()}
     todo = list(range(n))
     t0 = time.perf_counter()
     await asyncio.gather(*(client(host, port, requests, todo, out) for _ in range(conc)))
@@ -145,6 +149,7 @@ async def run_level(host: str, port: int, requests: list[bytes], n: int, conc: i
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
         "max_ms": round(float(lat.max()), 2),
         "errors": len(out["errors"]),
+        "rejected_by_guard": sorted(out["rejected"]),
         "error_samples": out["errors"][:5],
     }
 

@@ -27,7 +27,7 @@ SCREENSHOT = REPO / "docs" / "serve_page.png"
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1200,950",
+    "--disable-dev-shm-usage", "--window-size=1200,1100",
 )  # fmt: skip
 
 pytestmark = pytest.mark.skipif(

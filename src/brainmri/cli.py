@@ -449,7 +449,11 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     threads: Annotated[
         int | None,
-        typer.Option(min=1, help="ONNX Runtime threads per process (default: all cores)."),
+        typer.Option(
+            min=1,
+            help="ONNX Runtime threads per model call (default 1: calls run side by side, "
+            "one per core).",
+        ),
     ] = None,
 ) -> None:
     """Serve the classifier: HTTP API (/v1/predict, /v1/explain, /v1/model, /healthz), the page

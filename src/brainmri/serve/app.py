@@ -146,11 +146,18 @@ def refusal(record: Record) -> JSONResponse:
 
 
 def create_app(
-    engine: Engine, limits: Limits | None = None, max_batch: int = 16, max_waiting: int = 256
+    engine: Engine,
+    limits: Limits | None = None,
+    max_batch: int = 16,
+    max_waiting: int = 256,
+    parallel: int = 1,
 ) -> FastAPI:
-    """The app around a loaded engine (tests build it directly; `serve` runs it on uvicorn)."""
+    """The app around a loaded engine (tests build it directly; `serve` runs it on uvicorn).
+    `parallel`: model calls at once (batches of concurrent uploads run side by side)."""
     limits = limits or Limits()
-    batcher: Batcher[Prepared, Record] = Batcher(engine.classify, max_batch, max_waiting)
+    batcher: Batcher[Prepared, Record] = Batcher(
+        engine.classify, max_batch, max_waiting, parallel
+    )
     decoder = ThreadPoolExecutor(2, thread_name_prefix="brainmri-decode")
     explainer = ThreadPoolExecutor(1, thread_name_prefix="brainmri-explain")
 

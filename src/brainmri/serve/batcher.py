@@ -1,9 +1,11 @@
 """Micro-batching: concurrent requests share one model call, off the event loop.
 
-One worker task takes the first waiting upload, adds every other upload already queued (up to
-`max_batch`) and runs them as one batch in a single inference thread. A lone client is never
-delayed (nothing waits for company); under concurrent load the queue fills while the model runs,
-so batches form by themselves. The event loop only parses HTTP and never blocks on the model.
+A worker task takes the first waiting upload, adds every other upload already queued (up to
+`max_batch`) and runs them as one batch in an inference thread. A lone client is never delayed
+(nothing waits for company); under concurrent load the queue fills while the model runs, so
+batches form by themselves. `parallel` workers run that many batches at once (one per core
+with single-threaded model calls). The event loop only parses HTTP and never blocks on the
+model.
 """
 
 from __future__ import annotations
@@ -29,25 +31,28 @@ class Batcher(Generic[Item, Result]):
         run: Callable[[list[Item]], Sequence[Result]],
         max_batch: int = 16,
         max_waiting: int = 256,
+        parallel: int = 1,
     ):
         self.run = run
         self.max_batch = max_batch
         self.max_waiting = max_waiting
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="brainmri-infer")
+        self.parallel = max(1, parallel)
+        self.executor = ThreadPoolExecutor(self.parallel, thread_name_prefix="brainmri-infer")
         self.queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.tasks: list[asyncio.Task[None]] = []
         self.batches = 0
         self.items = 0
 
     def start(self) -> None:
         self.queue = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._work())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._work()) for _ in range(self.parallel)]
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+                await task
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def has_room(self, n: int) -> bool:

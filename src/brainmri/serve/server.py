@@ -27,12 +27,17 @@ def limits_from_env() -> Limits:
 
 def app_from_env() -> Any:
     """App factory for uvicorn (each worker process loads its own model)."""
+    from brainmri.infer.onnx_runtime import available_cores
     from brainmri.serve.app import create_app
     from brainmri.serve.engine import Engine
 
-    threads = os.environ.get(ENV_PREFIX + "THREADS")
-    engine = Engine(os.environ.get(ENV_PREFIX + "MODEL") or None, threads=int(threads or 0) or None)
-    return create_app(engine, limits_from_env())
+    threads = int(os.environ.get(ENV_PREFIX + "THREADS") or 1)
+    workers = int(os.environ.get(ENV_PREFIX + "WORKERS") or 1)
+    engine = Engine(os.environ.get(ENV_PREFIX + "MODEL") or None, threads=threads)
+    # single-threaded model calls side by side, one per core: under concurrent requests this
+    # keeps every core busy without the threads of one call waiting for each other
+    parallel = max(1, available_cores() // (threads * workers))
+    return create_app(engine, limits_from_env(), parallel=parallel)
 
 
 def is_loopback(host: str) -> bool:
@@ -67,6 +72,7 @@ def serve(
         os.environ[ENV_PREFIX + "MODEL"] = str(Path(model).resolve())
     if threads:
         os.environ[ENV_PREFIX + "THREADS"] = str(threads)
+    os.environ[ENV_PREFIX + "WORKERS"] = str(workers)
     if not is_loopback(host) and not os.environ.get("BRAINMRI_API_KEY"):
         log.warning("listening on %s without BRAINMRI_API_KEY: anyone who can reach it can use it",
                     host)  # fmt: skip
