@@ -33,6 +33,7 @@ from robustness import PERTURBATIONS, machine, pick
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.images import resize_square
+from brainmri.data.quality import check_image_bytes
 from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.dicom import plane_to_dicom
@@ -152,7 +153,7 @@ def _passes_statistics(plane: np.ndarray) -> bool:
 
 
 def eval_perturbed(g: Guarded, test: list) -> dict:
-    originals = [load_plane(s.path.read_bytes(), s.path.name) for s in test]
+    originals = [check_image_bytes(s.path.read_bytes()) for s in test]  # checked per copy
     labels = np.array([s.label for s in test])
     per, total, accepted = {}, 0, 0
     for p in PERTURBATIONS:
@@ -206,7 +207,7 @@ def eval_dicom(g: Guarded, test: list) -> dict:
         "j2k_lossless": {"bits": 12, "transfer_syntax": pydicom.uid.JPEG2000Lossless},
     }
     jpeg = g.files([(s.path.name, s.path.read_bytes()) for s in test])
-    planes = [(s, load_plane(s.path.read_bytes(), s.path.name)) for s in test]
+    planes = [(s, check_image_bytes(s.path.read_bytes())) for s in test]
     copies: dict[str, dict] = {}
     for name, kw in variants.items():
         items = [(s.path.stem + ".dcm", plane_to_dicom(plane, **kw)) for s, plane in planes]
