@@ -260,8 +260,9 @@ class Classifier:
 
     @property
     def ood_threshold(self) -> float | None:
-        value = self.meta.get("guard", {}).get("ood_threshold")
-        return None if value is None else float(value)
+        from brainmri.infer.guard import ood_threshold
+
+        return ood_threshold(self.meta)
 
     def describe(self) -> dict:
         """What produced a prediction: written beside every record of `predict --json/--csv`."""

@@ -65,14 +65,10 @@ def guard_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def ood_module(meta: dict, path: str | Path) -> nn.Module | None:
     """The OOD scorer built from the model file's guard statistics, or None without them."""
+    from brainmri.infer.guard import ood_from_meta
+
     tensors = guard_tensors(path)
-    if not tensors:
-        return None
-    try:
-        from brainmri.infer.guard import ood_from_meta
-    except ImportError:  # a model file with statistics but no guard module: score nothing
-        return None
-    return ood_from_meta(meta, tensors)
+    return ood_from_meta(meta, tensors) if tensors else None
 
 
 def build_graph(

@@ -1,8 +1,7 @@
 """One input file -> model-ready plane, and the record every consumer reports.
 
-Decoding and cropping go through :func:`load_plane` and :func:`auto_crop`: the input guard's
-(``brainmri.infer.inputs``: quality rules, DICOM, frame detection) when that module is
-installed, else the plain decode ``evaluate`` uses, with cropping only when asked for.
+Decoding and cropping are the input guard's (``brainmri.infer.inputs``: the quality rules of
+``clean``, DICOM, wide-black-frame detection); the OOD rejection reason is ``infer.guard``'s.
 
 A record is a plain dict: ``path``, ``status`` (``ok`` | ``rejected`` | ``error``), ``reason``,
 ``label``, ``probability``, ``probabilities`` ({class: p}), ``ood_score``, ``cropped``; label
@@ -11,8 +10,6 @@ and probabilities are empty unless the status is ``ok``.
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -22,33 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from brainmri.data.crop import crop_to_brain
-from brainmri.data.images import load_gray, resize_square
+from brainmri.data.images import resize_square
 from brainmri.errors import BrainMRIError, RejectedInput
-
-CROP_MODES = ("auto", "on", "off")
-
-
-def _plain_load_plane(data: bytes, name: str) -> np.ndarray:
-    """Decode image bytes to an HxW uint8 luminance plane, as training data is decoded."""
-    try:
-        return load_gray(io.BytesIO(data))
-    except BrainMRIError as exc:
-        raise BrainMRIError(f"cannot read image {name}: {exc.__cause__ or exc}") from None
-
-
-def _plain_auto_crop(gray: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, bool]:
-    """Crop to the brain only when asked ("on"); "auto" needs the guard's frame detection."""
-    if mode != "on":
-        return gray, False
-    cropped, box = crop_to_brain(gray)
-    return cropped, (box.width, box.height) != (gray.shape[1], gray.shape[0])
-
-
-if importlib.util.find_spec("brainmri.infer.inputs") is not None:
-    from brainmri.infer.inputs import auto_crop, load_plane
-else:  # until the input guard is installed
-    load_plane, auto_crop = _plain_load_plane, _plain_auto_crop
+from brainmri.infer.guard import ood_reason
+from brainmri.infer.inputs import CROP_MODES, auto_crop, load_plane
 
 
 def check_crop_mode(crop: str | bool) -> str:
@@ -105,11 +79,9 @@ def scored_record(
 ) -> dict[str, Any]:
     """An `ok` record, or `rejected` when the OOD score is over the model's threshold."""
     ood = None if ood_score is None else round(float(ood_score), 3)
-    if ood is not None and ood_threshold is not None and ood > ood_threshold:
-        rec = empty_record(
-            path, "rejected", f"not a brain MRI (OOD score {ood:.0f} > {ood_threshold:.0f})",
-            cropped,
-        )  # fmt: skip
+    reason = ood_reason(ood_score, ood_threshold)
+    if reason is not None:
+        rec = empty_record(path, "rejected", reason, cropped)
         rec["ood_score"] = ood
         return rec
     k = int(np.argmax(probs))
