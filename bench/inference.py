@@ -114,6 +114,7 @@ def main() -> None:
         test = [test[i] for i in np.linspace(0, len(test) - 1, args.limit).astype(int)]
     paths, labels = [s.path for s in test], [s.label for s in test]
     load_start = os.getloadavg()
+    model_sha = file_sha256(model)  # before the run: the file could be replaced during it
 
     args.work.mkdir(parents=True, exist_ok=True)
     fp32, int8 = args.work / "model_fp32.onnx", args.work / "model_int8.onnx"
@@ -167,7 +168,7 @@ def main() -> None:
             "loadavg_end": os.getloadavg(),
         },  # fmt: skip
         "model": str(model),
-        "model_sha256": file_sha256(model),
+        "model_sha256": model_sha,
         "classes": list(CLASS_NAMES),
         "export_s": export_s,
         "onnx_mb": {p.stem: p.stat().st_size / 2**20 for p in (fp32, int8) if p.exists()},

@@ -264,10 +264,6 @@ class Classifier:
 
         return ood_threshold(self.meta)
 
-    def describe(self) -> dict:
-        """What produced a prediction: written beside every record of `predict --json/--csv`."""
-        return {"model": str(self.path), "model_sha256": self.sha256, "runtime": self.runtime}
-
     # planes -----------------------------------------------------------------------------
     def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:
         """uint8 planes (N, 1, S, S) -> logits (V, N, C) per TTA view, calibrated probs (N, C)
