@@ -284,7 +284,47 @@ def training_lines(ens: dict) -> list[str]:
         f"{(ens['train_wall_seconds'] + ens['assemble_seconds']) / 60:.1f} min "
         "(`bench/results/shipped/ensemble_run.json`)."
     )
+    lines += honest_validation_lines()
     return lines
+
+
+def honest_validation_lines() -> list[str]:
+    """The validation accuracy without the images that have a copy in train (issue of leaks)."""
+    hv = load_json(ROOT / "bench/results/honest_validation.json")
+    if hv is None:
+        return []
+    acc = hv["accuracy"]
+    honest = acc["no copy > 0.98 in train (honest)"]
+    leaked = acc["only those with a copy > 0.98"]
+    return [
+        f"- That validation split was drawn per image, so {leaked['n']} of its "
+        f"{hv['split']['n_val']} images have an exact or near copy (24×24 correlation > 0.98) "
+        f"in the members' training images: the {pct(acc['all (as on the model card)']['accuracy'])} above is inflated. On "
+        f"the {honest['n']} validation images without such a copy the ensemble scores "
+        f"**{pct(honest['accuracy'])}** ({honest['correct']} right; {pct(leaked['accuracy'])} on "
+        f"the {leaked['n']} with a copy); measured {hv['date']}, commit `{hv['commit']}`, "
+        f"`{hv['command']}`. Recipes now validate on a grouped, leak-free split "
+        "(docs/RESULTS.md §8).",
+    ]
+
+
+def guard_lines(meta: dict) -> list[str]:
+    """The input guard stored in the model file and what it accepts (bench/results)."""
+    fit = load_json(ROOT / "bench/results/guard_fit.json")
+    threshold = meta.get("guard", {}).get("ood_threshold")
+    if fit is None or threshold is None:
+        return []
+    return [
+        "",
+        "## Input guard",
+        f"- The file carries out-of-distribution statistics (class means and a shared covariance "
+        "of the penultimate features of the training images) and a Mahalanobis-score threshold "
+        f"of {float(threshold):.2f}, set on the validation split to accept 99 % of it "
+        "(`bench/fit_guard.py`, `bench/results/guard_fit.json`). `predict`, `explain` and the web "
+        "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
+        "instead of classifying them. Accept and reject rates on the test split, its perturbed "
+        "copies and non-MRI inputs: docs/RESULTS.md §10.",
+    ]
 
 
 def _test_score(path: Path) -> str:
@@ -427,6 +467,7 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "This collection was only measured, never used to train or choose this model; the gap "
         "to the benchmark is the honest picture of how the model generalizes to other sources.",
         *robustness_lines(rob),
+        *guard_lines(meta),
         "",
         "## Intended use",
         "- Research on 2-D brain MRI slice classification, benchmarking, teaching, and as the "
