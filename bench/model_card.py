@@ -289,20 +289,21 @@ def training_lines(ens: dict) -> list[str]:
 
 
 def honest_validation_lines() -> list[str]:
-    """The validation accuracy without the images that have a copy in train (issue of leaks)."""
+    """The validation accuracy without the images that have a copy in train."""
     hv = load_json(ROOT / "bench/results/honest_validation.json")
     if hv is None:
         return []
     acc = hv["accuracy"]
+    card = pct(acc["all (as on the model card)"]["accuracy"])
     honest = acc["no copy > 0.98 in train (honest)"]
     leaked = acc["only those with a copy > 0.98"]
     return [
         f"- That validation split was drawn per image, so {leaked['n']} of its "
         f"{hv['split']['n_val']} images have an exact or near copy (24×24 correlation > 0.98) "
-        f"in the members' training images: the {pct(acc['all (as on the model card)']['accuracy'])} above is inflated. On "
-        f"the {honest['n']} validation images without such a copy the ensemble scores "
-        f"**{pct(honest['accuracy'])}** ({honest['correct']} right; {pct(leaked['accuracy'])} on "
-        f"the {leaked['n']} with a copy); measured {hv['date']}, commit `{hv['commit']}`, "
+        f"in the members' training images: the {card} above is inflated. On the "
+        f"{honest['n']} validation images without such a copy the ensemble scores "
+        f"**{pct(honest['accuracy'])}** ({honest['correct']} right; {pct(leaked['accuracy'])} "
+        f"on the {leaked['n']} with a copy); measured {hv['date']}, commit `{hv['commit']}`, "
         f"`{hv['command']}`. Recipes now validate on a grouped, leak-free split "
         "(docs/RESULTS.md §8).",
     ]
