@@ -86,3 +86,12 @@ def synthetic_dataset(tmp_path: Path) -> Path:
                 )
                 Image.fromarray(arr).save(out / f"{cls}_{k}.jpg", quality=95)
     return tmp_path / "synth"
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory):
+    """One ONNX export cache per test session (the export of the shipped model is made once)."""
+    root = tmp_path_factory.getbasetemp() / "onnx-cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BRAINMRI_CACHE", str(root))
+        yield root

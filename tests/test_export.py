@@ -20,15 +20,6 @@ from brainmri.infer.onnx_runtime import OnnxBackend
 from brainmri.model.checkpoint import load_model, read_metadata, shipped_model_path
 
 
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    """One ONNX export cache per test session (the export of the shipped model is made once)."""
-    root = tmp_path_factory.getbasetemp() / "onnx-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BRAINMRI_CACHE", str(root))
-        yield root
-
-
 @pytest.fixture(scope="module")
 def exported(onnx_cache) -> Path:
     return cached_export(shipped_model_path())

@@ -16,15 +16,6 @@ from brainmri.infer.records import decode_stream
 from brainmri.model.checkpoint import add_extra_tensors, load_model, shipped_model_path
 
 
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    """One ONNX export cache per test session (the export of the shipped model is made once)."""
-    root = tmp_path_factory.getbasetemp() / "onnx-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BRAINMRI_CACHE", str(root))
-        yield root
-
-
 @pytest.fixture(scope="module")
 def runtimes(onnx_cache):
     return Classifier(runtime="onnx"), Classifier(runtime="torch", device="cpu")

@@ -15,15 +15,6 @@ from brainmri.cli import app
 from brainmri.infer.predict import expand_inputs
 
 
-@pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory):
-    """One ONNX export cache per test session (the export of the shipped model is made once)."""
-    root = tmp_path_factory.getbasetemp() / "onnx-cache"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BRAINMRI_CACHE", str(root))
-        yield root
-
-
 def _test_images(root: Path, per_class: int) -> list[Path]:
     return [p for c in CLASS_NAMES for p in sorted((root / "Testing" / c).iterdir())[:per_class]]
 
