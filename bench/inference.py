@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from brainmri import CLASS_NAMES
+from brainmri.data.dedupe import file_sha256
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.infer.core import Classifier
-from brainmri.infer.export import calibration_pixels, export_onnx, file_sha256
+from brainmri.infer.export import calibration_pixels, export_onnx
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 
 

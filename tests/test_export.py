@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from brainmri import CLASS_NAMES
 from brainmri.cli import app
 from brainmri.data.cache import decode_images
+from brainmri.data.dedupe import file_sha256
 from brainmri.data.transforms import normalize_intensity
-from brainmri.infer.export import cached_export, file_sha256
+from brainmri.infer.export import cached_export
 from brainmri.infer.graph import build_graph
 from brainmri.infer.onnx_runtime import OnnxBackend
 from brainmri.model.checkpoint import load_model, read_metadata, shipped_model_path

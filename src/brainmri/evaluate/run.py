@@ -10,7 +10,6 @@ fly), with 95 % bootstrap intervals.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from brainmri import CLASS_NAMES
 from brainmri.data.cache import cache_samples
+from brainmri.data.dedupe import file_sha256
 from brainmri.data.folders import Sample, class_dirs, find_split_dir, is_image_file, scan_split
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.bootstrap import N_RESAMPLES, SEED, bootstrap_intervals
@@ -113,7 +113,7 @@ def refuse_overwrite(out_dir: Path, force: bool) -> None:
 
 def _provenance(model_path: Path) -> dict:
     """When, with which code and which model file the figures were made."""
-    digest = hashlib.sha256(Path(model_path).read_bytes()).hexdigest()
+    digest = file_sha256(model_path)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"],

@@ -77,13 +77,10 @@ def tta_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return torch.softmax(logits / temperature, dim=-1).mean(dim=0)
 
 
-@dataclass
-class InferenceModel:
-    """A loaded model file with the preprocessing its metadata prescribes."""
+class ModelMetadata:
+    """What a model file's metadata says about its classes and preprocessing (`self.meta`)."""
 
-    model: nn.Module
     meta: dict
-    device: torch.device
 
     @property
     def class_names(self) -> list[str]:
@@ -95,15 +92,25 @@ class InferenceModel:
 
     @property
     def intensity(self) -> str:
-        return self.meta["recipe"]["data"].get("intensity", "none")
+        prep = self.meta["preprocessing"]
+        return prep.get("intensity") or self.meta["recipe"]["data"].get("intensity", "none")
+
+    @property
+    def temperature(self) -> float:
+        return float(self.meta.get("info", {}).get("temperature", 1.0))
+
+
+@dataclass
+class InferenceModel(ModelMetadata):
+    """A loaded model file with the preprocessing its metadata prescribes."""
+
+    model: nn.Module
+    meta: dict
+    device: torch.device
 
     @property
     def channels_last(self) -> bool:
         return bool(self.meta["recipe"]["model"].get("channels_last", True))
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta["info"].get("temperature", 1.0))
 
     def logits(
         self, images: torch.Tensor, tta: int = 1, batch_size: int = 64, progress=None
@@ -207,7 +214,7 @@ def _torch_backend(path: Path, device: torch.device) -> tuple[TorchBackend, dict
 # --------------------------------------------------------------------------------------------
 
 
-class Classifier:
+class Classifier(ModelMetadata):
     """A model file ready to classify files, bytes or planes, on ONNX Runtime or PyTorch.
 
     `model`: a .safetensors model file (default: the shipped one) or an .onnx export. With the
@@ -223,7 +230,8 @@ class Classifier:
         threads: int | None = None,
         batch_size: int = 32,
     ):
-        from brainmri.infer.export import cached_export, file_sha256
+        from brainmri.data.dedupe import file_sha256
+        from brainmri.infer.export import cached_export
         from brainmri.model.checkpoint import shipped_model_path
 
         path = Path(model) if model is not None else shipped_model_path()
@@ -241,23 +249,6 @@ class Classifier:
             self.backend, self.meta = _torch_backend(path, self.device)
 
     # metadata ---------------------------------------------------------------------------
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.meta["class_names"])
-
-    @property
-    def image_size(self) -> int:
-        return int(self.meta["preprocessing"]["image_size"])
-
-    @property
-    def intensity(self) -> str:
-        prep = self.meta["preprocessing"]
-        return prep.get("intensity") or self.meta["recipe"]["data"].get("intensity", "none")
-
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("info", {}).get("temperature", 1.0))
-
     @property
     def ood_threshold(self) -> float | None:
         from brainmri.infer.guard import ood_threshold

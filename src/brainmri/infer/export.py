@@ -17,7 +17,6 @@ split (docs/RESULTS.md §9), so fp32 stays the default and the supported export.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from brainmri.data.dedupe import file_sha256
 from brainmri.errors import BrainMRIError
 from brainmri.infer.graph import build_graph
 from brainmri.infer.guard import ood_threshold
@@ -37,14 +37,6 @@ REDUCE_RANGE = True
 """7-bit int8 weights: avoids the u8s8 saturation of AVX2 CPUs without VNNI (ORT docs)."""
 EXPORT_VERSION = 1
 """Bumped when the graph or its metadata change, so cached exports are rebuilt."""
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def onnx_metadata(meta: dict, source_sha: str, outputs: tuple[str, ...], int8: bool) -> dict:
