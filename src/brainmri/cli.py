@@ -375,6 +375,60 @@ def predict(
 
 @app.command()
 @user_errors
+def adapt(
+    site: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="Labelled images of the new site: a <class>/ folder (glioma/, meningioma/, "
+            "notumor/, pituitary/; any subset).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.safetensors + adapt.json.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Model to adapt. Default: the shipped model."),
+    ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            help="Benchmark folder (Training/<class>/) mixed in so the model keeps what it "
+            "knew. Default: env BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
+        ),
+    ] = None,
+    config: Annotated[
+        str, typer.Option("--config", "-c", help="Settings: a YAML file or a built-in name.")
+    ] = "default",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. --set stage.epochs=8 (repeatable)."),
+    ] = None,
+) -> None:
+    """Fine-tune a model on a few labelled images of a new site (minutes on a CPU).
+
+    Every member is fine-tuned for the settings' epochs on the site images mixed with as many
+    benchmark Training images; the input guard is refitted. Measure the result on images of the
+    site that were NOT used here (`brainmri evaluate --model OUT/model.safetensors --data DIR`).
+    Settings: configs/adapt/default.yaml; measured curve: docs/RESULTS.md section 14.
+    """
+    from brainmri.config import load_adapt_config
+    from brainmri.data.folders import resolve_data_dir
+    from brainmri.model.checkpoint import shipped_model_path
+    from brainmri.train.adapt import adapt as run_adapt
+
+    cfg = load_adapt_config(config, overrides)
+    replay_dir = resolve_data_dir(replay) if cfg.replay_ratio > 0 else None
+    result = run_adapt(model or shipped_model_path(), site, replay_dir, out, cfg)
+    counts = ", ".join(f"{k} {v}" for k, v in result.summary["site_counts"].items() if v)
+    typer.echo(
+        f"adapted on {counts} site images (+{sum(result.summary['replay_counts'].values())} "
+        f"benchmark) in {result.summary['seconds'] / 60:.1f} min; wrote {result.model_path}"
+    )
+
+
+@app.command()
+@user_errors
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (.onnx).")],
     model: Annotated[
@@ -435,8 +489,11 @@ def serve(
         ),
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback by default; set BRAINMRI_API_KEY "
-                          "before listening on another).")
+        str,
+        typer.Option(
+            help="Address to listen on (loopback by default; set BRAINMRI_API_KEY "
+            "before listening on another)."
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[

@@ -140,6 +140,47 @@ class Recipe(_Strict):
         return self
 
 
+class AdaptConfig(_Strict):
+    """`brainmri adapt`: fine-tune a model file on a few labelled images of a new site."""
+
+    stage: StageConfig = Field(
+        ..., description="one training stage run for its full epochs (no validation to stop on)"
+    )
+    batch_size: int = Field(32, ge=1)
+    steps: int | None = Field(
+        50,
+        ge=1,
+        description="optimizer steps per member, whatever the number of site images (the "
+        "stage's epochs follow from it); None: run stage.epochs",
+    )
+    replay_ratio: float = Field(
+        1.0, ge=0.0, description="benchmark Training images mixed in per site image (forgetting)"
+    )
+    guard_holdout: int = Field(
+        400, ge=0, description="benchmark images, not trained on here, that set the guard threshold"
+    )
+    guard_accept: float = Field(0.99, gt=0.0, le=1.0, description="share of them accepted")
+    seed: int = 0
+
+
+def load_adapt_config(source: str | Path = "default", overrides: list[str] | None = None):
+    """Adaptation settings by path or built-in name (configs/adapt/<name>.yaml)."""
+    path = Path(source)
+    if not path.is_file():
+        path = Path(str(resources.files("brainmri") / "configs" / "adapt" / f"{source}.yaml"))
+        if not path.is_file():
+            raise BrainMRIError(f"adaptation settings not found: {source}")
+    data = _read_yaml(path)
+    for item in overrides or []:
+        apply_override(data, item)
+    try:
+        return AdaptConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise BrainMRIError(f"adapt settings {source}: {where}: {first['msg']}") from exc
+
+
 def builtin_recipes() -> list[str]:
     """Names of the recipes shipped in the package (configs/*.yaml)."""
     folder = resources.files("brainmri") / "configs"

@@ -75,7 +75,10 @@ def setup_stage(ctx: Context, index: int) -> StageRun:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     batch = max(1, tc.batch_size // d.world)
-    steps = math.ceil((len(ctx.data.x_train) // d.world) / batch)
+    per_rank = len(ctx.data.x_train) // d.world
+    steps = math.ceil(per_rank / batch)
+    if steps > 1 and per_rank % batch == 1:
+        steps -= 1  # a last batch of one image cannot pass BatchNorm in training mode
     if tc.max_steps_per_epoch:
         steps = min(steps, tc.max_steps_per_epoch)
     plateau = PlateauScale(tc.plateau_patience, tc.plateau_factor)

@@ -1,0 +1,240 @@
+"""Site adaptation curve: `brainmri adapt` with k labelled images per class of external-dev.
+
+Protocol (fixed before the first run; docs/RESULTS.md section 14):
+- scan groups of external-dev: images linked when their 24x24 thumbnails correlate above
+  --group-threshold (bench/ceiling.py `scan_groups`), connected components;
+- for each k and draw seed: per class, groups in a seeded random order are taken whole until
+  the class has k images (the last group is cut to fit; its other images are not evaluated
+  either): that is the site folder (symlinks under OUT/sites/);
+- `brainmri.train.adapt.adapt` with the default settings (configs/adapt/default.yaml, not tuned
+  on external-dev), replay drawn from benchmark Training less the source model's validation
+  files (the seed-42 stratified split it was chosen on), so those stay unseen;
+- measured on every image of external-dev in groups not touched by the draw (the "rest"):
+  accuracy, per class / sequence / tumour, ECE, risk-coverage, and the share the refitted input
+  guard accepts; on the benchmark: the 857 validation files and the official test split
+  (plain), to show what the model kept. Test-split figures are reported, never used to choose.
+
+    python bench/adapt_curve.py [--ks 5,10,25,50] [--draws 0] [--out bench/results/adapt]
+
+Writes OUT/k{k}_d{d}.json per run (a partial run keeps what it measured), OUT/curve.json,
+OUT/adapt_curve.png and OUT/risk_coverage_k25.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceiling import scan_groups  # noqa: E402
+from external import (  # noqa: E402
+    DEFAULT_DATA,
+    ROOT,
+    breakdown,
+    decode_external,
+    format_breakdown,
+    pct,
+    plot_risk_coverage,
+    provenance,
+    scan_external,
+    write_json,
+)
+
+from brainmri import CLASS_NAMES  # noqa: E402
+from brainmri.config import load_adapt_config  # noqa: E402
+from brainmri.data.cache import cache_samples  # noqa: E402
+from brainmri.data.folders import scan_split, stratified_split  # noqa: E402
+from brainmri.infer.core import load_for_inference  # noqa: E402
+from brainmri.infer.guard import load_guard, penultimate_features  # noqa: E402
+from brainmri.train.adapt import adapt  # noqa: E402
+
+BENCH = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
+SHIPPED = ROOT / "src" / "brainmri" / "weights" / "lite0_cpu.safetensors"
+
+
+def draw_site(
+    labels: np.ndarray, groups: np.ndarray, k: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(site indices, rest indices): k images per class taken by whole groups (module doc)."""
+    rng = np.random.default_rng(seed)
+    site, touched = [], set()
+    for c in sorted(set(labels.tolist())):
+        ids = sorted({int(g) for g in groups[labels == c]})
+        taken: list[int] = []
+        for g in (ids[i] for i in rng.permutation(len(ids))):
+            if len(taken) >= k:
+                break
+            members = np.flatnonzero((groups == g) & (labels == c)).tolist()
+            taken += members[: k - len(taken)]
+            touched.add(g)
+        site += taken
+    rest = np.flatnonzero(~np.isin(groups, sorted(touched)))
+    return np.array(sorted(site)), rest
+
+
+def link_site(samples, site: np.ndarray, folder: Path) -> Path:
+    """A <class>/ folder of symlinks to the drawn images (what a user would hand to adapt)."""
+    for i in site:
+        s = samples[i]
+        dest = folder / CLASS_NAMES[s.label] / s.path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            dest.symlink_to(s.path.resolve())
+    return folder
+
+
+def guard_accept_rate(model_path: Path, images: torch.Tensor, intensity: str) -> float | None:
+    scorer, threshold = load_guard(model_path)
+    if scorer is None:
+        return None
+    model = load_for_inference(model_path, "cpu").model
+    with torch.inference_mode():
+        feats, _ = penultimate_features(model, images, intensity)
+        return float((scorer(feats) <= threshold).float().mean())
+
+
+def benchmark_accuracy(loaded, samples) -> dict:
+    x, y = cache_samples(samples, loaded.image_size, desc="benchmark")
+    pred = loaded.probs(x).numpy().argmax(1)
+    right = pred == y.numpy()
+    return {"n": len(y), "accuracy": float(right.mean()), "errors": int((~right).sum())}
+
+
+def run_one(args, k: int, draw: int, ctx: dict) -> dict:
+    """One site draw: adapt, then measure rest / validation / test."""
+    samples, labels, groups = ctx["samples"], ctx["labels"], ctx["groups"]
+    site, rest = draw_site(labels, groups, k, draw)
+    run_dir = args.out / "runs" / f"k{k}_d{draw}"
+    site_dir = link_site(samples, site, args.out / "sites" / f"k{k}_d{draw}")
+    t0 = time.perf_counter()
+    result = adapt(args.model, site_dir, None, run_dir, ctx["cfg"], replay_pool=ctx["replay_pool"])
+    adapt_s = time.perf_counter() - t0
+    loaded = load_for_inference(result.model_path, "cpu")
+    rest_samples = [samples[i] for i in rest]
+    x_rest = decode_external(rest_samples, loaded.image_size)
+    probs = loaded.probs(x_rest).numpy()
+    res = breakdown(probs, labels[rest], rest_samples, loaded.class_names)
+    res |= {
+        "k": k,
+        "draw": draw,
+        "site_n": int(len(site)),
+        "site_groups": int(len(set(groups[site].tolist()))),
+        "rest_n": int(len(rest)),
+        "adapt_seconds": round(adapt_s, 1),
+        "guard_accept_rest": guard_accept_rate(
+            result.model_path, x_rest, loaded.meta["preprocessing"].get("intensity", "none")
+        ),
+        "benchmark_val": benchmark_accuracy(loaded, ctx["val"]),
+        "official_test_plain": benchmark_accuracy(loaded, ctx["test"]),
+        "adapt_summary": result.summary,
+    }
+    # the source model on the same rest images, for the paired comparison
+    src = ctx["source"].probs(decode_external(rest_samples, ctx["source"].image_size)).numpy()
+    res["source_on_rest"] = float((src.argmax(1) == labels[rest]).mean())
+    print(format_breakdown(res, f"k={k} draw {draw}: rest of external-dev ({len(rest)})"))
+    print(
+        f"  source on rest {pct(res['source_on_rest'])} %; guard accepts "
+        f"{pct(res['guard_accept_rest'])} % of rest; benchmark val "
+        f"{pct(res['benchmark_val']['accuracy'])} %, official test "
+        f"{pct(res['official_test_plain']['accuracy'])} %; adapt {adapt_s / 60:.1f} min",
+        flush=True,
+    )
+    return res
+
+
+def plot_curve(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r["k"] for r in runs})
+    mean = lambda key: [np.mean([key(r) for r in runs if r["k"] == k]) for k in ks]  # noqa: E731
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    ax.plot(ks, [100 * v for v in mean(lambda r: r["accuracy"])], "o-", label="rest, all")
+    for seq in ("T1C+", "T1", "T2"):
+        vals = mean(lambda r, s=seq: r["per_sequence"][s]["accuracy"])
+        ax.plot(ks, [100 * v for v in vals], ".--", lw=1, label=f"rest, {seq}")
+    ax.plot(ks, [100 * v for v in mean(lambda r: r["source_on_rest"])], "k:", label="before")
+    ax.plot(
+        ks,
+        [100 * v for v in mean(lambda r: r["official_test_plain"]["accuracy"])],
+        "s-",
+        color="gray",
+        label="official test (plain)",
+    )
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("labelled site images per class (k)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title("brainmri adapt on external-dev: accuracy on the images not used", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=SHIPPED)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--ks", default="5,10,25,50")
+    p.add_argument("--draws", default="0")
+    p.add_argument("--group-threshold", type=float, default=0.97)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapt")
+    args = p.parse_args(argv)
+    samples = scan_external(args.data)
+    labels = np.array([s.label for s in samples])
+    train, val = stratified_split(scan_split(BENCH, "Training"), 0.15, 42)
+    ctx = {
+        "samples": samples,
+        "labels": labels,
+        "groups": scan_groups([s.path for s in samples], args.group_threshold),
+        "cfg": load_adapt_config("default"),
+        "replay_pool": train,
+        "val": val,
+        "test": scan_split(BENCH, "Testing"),
+        "source": load_for_inference(args.model, "cpu"),
+    }
+    runs = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for d in (int(v) for v in args.draws.split(",")):
+            res = run_one(args, k, d, ctx) | {"provenance": provenance()}
+            write_json(args.out / f"k{k}_d{d}.json", res)
+            runs.append(res)
+    summary = [
+        {
+            key: r[key]
+            for key in (
+                "k",
+                "draw",
+                "accuracy",
+                "ece",
+                "source_on_rest",
+                "guard_accept_rest",
+                "adapt_seconds",
+                "rest_n",
+            )
+        }  # fmt: skip
+        | {"per_sequence": {q: v["accuracy"] for q, v in r["per_sequence"].items()}}
+        | {"val": r["benchmark_val"]["accuracy"], "test": r["official_test_plain"]["accuracy"]}
+        for r in runs
+    ]
+    (args.out / "curve.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_curve(runs, args.out / "adapt_curve.png")
+    rc = {f"k={r['k']} d{r['draw']}": r["risk_coverage"] for r in runs if r["k"] == 25}
+    if rc:
+        plot_risk_coverage(rc, args.out / "risk_coverage_k25.png", "adapted, k=25: rest")
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""`brainmri adapt`: fine-tune a model file on a few labelled images of a new site.
+
+A model trained on one collection can fail on another (docs/RESULTS.md section 13: the
+shipped model answers by MRI sequence off the benchmark). Given a plain `<class>/` folder of
+labelled images from the new site, every member of the model is fine-tuned by the training
+loop's own epoch (`train.epoch.train_one_epoch`: the recipe's augmentation, label smoothing,
+class weights, AdamW, warm-up + cosine) for a fixed number of optimizer steps (`steps`, so
+the time is the same for 5 or 50 images per class), on the site images mixed
+with as many benchmark Training images (`replay_ratio`) so that it keeps what it knew. There is
+no validation split to stop on with a few images, so the stage runs its full length
+(settings: configs/adapt/default.yaml).
+
+The input guard is refitted, because the features move: class means and the shared covariance
+on the trained images (site + replay), the threshold at `guard_accept` of a held-out draw of
+benchmark images together with the site images. The temperature is the source model's (a few
+site images are too few to fit one). The output is an ordinary model file: predict, evaluate,
+export, explain and serve take it with `--model`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from brainmri import CLASS_NAMES
+from brainmri.config import AdaptConfig, Recipe, recipe_from_dict
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import Sample, class_counts, scan_split
+from brainmri.data.transforms import BatchAugment
+from brainmri.errors import BrainMRIError
+from brainmri.model.checkpoint import (
+    add_extra_tensors,
+    load_model,
+    preprocessing_of,
+    save_model,
+)
+from brainmri.model.ensemble import EnsembleClassifier
+from brainmri.train.data import RunData
+from brainmri.train.distributed import Dist
+from brainmri.train.epoch import Context, setup_stage, train_one_epoch
+from brainmri.train.loss import class_weights
+
+MODEL_NAME = "model.safetensors"
+SUMMARY_NAME = "adapt.json"
+
+
+@dataclass
+class AdaptResult:
+    model_path: Path
+    summary: dict
+
+
+def site_samples(site_dir: Path) -> list[Sample]:
+    """Labelled site images: a plain <class>/ folder (any subset of the classes)."""
+    from brainmri.evaluate.run import find_eval_set
+
+    samples = find_eval_set(Path(site_dir)).samples
+    counts = class_counts(samples)
+    if sum(counts) < 2:
+        raise BrainMRIError(f"{site_dir}: adapt needs at least 2 labelled images")
+    return [Sample(s.path, s.label, "Training") for s in samples]
+
+
+def draw_replay(
+    pool: list[Sample], n_replay: int, n_holdout: int, seed: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Two disjoint seeded draws from the benchmark pool, classes taken in turn so that every
+    class is present: (replay, guard hold-out)."""
+    rng = np.random.default_rng(seed)
+    by_class = []
+    for c in sorted({s.label for s in pool}):
+        members = [s for s in pool if s.label == c]
+        by_class.append([members[i] for i in rng.permutation(len(members))])
+    dealt = [s for row in itertools.zip_longest(*by_class) for s in row if s is not None]
+    n_replay = min(n_replay, len(dealt))
+    return dealt[:n_replay], dealt[n_replay : n_replay + n_holdout]
+
+
+def adapt_recipe(recipe: Recipe, cfg: AdaptConfig, member: int, n_train: int) -> Recipe:
+    """The source recipe with the adaptation stage in place of its stages (epochs from steps)."""
+    stage = cfg.stage.model_dump(mode="json")
+    if cfg.steps is not None:
+        stage["epochs"] = math.ceil(cfg.steps / max(1, math.ceil(n_train / cfg.batch_size)))
+    data = recipe.model_dump(mode="json")
+    data["seed"] = cfg.seed + member
+    data["ensemble"] = 1
+    train = data["train"]
+    train |= {"batch_size": cfg.batch_size, "cache_frozen_features": False}
+    train |= {"max_steps_per_epoch": None, "stages": [stage]}
+    return recipe_from_dict(data, "adapt")
+
+
+def fit_member(
+    member: torch.nn.Module, recipe: Recipe, data: RunData, meta: dict, label: str
+) -> list[dict]:
+    """Fine-tune one member in place for the stage's epochs; per-epoch figures."""
+    mean, std = preprocessing_of(meta)
+    weights = class_weights(data.counts) if recipe.train.class_weights else None
+    torch.manual_seed(recipe.seed)
+    ctx = Context(recipe, Dist(), member, data, BatchAugment(recipe.augment), mean, std, weights)
+    run = setup_stage(ctx, 0)
+    history = []
+    bar = tqdm(range(run.config.epochs), desc=f"adapt {label}", unit="epoch", leave=False)
+    for epoch in bar:
+        fig = train_one_epoch(ctx, run, epoch, epoch)
+        bar.set_postfix(loss=f"{fig['train_loss']:.3f}", acc=f"{fig['train_acc']:.3f}")
+        history.append({"epoch": epoch + 1} | {k: round(v, 6) for k, v in fig.items()})
+    member.eval()
+    return history
+
+
+def refit_guard(
+    model: torch.nn.Module,
+    meta: dict,
+    fit_x: torch.Tensor,
+    fit_y: torch.Tensor,
+    threshold_x: torch.Tensor,
+    accept: float,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Guard statistics of the adapted model: (guard.* tensors, metadata `guard`)."""
+    from brainmri.infer.guard import (
+        OODScore,
+        fit_statistics,
+        penultimate_features,
+        threshold_for,
+    )
+
+    intensity = meta["preprocessing"].get("intensity", "none")
+    with torch.inference_mode():
+        feats, _ = penultimate_features(model, fit_x, intensity)
+        tensors = fit_statistics(feats.numpy(), fit_y.numpy(), len(meta["class_names"]))
+        held, _ = penultimate_features(model, threshold_x, intensity)
+        scores = OODScore(tensors["guard.class_means"], tensors["guard.precision"])(held)
+    threshold = threshold_for(scores.numpy(), accept)
+    info = dict(meta.get("guard", {}))
+    info |= {
+        "ood_threshold": threshold,
+        "feature_width": int(feats.shape[1]),
+        "fitted_on": f"adapt: the {len(fit_x)} images trained on (site + benchmark replay)",
+        "threshold_on": f"{len(threshold_x)} images (benchmark hold-out + site), "
+        f"{accept:.2%} accepted",
+    }
+    return tensors, info
+
+
+def adapt(
+    model_path: Path,
+    site_dir: Path,
+    replay_dir: Path | None,
+    out_dir: Path,
+    cfg: AdaptConfig,
+    replay_pool: list[Sample] | None = None,
+) -> AdaptResult:
+    """Fine-tune `model_path` on the site folder into out_dir/model.safetensors (module doc).
+
+    replay_pool: the benchmark images to draw replay and guard hold-out from (default: every
+    Training image under replay_dir).
+    """
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    if (out_dir / MODEL_NAME).exists():
+        raise BrainMRIError(f"{out_dir / MODEL_NAME} exists: pass another --out")
+    model, meta = load_model(model_path, "cpu")
+    recipe = recipe_from_dict(meta["recipe"], str(model_path))
+    site = site_samples(site_dir)
+    if replay_pool is None:
+        replay_pool = scan_split(replay_dir, "Training") if replay_dir is not None else []
+    n_replay = round(cfg.replay_ratio * len(site))
+    if n_replay and not replay_pool:
+        raise BrainMRIError(
+            "adapt mixes in benchmark Training images so the model keeps what it knew: pass "
+            "--replay DIR (a folder with Training/<class>/), or --set replay_ratio=0"
+        )
+    replay, holdout = draw_replay(replay_pool, n_replay, cfg.guard_holdout, cfg.seed)
+    size = int(meta["preprocessing"]["image_size"])
+    x_site, y_site = cache_samples(site, size, desc="decode site")
+    x_rep, y_rep = cache_samples(replay, size, desc="decode replay")
+    x = torch.cat([x_site, x_rep])
+    y = torch.cat([y_site, y_rep])
+    empty = torch.empty((0, 1, size, size), dtype=torch.uint8)
+    data = RunData(site + replay, [], {}, x, y, empty, torch.empty(0, dtype=torch.long))
+    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    history = []
+    for k, member in enumerate(members):
+        label = f"member {k + 1}/{len(members)}"
+        member_recipe = adapt_recipe(recipe, cfg, k, len(x))
+        history.append(fit_member(member, member_recipe, data, meta, label))
+    adapted = EnsembleClassifier(members) if len(members) > 1 else members[0]
+    adapted.eval()
+    summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
+    info = dict(meta.get("info", {})) | {"adapted": summary}
+    mean, std = preprocessing_of(meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = save_model(out_dir / MODEL_NAME, adapted, recipe, info, mean=mean, std=std)
+    if "guard" in meta and holdout:
+        x_hold, _ = cache_samples(holdout, size, desc="decode guard hold-out")
+        tensors, guard = refit_guard(
+            adapted, meta, x, y, torch.cat([x_hold, x_site]), cfg.guard_accept
+        )
+        add_extra_tensors(path, tensors, {"guard": guard})
+        summary["guard_threshold"] = guard["ood_threshold"]
+    summary["seconds"] = round(time.time() - t0, 1)
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+    return AdaptResult(path, summary)
+
+
+def _summary(
+    model_path: Path,
+    site_dir: Path,
+    site: list[Sample],
+    replay: list[Sample],
+    cfg: AdaptConfig,
+    history: list[list[dict]],
+    seconds: float,
+) -> dict:
+    from brainmri.data.dedupe import file_sha256
+
+    return {
+        "source_model": str(model_path),
+        "source_sha256": file_sha256(model_path),
+        "site": str(site_dir),
+        "site_counts": dict(zip(CLASS_NAMES, class_counts(site), strict=True)),
+        "replay_counts": dict(zip(CLASS_NAMES, class_counts(replay), strict=True)),
+        "settings": cfg.model_dump(mode="json"),
+        "train_seconds": round(seconds, 1),
+        "history": history,
+    }
