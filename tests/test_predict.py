@@ -73,12 +73,37 @@ def test_predict_refuses_to_overwrite_outputs(folder: Path, tmp_path: Path, onnx
     assert (row["label"], row["runtime"], row["tta"]) == ("glioma", "torch", "2")
 
 
+def test_min_confidence_rejects_exactly_the_uncertain(folder: Path, tmp_path: Path, onnx_cache):
+    plain, marked = tmp_path / "plain.json", tmp_path / "marked.json"
+    CliRunner().invoke(app, ["predict", str(folder), "--json", str(plain)])
+    before = {r["path"]: r for r in json.loads(plain.read_text())}
+    probs = sorted(r["probability"] for r in before.values() if r["status"] == "ok")
+    cut = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2  # about half fall under it
+    args = ["predict", str(folder), "--json", str(marked), "--min-confidence", str(cut)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1
+    after = json.loads(marked.read_text())
+    assert all(r["min_confidence"] == pytest.approx(cut) for r in after)
+    uncertain = {r["path"] for r in after if (r["reason"] or "").startswith("uncertain")}
+    want = {p for p, r in before.items() if r["status"] == "ok" and r["probability"] < cut}
+    assert uncertain == want and 0 < len(want) < len(probs)
+    for r in after:
+        if r["path"] in uncertain:
+            assert r["status"] == "rejected" and r["label"] is None
+        else:  # everything else exactly as without the option
+            assert (r["status"], r["label"]) == (
+                before[r["path"]]["status"],
+                before[r["path"]]["label"],
+            )
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--runtime", "tensorflow"], "unknown runtime"),
         (["--device", "tpu"], "unknown device"),
         (["--crop", "maybe"], "unknown crop mode"),
+        (["--min-confidence", "1.5"], "--min-confidence must be between 0 and 1"),
     ],
 )
 def test_bad_choices_are_one_line_errors(folder: Path, args: list[str], message: str):

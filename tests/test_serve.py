@@ -31,7 +31,7 @@ from brainmri import CLASS_NAMES
 REPO = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {
     "path", "status", "reason", "label", "probability", "probabilities", "ood_score", "cropped",
-    "model_sha256", "runtime", "tta", "crop",
+    "model_sha256", "runtime", "tta", "crop", "min_confidence",
 }  # fmt: skip
 
 

@@ -349,6 +349,15 @@ def predict(
         bool | None,
         typer.Option(help="Progress bar on stderr (default: only on a terminal)."),
     ] = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            "--min-confidence",
+            help="Mark files whose top calibrated probability is under P as 'rejected: "
+            "uncertain' (0: off; default: the model file's own threshold if it has one, else "
+            "off). What it buys off the benchmark: docs/RESULTS.md section 13.",
+        ),
+    ] = None,
 ) -> None:
     """Classify images: one line per file with the class and its calibrated probability.
 
@@ -367,7 +376,9 @@ def predict(
     paths = expand_inputs(inputs)
     if not paths:
         raise BrainMRIError("no image files found in the given inputs")
-    classifier = Classifier(model, runtime, device, batch_size=batch_size)
+    classifier = Classifier(
+        model, runtime, device, batch_size=batch_size, min_confidence=min_confidence
+    )
     counts = run_predict(classifier, paths, tta, crop, json_out, csv_out, workers, progress)
     if counts["ok"] != sum(counts.values()):
         raise typer.Exit(1)

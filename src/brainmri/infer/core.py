@@ -21,6 +21,7 @@ from brainmri.data.transforms import normalize_intensity, to_model_input, tta_vi
 from brainmri.errors import BrainMRIError
 from brainmri.infer.records import (
     check_crop_mode,
+    check_min_confidence,
     decode_stream,
     failed_record,
     prepare_bytes,
@@ -220,6 +221,9 @@ class Classifier(ModelMetadata):
     `model`: a .safetensors model file (default: the shipped one) or an .onnx export. With the
     ONNX runtime a .safetensors file is exported once and the export cached (see
     `infer.export.cached_export`). `threads`: ONNX Runtime intra-op threads (default: cores).
+    `min_confidence`: a file whose top calibrated probability is under it gets `status:
+    rejected` ("uncertain ..."); None: the model file's `info.min_confidence` if it has one,
+    else off; 0: off.
     """
 
     def __init__(
@@ -229,6 +233,7 @@ class Classifier(ModelMetadata):
         device: str | torch.device | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        min_confidence: float | None = None,
     ):
         from brainmri.data.dedupe import file_sha256
         from brainmri.infer.export import cached_export
@@ -247,6 +252,9 @@ class Classifier(ModelMetadata):
             self.meta: dict = self.backend.meta
         else:
             self.backend, self.meta = _torch_backend(path, self.device)
+        if min_confidence is None:
+            min_confidence = self.meta.get("info", {}).get("min_confidence")
+        self.min_confidence = check_min_confidence(min_confidence)
 
     # metadata ---------------------------------------------------------------------------
     @property
@@ -291,7 +299,10 @@ class Classifier(ModelMetadata):
         probs = out["probs"].tolist()
         scores = [None] * len(items) if out["ood_score"] is None else out["ood_score"].tolist()
         return [
-            scored_record(path, row, self.class_names, score, self.ood_threshold, cropped)
+            scored_record(
+                path, row, self.class_names, score, self.ood_threshold, cropped,
+                self.min_confidence,
+            )  # fmt: skip
             for (path, _, cropped), row, score in zip(items, probs, scores, strict=True)
         ]
 

@@ -81,7 +81,7 @@ class RecordWriter:
 
     def columns(self) -> list[str]:
         base = ["path", "status", "reason", "label", "probability"]
-        tail = ["ood_score", "cropped", "model_sha256", "runtime", "tta", "crop"]
+        tail = ["ood_score", "cropped", "model_sha256", "runtime", "tta", "crop", "min_confidence"]
         return base + [f"p_{c}" for c in self.class_names] + tail
 
     def write(self, rec: dict[str, Any]) -> None:
@@ -90,9 +90,9 @@ class RecordWriter:
         if self.csv:
             probs = [rec["probabilities"].get(c, "") for c in self.class_names]
             row = {**rec, "reason": rec["reason"] or ""}
-            self.csv.writerow(
-                [row[k] for k in self.columns()[:5]] + probs + [row[k] for k in self.columns()[-6:]]
-            )
+            cols = self.columns()
+            tail = cols[5 + len(self.class_names) :]
+            self.csv.writerow([row[k] for k in cols[:5]] + probs + [row.get(k, "") for k in tail])
         self.count += 1
 
     def close(self) -> None:
@@ -126,7 +126,7 @@ def run_predict(
 ) -> Counter:
     """Classify `paths`, print one line each, stream records to the outputs; status counts."""
     extra = {"model_sha256": classifier.sha256, "runtime": classifier.runtime, "tta": tta,
-             "crop": crop}  # fmt: skip
+             "crop": crop, "min_confidence": classifier.min_confidence}  # fmt: skip
     writer = RecordWriter(json_out, csv_out, classifier.class_names)
     counts: Counter = Counter()
     width = min(60, max(len(str(p)) for p in paths))

@@ -76,15 +76,17 @@ def scored_record(
     ood_score: float | None,
     ood_threshold: float | None,
     cropped: bool,
+    min_confidence: float | None = None,
 ) -> dict[str, Any]:
-    """An `ok` record, or `rejected` when the OOD score is over the model's threshold."""
+    """An `ok` record, or `rejected` when the OOD score is over the model's threshold or the
+    top calibrated probability is under `min_confidence` (reason starting "uncertain")."""
     ood = None if ood_score is None else round(float(ood_score), 3)
-    reason = ood_reason(ood_score, ood_threshold)
+    k = int(np.argmax(probs))
+    reason = ood_reason(ood_score, ood_threshold) or uncertain_reason(probs[k], min_confidence)
     if reason is not None:
         rec = empty_record(path, "rejected", reason, cropped)
         rec["ood_score"] = ood
         return rec
-    k = int(np.argmax(probs))
     rec = empty_record(path, "ok", None, cropped)
     rec.update(
         label=class_names[k],
@@ -93,6 +95,22 @@ def scored_record(
         ood_score=ood,
     )
     return rec
+
+
+def uncertain_reason(top: float, min_confidence: float | None) -> str | None:
+    """`rejected: uncertain` when the top probability is under the asked confidence."""
+    if not min_confidence or top >= min_confidence:
+        return None
+    return f"uncertain (top probability {top:.3f} < {min_confidence:g})"
+
+
+def check_min_confidence(value: float | None) -> float | None:
+    """None or 0 (off), else a probability in (0, 1]."""
+    if value is None or value == 0:
+        return None
+    if not 0.0 < value <= 1.0:
+        raise BrainMRIError(f"--min-confidence must be between 0 and 1, got {value}")
+    return float(value)
 
 
 Decoded = tuple[str, "np.ndarray | None", bool, "dict | None"]

@@ -61,9 +61,11 @@ class Engine:
                 name, _, cropped, _ = items[i]
                 score = scores[j] if scores is not None else None
                 records[i] = scored_record(
-                    name, probs[j], clf.class_names, score, clf.ood_threshold, cropped
-                )
-        extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto"}
+                    name, probs[j], clf.class_names, score, clf.ood_threshold, cropped,
+                    clf.min_confidence,
+                )  # fmt: skip
+        extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto",
+                 "min_confidence": clf.min_confidence}  # fmt: skip
         return [{**r, **extra} for r in records if r is not None]
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[Record]:

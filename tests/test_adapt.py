@@ -1,0 +1,111 @@
+"""`brainmri adapt`: a real (short) fine-tune of the shipped model on a few labelled images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from brainmri import CLASS_NAMES
+from brainmri.cli import app
+from brainmri.config import load_adapt_config, load_recipe
+from brainmri.data.folders import Sample
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.adapt import adapt_recipe, draw_replay
+
+
+@pytest.fixture(scope="module")
+def site(benchmark_dir: Path, tmp_path_factory) -> Path:
+    """A 'site' folder of 3 classes (no pituitary), 4 Testing images each."""
+    root = tmp_path_factory.mktemp("site")
+    for cls in ("glioma", "meningioma", "notumor"):
+        (root / cls).mkdir()
+        for f in sorted((benchmark_dir / "Testing" / cls).iterdir())[:4]:
+            shutil.copy(f, root / cls / f.name)
+    return root
+
+
+def test_adapt_writes_a_usable_model_with_a_refitted_guard(
+    site: Path, small_benchmark: Path, tmp_path: Path
+):
+    out = tmp_path / "run"
+    args = ["adapt", "--data", str(site), "--out", str(out), "--replay", str(small_benchmark),
+            "--set", "steps=2", "--set", "guard_holdout=12"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "adapted on glioma 4, meningioma 4, notumor 4 site images" in result.output
+    model = out / "model.safetensors"
+    meta, source = read_metadata(model), read_metadata(shipped_model_path())
+    adapted = meta["info"]["adapted"]
+    assert adapted["site_counts"] == {"glioma": 4, "meningioma": 4, "notumor": 4, "pituitary": 0}
+    assert sum(adapted["replay_counts"].values()) == 12 and all(adapted["replay_counts"].values())
+    assert [len(h) for h in adapted["history"]] == [2, 2]  # 24 images: 1 step/epoch, 2 steps
+    assert meta["guard"]["ood_threshold"] != source["guard"]["ood_threshold"]
+    new, old = load_file(str(model)), load_file(str(shipped_model_path()))
+    key = "members.0.backbone.conv_stem.weight"
+    assert not torch.equal(new[key], old[key])  # the whole network trained
+    assert json.loads((out / "adapt.json").read_text())["source_sha256"] == adapted["source_sha256"]
+    records = tmp_path / "pred.json"
+    pred = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(site / "glioma"),
+            "--model",
+            str(model),
+            "--runtime",
+            "torch",
+            "--json",
+            str(records),
+        ],  # fmt: skip
+    )
+    assert pred.exit_code in (0, 1), pred.output
+    recs = json.loads(records.read_text())
+    assert len(recs) == 4 and all(r["status"] in ("ok", "rejected") for r in recs)
+    assert {r["model_sha256"] for r in recs} != {adapted["source_sha256"]}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "exists" in again.output
+
+
+def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))
+    result = CliRunner().invoke(app, ["adapt", "--data", str(site), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "BRAINMRI_DATA" in result.output
+    result = CliRunner().invoke(
+        app,
+        [
+            "adapt",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "r"),
+            "--set",
+            "replay_ratio=0",
+        ],  # fmt: skip
+    )
+    assert result.exit_code == 1 and "class folders" in result.output
+
+
+def test_replay_draw_is_disjoint_and_deals_every_class():
+    pool = [Sample(Path(f"{c}_{i}.jpg"), c, "Training") for c in range(4) for i in range(30)]
+    replay, holdout = draw_replay(pool, 10, 40, seed=3)
+    assert len(replay) == 10 and len(holdout) == 40
+    assert not {s.path for s in replay} & {s.path for s in holdout}
+    assert {s.label for s in replay} == set(range(4))
+    assert draw_replay(pool, 10, 40, seed=3) == (replay, holdout)
+    assert draw_replay(pool, 10, 40, seed=4)[0] != replay
+
+
+@pytest.mark.parametrize("n_train, epochs", [(24, 50), (150, 10), (300, 5)])
+def test_stage_epochs_follow_from_steps(n_train: int, epochs: int):
+    cfg = load_adapt_config("default")
+    recipe = adapt_recipe(load_recipe("cpu"), cfg, member=1, n_train=n_train)
+    (stage,) = recipe.train.stages
+    assert stage.epochs == epochs and recipe.seed == cfg.seed + 1 and recipe.ensemble == 1
+    assert cfg.steps == 50 and len(CLASS_NAMES) == 4
