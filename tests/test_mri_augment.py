@@ -115,3 +115,20 @@ def test_recipe_fields_default_off_and_switch_on():
     assert not ma.settings_from_augment(AugmentConfig()).active
     on = ma.settings_from_augment(AugmentConfig(mri_curve_prob=0.5, mri_frame_prob=0.25))
     assert on.curve_prob == 0.5 and on.frame_prob == 0.25 and on.active
+
+
+def test_training_applies_the_recipe_mri_fields():
+    """train/loop.py and adapt build `TrainAugment`: the MRI ops run only when switched on."""
+    from brainmri.config import AugmentConfig
+    from brainmri.data.transforms import BatchAugment
+
+    x = (torch.rand(6, 1, 48, 48) * 255).to(torch.uint8)
+    off = ma.TrainAugment(AugmentConfig())
+    assert off.mri is None
+    a = off(x, torch.Generator().manual_seed(1))
+    b = BatchAugment(AugmentConfig())(x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    on = ma.TrainAugment(AugmentConfig(mri_invert_prob=1.0))
+    assert on.mri is not None
+    c = on(x, torch.Generator().manual_seed(1))
+    assert not torch.allclose(a, c) and 0.0 <= float(c.min()) and float(c.max()) <= 1.0

@@ -259,3 +259,20 @@ def settings_from_augment(cfg) -> MRIAugmentSettings:
         artifact_prob=getattr(cfg, "mri_artifact_prob", 0.0),
         frame_prob=getattr(cfg, "mri_frame_prob", 0.0),
     )
+
+
+class TrainAugment(torch.nn.Module):
+    """What training applies to a uint8 batch: the recipe's `BatchAugment`, then, when any
+    `augment.mri_*` chance is above 0, `MRIAugment` -- one generator drives both."""
+
+    def __init__(self, cfg) -> None:
+        from brainmri.data.transforms import BatchAugment
+
+        super().__init__()
+        self.batch = BatchAugment(cfg)
+        settings = settings_from_augment(cfg)
+        self.mri = MRIAugment(settings) if settings.active else None
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        x = self.batch(x, generator=generator)
+        return x if self.mri is None else self.mri(x, generator)

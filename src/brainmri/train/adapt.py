@@ -34,7 +34,7 @@ from brainmri import CLASS_NAMES
 from brainmri.config import AdaptConfig, Recipe, recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import Sample, class_counts, scan_split
-from brainmri.data.transforms import BatchAugment
+from brainmri.data.mri_augment import TrainAugment
 from brainmri.errors import BrainMRIError
 from brainmri.model.checkpoint import (
     add_extra_tensors,
@@ -105,7 +105,7 @@ def fit_member(
     mean, std = preprocessing_of(meta)
     weights = class_weights(data.counts) if recipe.train.class_weights else None
     torch.manual_seed(recipe.seed)
-    ctx = Context(recipe, Dist(), member, data, BatchAugment(recipe.augment), mean, std, weights)
+    ctx = Context(recipe, Dist(), member, data, TrainAugment(recipe.augment), mean, std, weights)
     run = setup_stage(ctx, 0)
     history = []
     bar = tqdm(range(run.config.epochs), desc=f"adapt {label}", unit="epoch", leave=False)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from brainmri.config import Recipe, StageConfig
-from brainmri.data.transforms import BatchAugment, normalize_intensity, to_model_input, tta_views
+from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
 from brainmri.model.classifier import TumorClassifier
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
@@ -29,7 +29,7 @@ class Context:
     d: Dist
     model: TumorClassifier
     data: RunData
-    augment: BatchAugment
+    augment: nn.Module  # data.mri_augment.TrainAugment
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_weights: torch.Tensor | None

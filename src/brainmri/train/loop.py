@@ -26,7 +26,7 @@ from tqdm import tqdm
 from brainmri import CLASS_NAMES
 from brainmri.config import Recipe, dump_recipe, load_recipe
 from brainmri.data.folders import write_file_list
-from brainmri.data.transforms import BatchAugment
+from brainmri.data.mri_augment import TrainAugment
 from brainmri.errors import BrainMRIError
 from brainmri.model.backbones import input_normalization
 from brainmri.model.checkpoint import save_model
@@ -125,7 +125,7 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
         model = model.to(memory_format=torch.channels_last)
     mean, std = input_normalization(model.backbone)
     weights = class_weights(data.counts).to(d.device) if recipe.train.class_weights else None
-    return Context(recipe, d, model, data, BatchAugment(recipe.augment), mean, std, weights)
+    return Context(recipe, d, model, data, TrainAugment(recipe.augment), mean, std, weights)
 
 
 def write_run_files(run_dir: Path, ctx: Context, data_dir: Path) -> None:
