@@ -16,7 +16,8 @@ Protocol (fixed before the first run; docs/RESULTS.md section 14):
 
     python bench/adapt_curve.py [--ks 5,10,25,50] [--draws 0] [--out bench/results/adapt]
 
-Writes OUT/k{k}_d{d}.json per run (a partial run keeps what it measured), OUT/curve.json,
+Writes OUT/k{k}_d{d}.json per run (a partial run keeps what it measured; an existing file is
+reused, not measured again), OUT/curve.json,
 OUT/adapt_curve.png and OUT/risk_coverage_k25.png.
 """
 
@@ -207,8 +208,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runs = []
     for k in (int(v) for v in args.ks.split(",")):
         for d in (int(v) for v in args.draws.split(",")):
+            done = args.out / f"k{k}_d{d}.json"
+            if done.is_file():  # measured before: reused (delete the file to measure again)
+                runs.append(json.loads(done.read_text()))
+                continue
             res = run_one(args, k, d, ctx) | {"provenance": provenance()}
-            write_json(args.out / f"k{k}_d{d}.json", res)
+            write_json(done, res)
             runs.append(res)
     summary = [
         {
