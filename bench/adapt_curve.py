@@ -157,7 +157,7 @@ def plot_curve(runs: list[dict], path: Path) -> None:
 
     ks = sorted({r["k"] for r in runs})
     mean = lambda key: [np.mean([key(r) for r in runs if r["k"] == k]) for k in ks]  # noqa: E731
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 5.0), dpi=110)
     ax.plot(ks, [100 * v for v in mean(lambda r: r["accuracy"])], "o-", label="rest, all")
     for seq in ("T1C+", "T1", "T2"):
         vals = mean(lambda r, s=seq: r["per_sequence"][s]["accuracy"])
@@ -171,12 +171,13 @@ def plot_curve(runs: list[dict], path: Path) -> None:
         label="official test (plain)",
     )
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set_xlabel("labelled site images per class (k)")
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     ax.set_title("brainmri adapt on external-dev: accuracy on the images not used", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--fold", type=int, default=None, help="only fine-tune this fold (parallel runs)"
     )
     p.add_argument("--merge", action="store_true", help="combine OUT/ceiling_ft_fold*.json")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of one --fold run")
     args = p.parse_args(argv)
     if args.skip_cv:
         return transfer_only(args)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def finetune_one_fold(args) -> dict:
     """Fine-tune one fold (--finetune epochs); write its out-of-fold probabilities."""
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     samples = scan_external(args.data)
     y = np.array([s.label for s in samples])
     splits = folds(y, scan_groups([s.path for s in samples]), 5, args.seed)

@@ -210,6 +210,82 @@ def external_block(ext: dict | None) -> list[str]:
     ]
 
 
+EXTERNAL = ROOT / "bench" / "results" / "external"
+ADAPT = ROOT / "bench" / "results" / "adapt"
+SEQUENCES = ("T1C+", "T1", "T2")
+
+
+def external_sequence_lines(bd: dict | None) -> list[str]:
+    """Class x MRI sequence accuracy on external-dev (bench/external.py's breakdown)."""
+    if bd is None:
+        return []
+    prov = bd.get("provenance", {})
+    rows = [
+        f"By class and MRI sequence (`python bench/external.py`, {prov.get('date', '?')}, "
+        f"commit `{prov.get('commit', '?')}`; `bench/results/external/shipped.json`):",
+        "",
+        "| class (n) | T1C+ | T1 | T2 | all |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, per_seq in bd["per_class_sequence"].items():
+        cells = [
+            f"{pct(per_seq[q]['accuracy'], 1)} ({per_seq[q]['n']})" if q in per_seq else "—"
+            for q in SEQUENCES
+        ]
+        whole = bd["per_class"][name]
+        rows.append(f"| {name} ({whole['n']}) | " + " | ".join(cells)
+                    + f" | {pct(whole['accuracy'], 1)} |")  # fmt: skip
+    seq = bd["per_sequence"]
+    rows.append("| all | " + " | ".join(pct(seq[q]["accuracy"], 1) for q in SEQUENCES)
+                + f" | **{pct(bd['accuracy'], 1)}** |")  # fmt: skip
+    return rows
+
+
+def ceiling_lines(linear: dict | None, finetune: dict | None) -> list[str]:
+    """What a model trained on external-dev itself reaches (grouped 5-fold CV)."""
+    out = []
+    for res, what in (
+        ((linear or {}).get("linear"), "frozen ImageNet Lite0 features + logistic regression"),
+        (finetune, f"ImageNet Lite0 fine-tuned {(finetune or {}).get('epochs', '?')} epochs"),
+    ):
+        if res is not None:
+            seq = ", ".join(f"{q} {pct(res['per_sequence'][q]['accuracy'], 1)}" for q in SEQUENCES)
+            out.append(f"- {what}: **{pct(res['accuracy'], 1)}** ({seq}; ECE "
+                       f"{pct(res['ece'], 1)})")  # fmt: skip
+    if not out:
+        return []
+    return [
+        "The ceiling — a model trained on external-dev itself, scan groups kept on one side of "
+        "a grouped 5-fold CV (`python bench/ceiling.py`; docs/RESULTS.md §13.3, §14.3):",
+        "",
+        *out,
+    ]
+
+
+def adapt_lines(curve: list | None) -> list[str]:
+    """The `brainmri adapt` learning curve on external-dev (bench/adapt_curve.py)."""
+    if not curve:
+        return []
+    rows = [
+        "`brainmri adapt` with k labelled external-dev images per class (drawn by scan group; "
+        "default settings; measured on the images of groups not drawn; "
+        "`python bench/adapt_curve.py`, `bench/results/adapt/curve.json`, docs/RESULTS.md §14):",
+        "",
+        "| k | draw | rest n | before | after | T1C+ | T1 | T2 | ECE | guard accepts | "
+        "benchmark val | official test (plain) | adapt time |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(curve, key=lambda r: (r["k"], r["draw"])):
+        seq = " | ".join(pct(r["per_sequence"].get(q), 1) for q in SEQUENCES)
+        rows.append(
+            f"| {r['k']} | {r['draw']} | {r['rest_n']} | {pct(r['source_on_rest'], 1)} | "
+            f"**{pct(r['accuracy'], 1)}** | {seq} | {pct(r['ece'], 1)} | "
+            f"{pct(r['guard_accept_rest'], 1)} | {pct(r['val'], 2)} | {pct(r['test'], 2)} | "
+            f"{r['adapt_seconds'] / 60:.1f} min |"
+        )
+    return rows
+
+
 def git_commit_of(path: Path) -> str:
     """The last commit that changed `path` (the shipped weights: when the model was shipped)."""
     out = subprocess.run(
@@ -467,6 +543,16 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "",
         "This collection was only measured, never used to train or choose this model; the gap "
         "to the benchmark is the honest picture of how the model generalizes to other sources.",
+        "",
+        *external_sequence_lines(load_json(EXTERNAL / "shipped.json")),
+        "",
+        *ceiling_lines(load_json(EXTERNAL / "ceiling.json"),
+                       load_json(EXTERNAL / "ceiling_finetune.json")),  # fmt: skip
+        "",
+        "### Adapting it to a site",
+        "",
+        *(adapt_lines(load_json(ADAPT / "curve.json"))
+          or ["(not measured yet: `bench/results/adapt/curve.json` is missing)"]),  # fmt: skip
         *robustness_lines(rob),
         *guard_lines(meta),
         "",
@@ -498,6 +584,7 @@ def generated_blocks(res: dict, ext: dict | None) -> dict[str, str]:
     return {
         "shipped-test": "\n".join(test_block(res)),
         "external-dev": "\n".join(external_block(ext)),
+        "adapt-curve": "\n".join(adapt_lines(load_json(ADAPT / "curve.json")) or ["(none)"]),
     }
 
 
