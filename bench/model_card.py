@@ -286,6 +286,22 @@ def adapt_lines(curve: list | None) -> list[str]:
     return rows
 
 
+def adapt_limit_lines(curve: list | None) -> list[str]:
+    """One known-limits bullet with the measured range of what adapting gave and cost."""
+    if not curve:
+        return []
+    gain = [r["accuracy"] - r["source_on_rest"] for r in curve]
+    test = [r["test"] for r in curve]
+    ks = sorted({r["k"] for r in curve})
+    return [
+        f"- Adapting to a site with `brainmri adapt` (k = {ks[0]}–{ks[-1]} labelled images per "
+        f"class) raised external-dev accuracy by {100 * min(gain):.1f}–{100 * max(gain):.1f} "
+        f"points, not growing with k, to at most {pct(max(r['accuracy'] for r in curve), 1)}, "
+        f"and lowered the official test split to {pct(min(test), 2)}–{pct(max(test), 2)}; "
+        "plain-T1 and T2 tumour slices stay mostly wrong (docs/RESULTS.md §14)."
+    ]
+
+
 def git_commit_of(path: Path) -> str:
     """The last commit that changed `path` (the shipped weights: when the model was shipped)."""
     out = subprocess.run(
@@ -568,6 +584,7 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "- On another collection (external-dev above) accuracy falls far below the benchmark, "
         "and wrong answers come with high probabilities: the benchmark figures do not carry "
         "over to other sites, scanners or sequences.",
+        *adapt_limit_lines(load_json(ADAPT / "curve.json")),
         "- The class of a file correlates with its source collection (and file mode); every "
         "image is reduced to luminance so the file mode cannot be learned, but other "
         "collection-specific traits may remain.",
