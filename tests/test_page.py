@@ -164,3 +164,16 @@ def test_page_shows_errors_and_warnings_and_saves_screenshot(
     SCREENSHOT.parent.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
     assert Image.open(SCREENSHOT).size[0] > 600
+
+
+def test_openapi_page_renders_offline(server: RunningServer, browser) -> None:
+    """/docs draws the API's operations from files the package serves itself (no CDN)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(server.url + "/docs")
+    WebDriverWait(browser, 60).until(
+        lambda d: len(d.find_elements("css selector", ".opblock-summary-path")) >= 4,
+        "Swagger UI did not render the operations",
+    )
+    paths = {e.text for e in browser.find_elements("css selector", ".opblock-summary-path")}
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= paths

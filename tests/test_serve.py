@@ -134,7 +134,9 @@ def test_health_model_page_and_docs(server: RunningServer) -> None:
     for asset in ("/static/app.js", "/static/style.css"):
         assert httpx.get(server.url + asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text  # nothing external
-    assert httpx.get(server.url + "/docs").status_code == 200
+    docs = httpx.get(server.url + "/docs")
+    assert docs.status_code == 200 and "swagger-ui-bundle.js" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text  # works offline
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= set(spec["paths"])
     missing = httpx.get(server.url + "/v1/nothing")

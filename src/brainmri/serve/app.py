@@ -25,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
@@ -169,7 +170,7 @@ def create_app(
         for pool in (decoder, explainer):
             pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from files inside fastapi-offline: no CDN
         title="brainmri",
         version=__version__,
         summary="4-class brain MRI tumor classifier (glioma, meningioma, notumor, pituitary). "
