@@ -34,8 +34,21 @@ def test_adapt_writes_a_usable_model_with_a_refitted_guard(
     site: Path, small_benchmark: Path, tmp_path: Path
 ):
     out = tmp_path / "run"
-    args = ["adapt", "--data", str(site), "--out", str(out), "--replay", str(small_benchmark),
-            "--set", "steps=2", "--set", "guard_holdout=12"]  # fmt: skip
+    args = [
+        "adapt",
+        "--data",
+        str(site),
+        "--out",
+        str(out),
+        "--replay",
+        str(small_benchmark),
+        "--set",
+        "steps=2",
+        "--set",
+        "guard_holdout=12",
+        "--set",
+        "batch_size=23",
+    ]  # fmt: skip  (24 images: no last batch of one image)
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "adapted on glioma 4, meningioma 4, notumor 4 site images" in result.output
@@ -109,3 +122,11 @@ def test_stage_epochs_follow_from_steps(n_train: int, epochs: int):
     (stage,) = recipe.train.stages
     assert stage.epochs == epochs and recipe.seed == cfg.seed + 1 and recipe.ensemble == 1
     assert cfg.steps == 50 and len(CLASS_NAMES) == 4
+
+
+@pytest.mark.parametrize("n, batch, steps", [(24, 32, 1), (64, 32, 2), (65, 32, 2), (66, 32, 3),
+                                             (1, 32, 1), (33, 32, 1)])  # fmt: skip
+def test_no_batch_of_one_image(n: int, batch: int, steps: int):
+    from brainmri.train.epoch import steps_per_epoch
+
+    assert steps_per_epoch(n, batch) == steps

@@ -45,7 +45,7 @@ from brainmri.model.checkpoint import (
 from brainmri.model.ensemble import EnsembleClassifier
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
-from brainmri.train.epoch import Context, setup_stage, train_one_epoch
+from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
 from brainmri.train.loss import class_weights
 
 MODEL_NAME = "model.safetensors"
@@ -88,7 +88,7 @@ def adapt_recipe(recipe: Recipe, cfg: AdaptConfig, member: int, n_train: int) ->
     """The source recipe with the adaptation stage in place of its stages (epochs from steps)."""
     stage = cfg.stage.model_dump(mode="json")
     if cfg.steps is not None:
-        stage["epochs"] = math.ceil(cfg.steps / max(1, math.ceil(n_train / cfg.batch_size)))
+        stage["epochs"] = math.ceil(cfg.steps / steps_per_epoch(n_train, cfg.batch_size))
     data = recipe.model_dump(mode="json")
     data["seed"] = cfg.seed + member
     data["ensemble"] = 1

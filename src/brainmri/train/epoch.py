@@ -67,6 +67,13 @@ class StageRun:
         self.scaler.load_state_dict(state["scaler"])
 
 
+def steps_per_epoch(n: int, batch: int) -> int:
+    """Batches in one pass over n images; a last batch of one image is dropped, because
+    BatchNorm cannot train on a single image."""
+    steps = math.ceil(n / batch)
+    return steps - 1 if steps > 1 and n % batch == 1 else steps
+
+
 def setup_stage(ctx: Context, index: int) -> StageRun:
     """Freeze to the stage's fraction; AdamW, the per-step schedule, the scaler; DDP wrap."""
     tc, d, model = ctx.recipe.train, ctx.d, ctx.model
@@ -75,10 +82,7 @@ def setup_stage(ctx: Context, index: int) -> StageRun:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
     batch = max(1, tc.batch_size // d.world)
-    per_rank = len(ctx.data.x_train) // d.world
-    steps = math.ceil(per_rank / batch)
-    if steps > 1 and per_rank % batch == 1:
-        steps -= 1  # a last batch of one image cannot pass BatchNorm in training mode
+    steps = steps_per_epoch(len(ctx.data.x_train) // d.world, batch)
     if tc.max_steps_per_epoch:
         steps = min(steps, tc.max_steps_per_epoch)
     plateau = PlateauScale(tc.plateau_patience, tc.plateau_factor)
