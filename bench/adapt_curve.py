@@ -192,7 +192,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--draws", default="0")
     p.add_argument("--group-threshold", type=float, default=0.97)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapt")
+    p.add_argument(
+        "--summary-only", action="store_true",
+        help="only rebuild curve.json and the figures from every OUT/k*_d*.json",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.summary_only:
+        runs = [json.loads(f.read_text()) for f in args.out.glob("k*_d*.json")]
+        runs.sort(key=lambda r: (r["k"], r["draw"]))
+        return summarize(runs, args.out)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
     train, val = stratified_split(scan_split(BENCH, "Training"), 0.15, 42)
@@ -216,6 +224,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             res = run_one(args, k, d, ctx) | {"provenance": provenance()}
             write_json(done, res)
             runs.append(res)
+    return summarize(runs, args.out)
+
+
+def summarize(runs: list[dict], out: Path) -> list[dict]:
+    """curve.json (one row per run) and the two figures."""
     summary = [
         {
             key: r[key]
@@ -234,11 +247,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         | {"val": r["benchmark_val"]["accuracy"], "test": r["official_test_plain"]["accuracy"]}
         for r in runs
     ]
-    (args.out / "curve.json").write_text(json.dumps(summary, indent=1) + "\n")
-    plot_curve(runs, args.out / "adapt_curve.png")
+    (out / "curve.json").write_text(json.dumps(summary, indent=1) + "\n")
+    plot_curve(runs, out / "adapt_curve.png")
     rc = {f"k={r['k']} d{r['draw']}": r["risk_coverage"] for r in runs if r["k"] == 25}
     if rc:
-        plot_risk_coverage(rc, args.out / "risk_coverage_k25.png", "adapted, k=25: rest")
+        plot_risk_coverage(rc, out / "risk_coverage_k25.png", "adapted, k=25: rest")
     return runs
 
 
