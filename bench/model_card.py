@@ -296,9 +296,9 @@ def adapt_limit_lines(curve: list | None) -> list[str]:
     return [
         f"- Adapting to a site with `brainmri adapt` (k = {ks[0]}–{ks[-1]} labelled images per "
         f"class) raised external-dev accuracy by {100 * min(gain):.1f}–{100 * max(gain):.1f} "
-        f"points, not growing with k, to at most {pct(max(r['accuracy'] for r in curve), 1)}, "
+        f"points, to at most {pct(max(r['accuracy'] for r in curve), 1)}, "
         f"and lowered the official test split to {pct(min(test), 2)}–{pct(max(test), 2)}; "
-        "plain-T1 and T2 tumour slices stay mostly wrong (docs/RESULTS.md §14)."
+        "T2 tumour slices stay mostly wrong (docs/RESULTS.md §14)."
     ]
 
 
