@@ -450,7 +450,19 @@ def history_lines(res: dict) -> list[str]:
         f"({res.get('evaluated_at', '?')}); no choice followed either. Read the test figures "
         "as one of several looks at the same 1,311 images: between seeds of one recipe they "
         "move by about ±3 images.",
+        "",
+        f"In all, docs/RESULTS.md lists {test_split_runs()} runs on the test split (re-runs of "
+        "this model for runtime parity, speed, the input guard and perturbations; the demo "
+        "model; copies of this model adapted to external-dev for the adaptation curve); none "
+        "after this model's first score chose anything.",
     ]
+
+
+def test_split_runs() -> int:
+    """Rows of the "Test-split evaluations" table in docs/RESULTS.md."""
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    table = text.split("## Test-split evaluations", 1)[-1]
+    return sum(1 for line in table.splitlines() if re.match(r"\| \d+ \|", line))
 
 
 def robustness_lines(rob: dict | None) -> list[str]:

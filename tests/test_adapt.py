@@ -21,11 +21,12 @@ from brainmri.train.adapt import adapt_recipe, draw_replay
 
 @pytest.fixture(scope="module")
 def site(benchmark_dir: Path, tmp_path_factory) -> Path:
-    """A 'site' folder of 3 classes (no pituitary), 4 Testing images each."""
+    """A 'site' folder of 3 classes (no pituitary), 4 Training images each (from the end of
+    the folder: the replay fixture copies the first ones; the test split is never trained on)."""
     root = tmp_path_factory.mktemp("site")
     for cls in ("glioma", "meningioma", "notumor"):
         (root / cls).mkdir()
-        for f in sorted((benchmark_dir / "Testing" / cls).iterdir())[:4]:
+        for f in sorted((benchmark_dir / "Training" / cls).iterdir())[-4:]:
             shutil.copy(f, root / cls / f.name)
     return root
 
