@@ -90,14 +90,13 @@ def link_site(samples, site: np.ndarray, folder: Path) -> Path:
     return folder
 
 
-def guard_accept_rate(model_path: Path, images: torch.Tensor, intensity: str) -> float | None:
+def guard_accept_rate(model_path: Path, features: torch.Tensor) -> float | None:
+    """Share of images whose OOD score (of these penultimate features) the guard accepts."""
     scorer, threshold = load_guard(model_path)
     if scorer is None:
         return None
-    model = load_for_inference(model_path, "cpu").model
     with torch.inference_mode():
-        feats, _ = penultimate_features(model, images, intensity)
-        return float((scorer(feats) <= threshold).float().mean())
+        return float((scorer(features) <= threshold).float().mean())
 
 
 def benchmark_accuracy(loaded, samples) -> dict:
@@ -117,9 +116,12 @@ def run_one(args, k: int, draw: int, ctx: dict) -> dict:
     result = adapt(args.model, site_dir, None, run_dir, ctx["cfg"], replay_pool=ctx["replay_pool"])
     adapt_s = time.perf_counter() - t0
     loaded = load_for_inference(result.model_path, "cpu")
+    if loaded.image_size != ctx["source"].image_size:
+        raise SystemExit("the adapted model's input size differs from the source model's")
     rest_samples = [samples[i] for i in rest]
-    x_rest = decode_external(rest_samples, loaded.image_size)
-    probs = loaded.probs(x_rest).numpy()
+    with torch.inference_mode():  # one pass gives the probabilities and the guard's features
+        feats, logits = penultimate_features(loaded.model, ctx["images"][rest], loaded.intensity)
+    probs = torch.softmax(logits / loaded.temperature, dim=1).numpy()
     res = breakdown(probs, labels[rest], rest_samples, loaded.class_names)
     res |= {
         "k": k,
@@ -128,16 +130,13 @@ def run_one(args, k: int, draw: int, ctx: dict) -> dict:
         "site_groups": int(len(set(groups[site].tolist()))),
         "rest_n": int(len(rest)),
         "adapt_seconds": round(adapt_s, 1),
-        "guard_accept_rest": guard_accept_rate(
-            result.model_path, x_rest, loaded.meta["preprocessing"].get("intensity", "none")
-        ),
+        "guard_accept_rest": guard_accept_rate(result.model_path, feats),
         "benchmark_val": benchmark_accuracy(loaded, ctx["val"]),
         "official_test_plain": benchmark_accuracy(loaded, ctx["test"]),
         "adapt_summary": result.summary,
     }
     # the source model on the same rest images, for the paired comparison
-    src = ctx["source"].probs(decode_external(rest_samples, ctx["source"].image_size)).numpy()
-    res["source_on_rest"] = float((src.argmax(1) == labels[rest]).mean())
+    res["source_on_rest"] = float((ctx["source_pred"][rest] == labels[rest]).mean())
     print(format_breakdown(res, f"k={k} draw {draw}: rest of external-dev ({len(rest)})"))
     print(
         f"  source on rest {pct(res['source_on_rest'])} %; guard accepts "
@@ -214,6 +213,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "test": scan_split(BENCH, "Testing"),
         "source": load_for_inference(args.model, "cpu"),
     }
+    ctx["images"] = decode_external(samples, ctx["source"].image_size)  # decoded once
+    ctx["source_pred"] = ctx["source"].probs(ctx["images"]).numpy().argmax(1)
     runs = []
     for k in (int(v) for v in args.ks.split(",")):
         for d in (int(v) for v in args.draws.split(",")):
