@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -18,6 +18,9 @@ from brainmri.errors import BrainMRIError
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class DataConfig(_Strict):
@@ -163,7 +166,9 @@ class AdaptConfig(_Strict):
     seed: int = 0
 
 
-def load_adapt_config(source: str | Path = "default", overrides: list[str] | None = None):
+def load_adapt_config(
+    source: str | Path = "default", overrides: list[str] | None = None
+) -> AdaptConfig:
     """Adaptation settings by path or built-in name (configs/adapt/<name>.yaml)."""
     path = Path(source)
     if not path.is_file():
@@ -173,12 +178,7 @@ def load_adapt_config(source: str | Path = "default", overrides: list[str] | Non
     data = _read_yaml(path)
     for item in overrides or []:
         apply_override(data, item)
-    try:
-        return AdaptConfig.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise BrainMRIError(f"adapt settings {source}: {where}: {first['msg']}") from exc
+    return _validated(AdaptConfig, data, f"adapt settings {source}", "settings")
 
 
 def builtin_recipes() -> list[str]:
@@ -246,12 +246,18 @@ def load_recipe(source: str | Path, overrides: list[str] | None = None) -> Recip
 
 
 def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    return _validated(Recipe, data, f"recipe {source}", "recipe")
+
+
+def _validated(model: type[_Model], data: dict[str, Any], what: str, top: str) -> _Model:
+    """`model` from `data`; the first validation error as one line: "what: field.path: msg"
+    (`top` names the field when the error is about the whole mapping)."""
     try:
-        return Recipe.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "recipe"
-        raise BrainMRIError(f"recipe {source}: {where}: {first['msg']}") from exc
+        where = ".".join(str(p) for p in first["loc"]) or top
+        raise BrainMRIError(f"{what}: {where}: {first['msg']}") from exc
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:

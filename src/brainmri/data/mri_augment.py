@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from brainmri.data.transforms import BatchAugment
 from brainmri.errors import BrainMRIError
 
 HEAD_LEVEL = 0.04
@@ -266,8 +267,6 @@ class TrainAugment(torch.nn.Module):
     `augment.mri_*` chance is above 0, `MRIAugment` -- one generator drives both."""
 
     def __init__(self, cfg) -> None:
-        from brainmri.data.transforms import BatchAugment
-
         super().__init__()
         self.batch = BatchAugment(cfg)
         settings = settings_from_augment(cfg)
