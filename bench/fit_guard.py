@@ -1,11 +1,11 @@
 """Fit the input guard's OOD statistics for a model and store them in its model file.
 
 The model's own split is rebuilt as training did it (benchmark Training folder, the recipe's
-val_fraction and data.split_seed, data/folders.stratified_split). Penultimate features of the
-training part give the class means and the shared (Ledoit-Wolf) covariance; the validation
-part's scores give the threshold that accepts `--accept` of them (default 99 %). The file is
-rewritten with tensors `guard.*` and metadata `guard` added; its weights are copied bit for bit
-and the script checks that, and that the logits on the validation images are unchanged.
+val_fraction and data.split_seed; grouped when the model recorded a grouped split). Penultimate
+features of the training part give the class means and the shared (Ledoit-Wolf) covariance; the
+validation part's scores give the threshold that accepts `--accept` of them (default 99 %). The
+file is rewritten with tensors `guard.*` and metadata `guard` added; its weights are copied bit
+for bit and the script checks that, and that the logits on the validation images are unchanged.
 
     python bench/fit_guard.py [--model src/brainmri/weights/lite0_cpu.safetensors] \
         [--data ../shared/data/brain-tumor-mri] [--accept 0.99] [--out bench/results/guard_fit.json]
@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir, scan_split, stratified_split
+from brainmri.data.splits import grouped_split
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.guard import (
     GUARD_PREFIX,
@@ -52,11 +53,23 @@ def weights_digest(path: Path) -> str:
 
 
 def model_split(data_dir: Path, meta: dict) -> tuple[list, list, dict]:
+    """The model's own train/val files: the grouped split when its training recorded one
+    (every model trained since the grouped split exists), else the old stratified one."""
     recipe = recipe_from_dict(meta["recipe"], "model metadata")
     seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
     samples = scan_split(data_dir, "Training")
-    train, val = stratified_split(samples, recipe.data.val_fraction, seed)
-    return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction}
+    recorded = meta.get("info", {}).get("split", {})
+    if "GroupKFold" in str(recorded.get("method", "")):
+        train, val, info = grouped_split(samples, recipe.data.val_fraction, seed)
+        if (info.n_train, info.n_val) != (recorded["n_train"], recorded["n_val"]):
+            raise SystemExit(f"split rebuilt as {info.n_train}/{info.n_val}, model recorded "
+                             f"{recorded['n_train']}/{recorded['n_val']}")
+        method = "grouped"
+    else:
+        train, val = stratified_split(samples, recipe.data.val_fraction, seed)
+        method = "stratified (old)"
+    return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction,
+                        "split": method}
 
 
 def main(argv: list[str] | None = None) -> dict:
