@@ -8,7 +8,8 @@ file is rewritten with tensors `guard.*` and metadata `guard` added; its weights
 for bit and the script checks that, and that the logits on the validation images are unchanged.
 
     python bench/fit_guard.py [--model src/brainmri/weights/lite0_cpu.safetensors] \
-        [--data ../shared/data/brain-tumor-mri] [--accept 0.99] [--out bench/results/guard_fit.json]
+        [--data ../shared/data/brain-tumor-mri] [--accept 0.99] \
+        [--out bench/results/shipped/guard_fit.json]
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--accept", type=float, default=0.99, help="validation share accepted")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/guard_fit.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/shipped/guard_fit.json"))
     ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write")
     ap.add_argument("--save-features", type=Path, default=None, help="also write them (.npz)")
     ap.add_argument(

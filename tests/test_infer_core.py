@@ -33,9 +33,9 @@ def test_penultimate_then_classify_is_forward():
     with torch.inference_mode():
         want = model(x)
         got = model.classify(model.penultimate(x))
-        member = model.members[0]
-        assert member.penultimate(x).shape == (3, member.dense.out_features)
-    assert model.penultimate(x).shape[1] == sum(m.dense.out_features for m in model.members)
+        members = getattr(model, "members", [model])  # an ensemble, or one classifier
+        assert members[0].penultimate(x).shape == (3, members[0].dense.out_features)
+    assert model.penultimate(x).shape[1] == sum(m.dense.out_features for m in members)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 

@@ -23,9 +23,10 @@ def test_shipped_model_is_self_describing():
     meta = read_metadata(shipped_model_path())
     ship = json.loads(SHIP_REPORT.read_text())
     assert meta["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
-    assert meta["dtype"] == ship["shipped_dtype"]  # fp16 only when validation is unchanged
+    assert meta["dtype"] == ship["shipped_dtype"]
     assert meta["recipe"]["name"] == "cpu"
-    assert meta["recipe"]["ensemble"] == len(meta["info"]["members"]) == 2
+    assert meta["recipe"]["ensemble"] == 1 and "members" not in meta["info"]
+    assert meta["info"]["split"]["method"].startswith("StratifiedGroupKFold")  # grouped split
     assert 0.05 < meta["info"]["temperature"] < 5
 
 
