@@ -6,7 +6,8 @@
 Sources (all committed): bench/results/shipped/test_results_final.json (`brainmri evaluate`
 of the shipped model on the official test split), bench/results/shipped/external_dev.json
 (`brainmri evaluate --data ../shared/data/external-dev`), bench/results/shipped/
-{ensemble_run.json, member*/}, bench/results/ship_model.json, bench/results/robustness.json,
+{external_breakdown.json, guard_fit.json, robustness.json, adapt/curve.json},
+bench/results/retrain/{gpu_runs,selection}.json, bench/results/ship_model.json,
 and the recipe stored in the shipped model file. A generated block in a markdown file sits
 between `<!-- generated: NAME -->` and `<!-- end: NAME -->`; nothing inside is typed by hand.
 """
@@ -641,7 +642,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=SHIPPED / "test_results_final.json")
     ap.add_argument("--external", type=Path, default=SHIPPED / "external_dev.json")
-    ap.add_argument("--robustness", type=Path, default=ROOT / "bench/results/robustness.json")
+    ap.add_argument("--robustness", type=Path, default=SHIPPED / "robustness.json")
     ap.add_argument("--out", type=Path, default=ROOT / "MODEL_CARD.md")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
     args = ap.parse_args()

@@ -77,7 +77,7 @@ def test_docs_quote_the_results_files():
         assert mc.fill_blocks(text, blocks) == text, f"{doc} is stale: run bench/model_card.py"
     if not (REPO / ".git").exists():
         pytest.skip("the card names the commit that shipped the model: needs a git checkout")
-    card = mc.render_card(res, ext, mc.load_json(REPO / "bench/results/robustness.json"))
+    card = mc.render_card(res, ext, mc.load_json(mc.SHIPPED / "robustness.json"))
     assert (REPO / "MODEL_CARD.md").read_text() == card, "MODEL_CARD.md is stale"
 
 

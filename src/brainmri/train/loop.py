@@ -260,10 +260,9 @@ def calibrate(ctx: Context, best_path: Path, wall: float) -> None:
 
 DEFAULT_RECIPE = "cpu"
 DEFAULT_RECIPE_NOTE = (
-    "no --config given: training the `cpu` recipe, the shipped model's (a 2-member "
-    "EfficientNet-Lite0 ensemble at 192 px, 17 epochs per member). Measured: 87 min on a 2-core "
-    "CPU (docs/RESULTS.md, section 3.4). For a short run pass --config quick (training ~6 min "
-    "on 2 cores, section 7)."
+    "no --config given: training the `cpu` recipe, the shipped model's (one EfficientNet-Lite0 "
+    "at 192 px, 17 epochs). Measured: 44.5 min on a 2-core CPU (docs/RESULTS.md, section 3.1). "
+    "For a short run pass --config quick (training ~6 min on 2 cores, section 7)."
 )
 
 
