@@ -13,9 +13,11 @@ from brainmri.data.transforms import (
     BatchAugment,
     affine_matrices,
     apply_affine,
+    normalize_intensity,
     sample_affine_params,
     to_model_input,
     tta_views,
+    uint8_percentiles,
 )
 from brainmri.errors import BrainMRIError
 
@@ -292,3 +294,30 @@ def test_to_model_input_rgb_and_channels_last():
     ref = (x.float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(to_model_input(x.float() / 255), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 17, 160, 192])
+def test_uint8_percentiles_equal_torch_quantile_bit_for_bit(size):
+    """The histogram percentiles give exactly torch.quantile's values (same model inputs)."""
+    g = torch.Generator().manual_seed(size)
+    noise = torch.randint(0, 256, (8, 1, size, size), generator=g, dtype=torch.uint8)
+    # skewed, mostly dark images like scans (many equal values around each rank)
+    dark = (torch.rand(8, 1, size, size, generator=g) ** 6 * 255).to(torch.uint8)
+    flat_const = torch.full((2, 1, size, size), 37, dtype=torch.uint8)
+    for u8 in (noise, dark, flat_const):
+        x = u8.float() / 255.0
+        want = torch.quantile(x.reshape(len(x), -1), torch.tensor([0.005, 0.995]), dim=1)
+        assert torch.equal(uint8_percentiles(u8), want)
+        assert torch.equal(
+            normalize_intensity(x, "percentile", uint8_percentiles(u8)),
+            normalize_intensity(x, "percentile"),
+        )
+
+
+def test_uint8_percentiles_on_real_scans(benchmark_dir):
+    from brainmri.data.cache import decode_images
+
+    files = sorted((benchmark_dir / "Testing").glob("*/*.jpg"))[::40]
+    u8 = decode_images(files, 192, desc="decode")
+    want = torch.quantile((u8.float() / 255).reshape(len(u8), -1), torch.tensor([0.005, 0.995]), 1)
+    assert torch.equal(uint8_percentiles(u8), want)

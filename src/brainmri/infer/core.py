@@ -17,7 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
+from brainmri.data.transforms import (
+    normalize_intensity,
+    to_model_input,
+    tta_views,
+    uint8_percentiles,
+)
 from brainmri.errors import BrainMRIError
 from brainmri.infer.records import (
     check_crop_mode,
@@ -277,8 +282,11 @@ class Classifier(ModelMetadata):
         step = max(1, self.batch_size // tta)
         for start in range(0, len(x), step):
             chunk = x[start : start + step]
-            p = chunk.float() / 255.0 if chunk.dtype == torch.uint8 else chunk.float()
-            p = normalize_intensity(p, self.intensity)
+            if chunk.dtype == torch.uint8:
+                q = uint8_percentiles(chunk) if self.intensity == "percentile" else None
+                p = normalize_intensity(chunk.float() / 255.0, self.intensity, q)
+            else:
+                p = normalize_intensity(chunk.float(), self.intensity)
             out = self.backend(torch.cat([v for _, v in tta_views(p, tta)]))
             logits.append(out["logits"].view(tta, len(chunk), -1))
             feats.append(out["features"][: len(chunk)])
