@@ -436,7 +436,7 @@ def guard_lines(meta: dict) -> list[str]:
         "and the web "
         "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
-        "copies and non-MRI inputs: docs/RESULTS.md §10.",
+        "copies and non-MRI inputs: docs/RESULTS.md §15.5.",
     ]
 
 
