@@ -8,10 +8,11 @@ Protocol (fixed before the first run; docs/RESULTS.md section 14):
   either): that is the site folder (symlinks under OUT/sites/);
 - `brainmri.train.adapt.adapt` with the default settings (configs/adapt/default.yaml, not tuned
   on external-dev), replay drawn from benchmark Training less the source model's validation
-  files (the seed-42 stratified split it was chosen on), so those stay unseen;
+  files (its own split, rebuilt from the model file: `brainmri.train.data.model_split`), so
+  those stay unseen;
 - measured on every image of external-dev in groups not touched by the draw (the "rest"):
   accuracy, per class / sequence / tumour, ECE, risk-coverage, and the share the refitted input
-  guard accepts; on the benchmark: the 857 validation files and the official test split
+  guard accepts; on the benchmark: those validation files and the official test split
   (plain), to show what the model kept. Test-split figures are reported, never used to choose.
 
     python bench/adapt_curve.py [--ks 5,10,25,50] [--draws 0] [--out bench/results/adapt]
@@ -50,10 +51,12 @@ from external import (  # noqa: E402
 from brainmri import CLASS_NAMES  # noqa: E402
 from brainmri.config import load_adapt_config  # noqa: E402
 from brainmri.data.cache import cache_samples  # noqa: E402
-from brainmri.data.folders import scan_split, stratified_split  # noqa: E402
+from brainmri.data.folders import scan_split  # noqa: E402
 from brainmri.infer.core import load_for_inference  # noqa: E402
 from brainmri.infer.guard import load_guard, penultimate_features  # noqa: E402
+from brainmri.model.checkpoint import read_metadata  # noqa: E402
 from brainmri.train.adapt import adapt  # noqa: E402
+from brainmri.train.data import model_split  # noqa: E402
 
 BENCH = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
 SHIPPED = ROOT / "src" / "brainmri" / "weights" / "lite0_cpu.safetensors"
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return summarize(runs, args.out)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
-    train, val = stratified_split(scan_split(BENCH, "Training"), 0.15, 42)
+    train, val, _ = model_split(BENCH, read_metadata(args.model))  # the model's own split
     ctx = {
         "samples": samples,
         "labels": labels,

@@ -27,10 +27,8 @@ import torch
 from robustness import machine
 from safetensors.torch import load_file
 
-from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
-from brainmri.data.folders import resolve_data_dir, scan_split, stratified_split
-from brainmri.data.splits import grouped_split
+from brainmri.data.folders import resolve_data_dir
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.guard import (
     GUARD_PREFIX,
@@ -40,6 +38,7 @@ from brainmri.infer.guard import (
     threshold_for,
 )
 from brainmri.model.checkpoint import add_extra_tensors, read_metadata, shipped_model_path
+from brainmri.train.data import model_split
 
 
 def weights_digest(path: Path) -> str:
@@ -51,26 +50,6 @@ def weights_digest(path: Path) -> str:
         h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
         h.update(v.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def model_split(data_dir: Path, meta: dict) -> tuple[list, list, dict]:
-    """The model's own train/val files: the grouped split when its training recorded one
-    (every model trained since the grouped split exists), else the old stratified one."""
-    recipe = recipe_from_dict(meta["recipe"], "model metadata")
-    seed = recipe.seed if recipe.data.split_seed is None else recipe.data.split_seed
-    samples = scan_split(data_dir, "Training")
-    recorded = meta.get("info", {}).get("split", {})
-    if "GroupKFold" in str(recorded.get("method", "")):
-        train, val, info = grouped_split(samples, recipe.data.val_fraction, seed)
-        if (info.n_train, info.n_val) != (recorded["n_train"], recorded["n_val"]):
-            raise SystemExit(f"split rebuilt as {info.n_train}/{info.n_val}, model recorded "
-                             f"{recorded['n_train']}/{recorded['n_val']}")
-        method = "grouped"
-    else:
-        train, val = stratified_split(samples, recipe.data.val_fraction, seed)
-        method = "stratified (old)"
-    return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction,
-                        "split": method}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fit_guard import model_split
 from robustness import machine, pick
 
 from brainmri.data.folders import resolve_data_dir, scan_split
@@ -32,6 +31,7 @@ from brainmri.data.images import load_gray, resize_square
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.inputs import auto_crop
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
 
 CANVAS = 512
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from brainmri import CLASS_NAMES
-from brainmri.config import Recipe
+from brainmri.config import Recipe, recipe_from_dict
 from brainmri.data.cache import cache_samples
-from brainmri.data.folders import Sample, class_counts, scan_split
+from brainmri.data.folders import Sample, class_counts, scan_split, stratified_split
 from brainmri.data.splits import check_validation, grouped_split, read_split
 from brainmri.errors import BrainMRIError
 
@@ -87,3 +87,26 @@ def load_data(data_dir: Path, recipe: Recipe, device: torch.device) -> RunData:
     if device.type == "cuda":
         x_train, y_train = x_train.to(device), y_train.to(device)
     return RunData(train, val, split, x_train, y_train, x_val, y_val)
+
+
+def model_split(data_dir: Path, meta: dict) -> tuple[list[Sample], list[Sample], dict]:
+    """A model file's own (train, val) files of a benchmark folder, rebuilt from its metadata:
+    the grouped split when its training recorded one (every model trained since the grouped
+    split exists), else the older per-image stratified split."""
+    recipe = recipe_from_dict(meta["recipe"], "model metadata")
+    seed = split_seed(recipe)
+    samples = scan_split(Path(data_dir), "Training")
+    recorded = meta.get("info", {}).get("split", {})
+    if "GroupKFold" in str(recorded.get("method", "")):
+        train, val, info = grouped_split(samples, recipe.data.val_fraction, seed)
+        if (info.n_train, info.n_val) != (recorded["n_train"], recorded["n_val"]):
+            raise BrainMRIError(
+                f"split rebuilt as {info.n_train}/{info.n_val} files, the model recorded "
+                f"{recorded['n_train']}/{recorded['n_val']}: not the data it was trained on"
+            )
+        method = "grouped"
+    else:
+        train, val = stratified_split(samples, recipe.data.val_fraction, seed)
+        method = "stratified (older models)"
+    return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction,
+                        "split": method}
