@@ -23,7 +23,7 @@ from brainmri.data.splits import (
     write_split,
 )
 from brainmri.errors import BrainMRIError
-from brainmri.train.data import load_split
+from brainmri.train.data import load_split, model_split
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -162,3 +162,17 @@ def test_train_refuses_a_recipe_that_asks_for_another_split_than_the_folders(
     with pytest.raises(BrainMRIError, match="split seed 5"):
         load_split(data, other)
     json.loads((data / "splits" / "split.json").read_text())  # still intact
+
+
+def test_model_split_rebuilds_a_model_files_recorded_split(small_benchmark):
+    """fit_guard, adapt_curve and framed find a model's own validation files from its file."""
+    recipe = load_recipe("smoke", ["data.val_fraction=0.25", "data.split_seed=3"])
+    _, val, info = grouped_split(scan_split(small_benchmark, "Training"), 0.25, 3)
+    meta = {"recipe": recipe.model_dump(mode="json"), "info": {"split": info.to_dict()}}
+    _, got, how = model_split(small_benchmark, meta)
+    assert [s.path for s in got] == [s.path for s in val] and how["split"] == "grouped"
+    meta["info"]["split"]["n_val"] += 1  # recorded on other data
+    with pytest.raises(BrainMRIError, match="not the data it was trained on"):
+        model_split(small_benchmark, meta)
+    del meta["info"]["split"]  # a model from before the grouped split
+    assert model_split(small_benchmark, meta)[2]["split"].startswith("stratified")
