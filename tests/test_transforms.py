@@ -14,6 +14,7 @@ from brainmri.data.transforms import (
     affine_matrices,
     apply_affine,
     normalize_intensity,
+    normalize_planes,
     sample_affine_params,
     to_model_input,
     tta_views,
@@ -312,6 +313,8 @@ def test_uint8_percentiles_equal_torch_quantile_bit_for_bit(size):
             normalize_intensity(x, "percentile", uint8_percentiles(u8)),
             normalize_intensity(x, "percentile"),
         )
+        for mode in ("percentile", "none"):  # the inference paths' helper
+            assert torch.equal(normalize_planes(u8, mode), normalize_intensity(x, mode))
 
 
 def test_uint8_percentiles_on_real_scans(benchmark_dir):

@@ -393,3 +393,10 @@ def normalize_intensity(x: Tensor, mode: str = "none", quantiles: Tensor | None 
     lo = quantiles[0].view(-1, 1, 1, 1)
     span = (quantiles[1] - quantiles[0]).clamp_min(1e-3).view(-1, 1, 1, 1)
     return ((x - lo) / span).clamp_(0.0, 1.0)
+
+
+def normalize_planes(planes: Tensor, mode: str = "none") -> Tensor:
+    """uint8 planes ``(B, C, H, W)`` -> float [0, 1] images, intensity-normalized: what every
+    inference path feeds the model. The percentiles come from `uint8_percentiles` (no sort)."""
+    q = uint8_percentiles(planes) if mode == "percentile" else None
+    return normalize_intensity(planes.float() / 255.0, mode, q)

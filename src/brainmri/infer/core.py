@@ -19,9 +19,9 @@ from torch import nn
 
 from brainmri.data.transforms import (
     normalize_intensity,
+    normalize_planes,
     to_model_input,
     tta_views,
-    uint8_percentiles,
 )
 from brainmri.errors import BrainMRIError
 from brainmri.infer.records import (
@@ -64,14 +64,14 @@ def predict_logits(
     names: list[str] = []
     chunks: list[torch.Tensor] = []
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True).float() / 255.0
-        views = tta_views(normalize_intensity(x, intensity), tta)
+        planes = images[start : start + batch_size].to(device, non_blocking=True)
+        views = tta_views(normalize_planes(planes, intensity), tta)
         names = [n for n, _ in views]
         with autocast_context(device, amp):
             out = [model(to_model_input(v, channels_last)).float() for _, v in views]
         chunks.append(torch.stack(out).cpu())
         if progress is not None:
-            progress.update(len(x))
+            progress.update(len(planes))
     model.train(was_training)
     if not chunks:
         return names, torch.empty((tta, 0, 0))
@@ -283,8 +283,7 @@ class Classifier(ModelMetadata):
         for start in range(0, len(x), step):
             chunk = x[start : start + step]
             if chunk.dtype == torch.uint8:
-                q = uint8_percentiles(chunk) if self.intensity == "percentile" else None
-                p = normalize_intensity(chunk.float() / 255.0, self.intensity, q)
+                p = normalize_planes(chunk, self.intensity)
             else:
                 p = normalize_intensity(chunk.float(), self.intensity)
             out = self.backend(torch.cat([v for _, v in tta_views(p, tta)]))

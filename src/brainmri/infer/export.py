@@ -175,7 +175,7 @@ def calibration_pixels(data_dir: Path, meta: dict, count: int = 128, seed: int =
     """`count` Training images (seeded draw), preprocessed to graph input for int8 calibration."""
     from brainmri.data.cache import decode_images
     from brainmri.data.folders import scan_split
-    from brainmri.data.transforms import normalize_intensity
+    from brainmri.data.transforms import normalize_planes
 
     train = scan_split(data_dir, "Training")
     if not train:
@@ -183,5 +183,5 @@ def calibration_pixels(data_dir: Path, meta: dict, count: int = 128, seed: int =
     pick = np.random.default_rng(seed).permutation(len(train))[:count]
     size = int(meta["preprocessing"]["image_size"])
     planes = decode_images([train[i].path for i in sorted(pick)], size, desc="calibration")
-    x = normalize_intensity(planes.float() / 255.0, meta["preprocessing"].get("intensity", "none"))
+    x = normalize_planes(planes, meta["preprocessing"].get("intensity", "none"))
     return x.numpy().astype(np.float32)

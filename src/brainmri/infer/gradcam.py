@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from brainmri.data.images import resize_square
-from brainmri.data.transforms import normalize_intensity, to_model_input
+from brainmri.data.transforms import normalize_planes, to_model_input
 
 
 def members_of(model: nn.Module) -> list[nn.Module]:
@@ -77,7 +77,7 @@ def model_input(
 ) -> torch.Tensor:
     """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does."""
     x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
-    x = normalize_intensity(x.float() / 255.0, intensity)
+    x = normalize_planes(x, intensity)
     return to_model_input(x, channels_last)
 
 

@@ -131,13 +131,13 @@ def penultimate_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, F), logits (N, C)) of uint8 (N, 1, S, S) planes, preprocessed as predict
     does (x / 255 -> intensity normalization -> ImageNet mean/std, 3 channels)."""
-    from brainmri.data.transforms import normalize_intensity, to_model_input
+    from brainmri.data.transforms import normalize_planes, to_model_input
 
     model.eval()
     feats, logits = [], []
     for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size].to(device).float() / 255.0
-        f = model.penultimate(to_model_input(normalize_intensity(x, intensity), channels_last))
+        x = normalize_planes(images[start : start + batch_size].to(device), intensity)
+        f = model.penultimate(to_model_input(x, channels_last))
         feats.append(f.float().cpu())
         logits.append(model.classify(f).float().cpu())
     if not feats:
