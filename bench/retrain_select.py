@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import binomtest
 
+from brainmri import CLASS_NAMES
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import read_file_list
@@ -38,9 +39,10 @@ PAIRS = {"S2": ("s42", "s43"), "A2(a)": ("a42", "a43"), "A2(b)": ("b42", "b43")}
 DATA = Path("../shared/data/brain-tumor-mri")
 
 
-def logits_of(path: Path, val_x: dict, ext_x: dict, ext) -> tuple[torch.Tensor, torch.Tensor]:
-    """(validation logits, external-dev logits) of one model file, raw (no temperature)."""
-    model, meta = load_model(path)
+def logits_of(
+    model: torch.nn.Module, meta: dict, path: Path, val_x: dict, ext_x: dict, ext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation logits, external-dev logits) of one loaded model file, raw (no temperature)."""
     recipe = recipe_from_dict(meta["recipe"], str(path))
     size = recipe.data.image_size
     mean, std = preprocessing_of(meta)
@@ -59,7 +61,7 @@ def score(val_logits, y_val, ext_logits, ext_labels, ext) -> dict:
     t = fit_temperature(val_logits, y_val)
     val_probs = F.softmax(val_logits / t, 1)
     probs = F.softmax(ext_logits / t, 1).numpy()
-    res = breakdown(probs, ext_labels, ext, ["glioma", "meningioma", "notumor", "pituitary"])
+    res = breakdown(probs, ext_labels, ext, list(CLASS_NAMES))
     return {
         "temperature": round(t, 4),
         "val_acc": round(float((val_logits.argmax(1) == y_val).float().mean()), 5),
@@ -77,12 +79,10 @@ def mcnemar(r1: np.ndarray, r2: np.ndarray) -> dict:
     return {"only_first_right": b, "only_second_right": c, "p": float(p)}
 
 
-def gflops(path: Path) -> float:
+def gflops(model: torch.nn.Module, size: int) -> float:
     """Forward GFLOP per image (torch's FLOP counter, one multiply-add = 2 FLOP)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    model, meta = load_model(path)
-    size = meta["recipe"]["data"]["image_size"]
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         model(torch.zeros(1, 3, size, size))
     return fc.get_total_flops() / 1e9
@@ -145,11 +145,12 @@ def main() -> None:
     logits, scores, cost = {}, {}, {}
     for name in RUNS:
         path = args.runs / f"{name}.safetensors"
-        size = load_model(path)[1]["recipe"]["data"]["image_size"]
+        model, meta = load_model(path)
+        size = meta["recipe"]["data"]["image_size"]
         if size not in val_x:
             val_x[size], y_val = cache_samples(val, size, desc=f"val {size}")
-        logits[name] = logits_of(path, val_x, ext_x, ext)
-        cost[name] = gflops(path)
+        cost[name] = gflops(model, size)
+        logits[name] = logits_of(model, meta, path, val_x, ext_x, ext)
         scores[name] = score(*logits[name][:1], y_val, logits[name][1], ext_labels, ext)
         print(name, {k: v for k, v in scores[name].items() if k in ("val_acc", "val_log_loss")},
               scores[name]["external"]["accuracy"], flush=True)

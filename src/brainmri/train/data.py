@@ -16,6 +16,7 @@ from brainmri import CLASS_NAMES
 from brainmri.config import Recipe, recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import Sample, class_counts, scan_split, stratified_split
+from brainmri.data.splits import METHOD as GROUPED_METHOD
 from brainmri.data.splits import check_validation, grouped_split, read_split
 from brainmri.errors import BrainMRIError
 
@@ -97,7 +98,7 @@ def model_split(data_dir: Path, meta: dict) -> tuple[list[Sample], list[Sample],
     seed = split_seed(recipe)
     samples = scan_split(Path(data_dir), "Training")
     recorded = meta.get("info", {}).get("split", {})
-    if "GroupKFold" in str(recorded.get("method", "")):
+    if recorded.get("method") == GROUPED_METHOD:
         train, val, info = grouped_split(samples, recipe.data.val_fraction, seed)
         if (info.n_train, info.n_val) != (recorded["n_train"], recorded["n_val"]):
             raise BrainMRIError(
