@@ -361,13 +361,14 @@ RETRAIN = ROOT / "bench" / "results" / "retrain"
 PREVIOUS = ROOT / "bench" / "results" / "previous-ensemble"
 
 
-def shipped_run() -> dict:
-    """The chosen run of docs/RESULTS.md §15: its GPU training record and CPU validation."""
+def shipped_run(meta: dict) -> dict:
+    """The chosen run of docs/RESULTS.md §15 (the shipped file's `meta`): its GPU training
+    record and CPU validation."""
     sel = json.loads((RETRAIN / "selection.json").read_text())
     ship = sel["rule"]["ship"]
     name = ship["candidates_by_cost"][ship["chosen"]]["run"]
     gpu = json.loads((RETRAIN / "gpu_runs.json").read_text())["runs"][name]["result"][name]
-    split = read_metadata(shipped_model_path())["info"]["split"]
+    split = meta["info"]["split"]
     return {"name": name, "candidate": ship["chosen"], "cpu": sel["scores"][name], "gpu": gpu,
             "selection": sel, "n_val": split["n_val"], "n_train": split["n_train"]}
 
@@ -396,27 +397,6 @@ def training_lines(run: dict) -> list[str]:
         "- The validation split is grouped: exact and near copies (24×24 thumbnail "
         "correlation > 0.98) stay on one side, so its figures are not inflated by copies of "
         "training images (docs/RESULTS.md §8).",
-    ]
-
-
-def honest_validation_lines() -> list[str]:
-    """The validation accuracy without the images that have a copy in train."""
-    hv = load_json(ROOT / "bench/results/honest_validation.json")
-    if hv is None:
-        return []
-    acc = hv["accuracy"]
-    card = pct(acc["all (as on the model card)"]["accuracy"])
-    honest = acc["no copy > 0.98 in train (honest)"]
-    leaked = acc["only those with a copy > 0.98"]
-    return [
-        f"- That validation split was drawn per image, so {leaked['n']} of its "
-        f"{hv['split']['n_val']} images have an exact or near copy (24×24 correlation > 0.98) "
-        f"in the members' training images: the {card} above is inflated. On the "
-        f"{honest['n']} validation images without such a copy the ensemble scores "
-        f"**{pct(honest['accuracy'])}** ({honest['correct']} right; {pct(leaked['accuracy'])} "
-        f"on the {leaked['n']} with a copy); measured {hv['date']}, commit `{hv['commit']}`, "
-        f"`{hv['command']}`. Recipes now validate on a grouped, leak-free split "
-        "(docs/RESULTS.md §8).",
     ]
 
 
@@ -494,9 +474,9 @@ def robustness_lines(rob: dict | None) -> list[str]:
 
 
 def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
-    run = shipped_run()
     ship = load_json(ROOT / "bench/results/ship_model.json") or {}
     meta = read_metadata(shipped_model_path())
+    run = shipped_run(meta)
     recipe = meta["recipe"]
     rm = recipe["model"]
     head = res["headline"]
