@@ -1,0 +1,185 @@
+"""Compare OOD scores for the input guard on the validation split and the development OOD set.
+
+Candidates, each a Mahalanobis distance to the nearest class mean under a shared Ledoit-Wolf
+covariance fitted on the model's training split (docs/RESULTS.md §16 has the rule that picks):
+- P  penultimate features (Dense+SiLU output, 256): the guard as shipped;
+- H  the head's input: dual-pooled (avg ‖ max) last conv stage, 2 × 1280;
+- M  several depths: average-pooled outputs of backbone stages 2-6 and the last conv stage, one
+     distance per depth divided by that depth's validation 99th percentile, the largest counts.
+Each threshold is the validation quantile that accepts `--accept` of the images the image-
+statistics rules let through. Reported: validation acceptance of the whole guard (rules and
+score) and which development OOD items (bench/ood_dev.py) each candidate refuses. The reported
+OOD set (bench/ood_set.py) and the test split are not read here.
+
+    python bench/guard_score_compare.py [--model M] [--accept 0.99,0.995] \
+        [--out bench/results/guard_compare/compare.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ood_dev import dev_items
+from robustness import machine
+
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import resolve_data_dir
+from brainmri.data.images import resize_square
+from brainmri.data.transforms import normalize_planes, to_model_input
+from brainmri.errors import BrainMRIError, RejectedInput
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.guard import fit_statistics, threshold_for
+from brainmri.infer.inputs import auto_crop, load_plane
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
+
+STAGES = (2, 3, 4, 5, 6)
+
+
+@torch.inference_mode()
+def all_features(loaded, planes: torch.Tensor, batch: int = 64) -> dict[str, np.ndarray]:
+    """uint8 planes (N, 1, S, S) -> {feature name: (N, width)} for every candidate."""
+    model = loaded.model
+    backbone = model.backbone
+    grabbed: dict[str, torch.Tensor] = {}
+    hooks = [
+        backbone.blocks[i].register_forward_hook(
+            lambda _m, _i, out, k=f"stage{i}": grabbed.__setitem__(k, out)
+        )
+        for i in STAGES
+    ]
+    hooks.append(
+        backbone.bn2.register_forward_hook(lambda _m, _i, out: grabbed.__setitem__("last", out))
+    )
+    out: dict[str, list[np.ndarray]] = {}
+    try:
+        for s in range(0, len(planes), batch):
+            x = to_model_input(
+                normalize_planes(planes[s : s + batch], loaded.intensity), loaded.channels_last
+            )
+            pooled = model.features(x)
+            feats = {"P": model.head[:4](pooled), "H": pooled}
+            for k, v in grabbed.items():
+                feats[k] = v.float().mean(dim=(2, 3))
+            for k, v in feats.items():
+                out.setdefault(k, []).append(v.float().numpy())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def mahalanobis(stats: dict[str, torch.Tensor], f: np.ndarray) -> np.ndarray:
+    means = stats["guard.class_means"].double().numpy()
+    prec = stats["guard.precision"].double().numpy()
+    d = f.astype(np.float64)[:, None, :] - means[None]
+    return np.sqrt(np.maximum(np.einsum("ncf,fg,ncg->nc", d, prec, d).min(axis=1), 0.0))
+
+
+def dev_planes(size: int) -> tuple[list[dict], torch.Tensor]:
+    """Development OOD items through the user's path up to the model input."""
+    recs, ready = [], []
+    for item in dev_items():
+        rec = {"kind": item.kind, "name": item.name}
+        try:
+            plane, _ = auto_crop(load_plane(item.data, item.file_name), "auto")
+            ready.append(resize_square(np.ascontiguousarray(plane), size))
+            rec["rule"] = None
+        except (RejectedInput, BrainMRIError) as exc:
+            rec["rule"] = str(exc)
+        recs.append(rec)
+    return recs, torch.from_numpy(np.stack(ready)[:, None])
+
+
+def val_rule_rejections(val: list) -> list[str]:
+    """Validation files the image-statistics rules (load_plane) refuse."""
+    out = []
+    for s in val:
+        try:
+            load_plane(s.path.read_bytes(), s.path.name)
+        except (RejectedInput, BrainMRIError):
+            out.append(s.path.name)
+    return out
+
+
+def candidate_scores(loaded, train, val, dev_x) -> dict[str, dict[str, np.ndarray]]:
+    size = loaded.image_size
+    tr_x, y_tr = cache_samples(train, size, "train")
+    va_x, _ = cache_samples(val, size, "val")
+    f_tr, f_va, f_dev = (all_features(loaded, x) for x in (tr_x, va_x, dev_x))
+    n_classes = len(loaded.class_names)
+    raw = {}
+    for k in f_tr:
+        stats = fit_statistics(f_tr[k], y_tr.numpy(), n_classes)
+        raw[k] = {"val": mahalanobis(stats, f_va[k]), "dev": mahalanobis(stats, f_dev[k])}
+    depth = [f"stage{i}" for i in STAGES] + ["last"]
+    scale = {k: np.quantile(raw[k]["val"], 0.99) for k in depth}
+    multi = {
+        part: np.max([raw[k][part] / scale[k] for k in depth], axis=0) for part in ("val", "dev")
+    }
+    return {"P": raw["P"], "H": raw["H"], "M": multi}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument("--accept", default="0.99,0.995", help="validation shares accepted")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/compare.json"))
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    loaded = load_for_inference(path, "cpu")
+    train, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    refused_val = set(val_rule_rejections(val))
+    kept = [s for s in val if s.path.name not in refused_val]
+    recs, dev_x = dev_planes(loaded.image_size)
+    scores = candidate_scores(loaded, train, kept, dev_x)
+    reaching = [r for r in recs if r["rule"] is None]
+    result: dict = {}
+    for name, sc in scores.items():
+        for accept in (float(a) for a in args.accept.split(",")):
+            t = threshold_for(sc["val"], accept)
+            refused = [r["name"] for r, s in zip(reaching, sc["dev"], strict=True) if s > t]
+            result[f"{name}@{accept}"] = {
+                "threshold": round(float(t), 4),
+                "val_accept_score": round(float((sc["val"] <= t).mean()), 5),
+                "val_accept_guard": round(float((sc["val"] <= t).sum()) / len(val), 5),
+                "dev_refused": len(refused) + len(recs) - len(reaching),
+                "dev_accepted": [r["name"] for r in reaching if r["name"] not in refused],
+                "dev_scores": {
+                    r["name"]: round(float(s / t), 3)
+                    for r, s in zip(reaching, sc["dev"], strict=True)
+                },
+            }
+    report = {
+        "benchmark": "guard_score_compare",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
+        "machine": machine(loaded.device),
+        "model": str(path),
+        "split": split | {"train": len(train), "val": len(val)},
+        "val_refused_by_rules": sorted(refused_val),
+        "dev_items": len(recs),
+        "dev_refused_by_rules": {r["name"]: r["rule"] for r in recs if r["rule"]},
+        "candidates": result,
+        "seconds": round(time.time() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    for k, v in result.items():
+        print(f"{k:10s} t={v['threshold']:8.3f} val(score) {v['val_accept_score']:.4f} "
+              f"val(guard) {v['val_accept_guard']:.4f} dev refused {v['dev_refused']}/{len(recs)}"
+              f" accepted {v['dev_accepted']}")  # fmt: skip
+    return report
+
+
+if __name__ == "__main__":
+    main()
