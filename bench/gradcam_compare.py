@@ -1,0 +1,128 @@
+"""Compare CAM methods and layers for `brainmri explain` on validation images (not the test split).
+
+For each candidate (a pytorch-grad-cam method and target layer of the shipped model) and each of
+`--per-class` validation images per class (the model's own grouped split, in file order): the
+share of the predicted class's map inside the head mask (guard_eval's measure) and how far the
+map moves when another class is explained (mean |difference|, the smallest over the other
+classes). docs/RESULTS.md §16 has the rule that picks.
+
+    python bench/gradcam_compare.py [--model M] [--per-class 12] \
+        [--out bench/results/guard_compare/gradcam.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from robustness import machine
+
+from brainmri.data.folders import resolve_data_dir
+from brainmri.data.images import resize_square
+from brainmri.data.quality import check_image_bytes
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.gradcam import head_mask, model_input
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
+
+CANDIDATES = {
+    "gradcam_last": ("GradCAM", ("bn2",)),
+    "gradcampp_last": ("GradCAMPlusPlus", ("bn2",)),
+    "hirescam_last": ("HiResCAM", ("bn2",)),
+    "layercam_last": ("LayerCAM", ("bn2",)),
+    "gradcam_stage4": ("GradCAM", ("blocks.4",)),
+    "layercam_stage4": ("LayerCAM", ("blocks.4",)),
+    "gradcam_last_stage4": ("GradCAM", ("bn2", "blocks.4")),
+}
+
+
+def cam_maps(model, x: torch.Tensor, method: str, layers: tuple[str, ...]) -> np.ndarray:
+    """Maps (4, S, S) of one model input for every class, with a pytorch-grad-cam method."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    modules = dict(model.backbone.named_modules())
+    targets = [modules[name] for name in layers]
+    with torch.inference_mode(False), torch.enable_grad():
+        xx = x.detach().clone().float().repeat(4, 1, 1, 1)
+        with getattr(pytorch_grad_cam, method)(model=model, target_layers=targets) as cam:
+            return cam(input_tensor=xx, targets=[ClassifierOutputTarget(c) for c in range(4)])
+
+
+def pick_images(val: list, per_class: int) -> list:
+    by_class: dict[str, list] = {}
+    for s in sorted(val, key=lambda s: s.path.name):
+        by_class.setdefault(s.class_name, []).append(s)
+    return [s for c in sorted(by_class) for s in by_class[c][:per_class]]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument("--per-class", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    lo = load_for_inference(path, "cpu")
+    model = lo.model.eval()
+    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    images = pick_images(val, args.per_class)
+    rows: dict[str, list[dict]] = {k: [] for k in CANDIDATES}
+    for s in images:
+        plane = check_image_bytes(s.path.read_bytes())
+        x = model_input(plane, lo.image_size, lo.intensity, lo.channels_last)
+        with torch.inference_mode():
+            k = int(model(x).argmax())
+        mask = head_mask(np.array(resize_square(plane, lo.image_size)))
+        for name, (method, layers) in CANDIDATES.items():
+            maps = cam_maps(model, x, method, layers)
+            total = float(maps[k].sum())
+            moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]
+            rows[name].append(
+                {
+                    "file": s.path.name,
+                    "inside": float((maps[k] * mask).sum() / total) if total > 0 else 0.0,
+                    "area": float(mask.mean()),
+                    "move": min(moved),
+                }
+            )
+    summary = {
+        name: {
+            "method": CANDIDATES[name][0],
+            "layers": list(CANDIDATES[name][1]),
+            "mass_inside_head_mean": round(float(np.mean([r["inside"] for r in rs])), 4),
+            "images_with_80pct_inside": int(sum(r["inside"] >= 0.8 for r in rs)),
+            "move_mean": round(float(np.mean([r["move"] for r in rs])), 4),
+            "images_moving_over_0.03": int(sum(r["move"] > 0.03 for r in rs)),
+        }
+        for name, rs in rows.items()
+    }
+    report = {
+        "benchmark": "gradcam_compare",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
+        "machine": machine(lo.device),
+        "model": str(path),
+        "split": split | {"images": len(images)},
+        "head_area_mean": round(float(np.mean([r["area"] for r in rows["gradcam_last"]])), 4),
+        "candidates": summary,
+        "images": rows,
+        "seconds": round(time.time() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    for name, v in summary.items():
+        print(name, v)
+    return report
+
+
+if __name__ == "__main__":
+    main()
