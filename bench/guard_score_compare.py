@@ -1,17 +1,21 @@
 """Compare OOD scores for the input guard on the validation split and the development OOD set.
 
 Candidates, each a Mahalanobis distance to the nearest class mean under a shared Ledoit-Wolf
-covariance fitted on the model's training split (docs/RESULTS.md §16 has the rule that picks):
-- P  penultimate features (Dense+SiLU output, 256): the guard as shipped;
+covariance fitted on the model's training split (docs/RESULTS.md §16 has the rules that pick):
+- P  penultimate features (Dense+SiLU output, 256): the guard as shipped before §16;
 - H  the head's input: dual-pooled (avg ‖ max) last conv stage, 2 × 1280;
 - M  several depths: average-pooled outputs of backbone stages 2-6 and the last conv stage, one
-     distance per depth divided by that depth's validation 99th percentile, the largest counts.
+     distance per depth divided by that depth's validation 99th percentile, the largest counts;
+- M4 the same from stage 4 on (stages 4-6 and the last conv stage);
+- and each again with suffix "a": fitted on the training images plus `--copies` draws of the
+  recipe's own training augmentation of each (blur, low resolution, contrast, gamma, geometry).
 Each threshold is the validation quantile that accepts `--accept` of the images the image-
-statistics rules let through. Reported: validation acceptance of the whole guard (rules and
-score) and which development OOD items (bench/ood_dev.py) each candidate refuses. The reported
-OOD set (bench/ood_set.py) and the test split are not read here.
+statistics rules let through. Reported: validation acceptance of the whole guard, acceptance of
+the validation images' perturbed copies (bench/robustness.py's perturbations, as guard_eval
+applies them to the test split) and which development OOD items (bench/ood_dev.py) each
+candidate refuses. The reported OOD set (bench/ood_set.py) and the test split are not read here.
 
-    python bench/guard_score_compare.py [--model M] [--accept 0.99,0.995] \
+    python bench/guard_score_compare.py [--model M] [--accept 0.99,0.995] [--copies 2] \
         [--out bench/results/guard_compare/compare.json]
 """
 
@@ -27,16 +31,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from ood_dev import dev_items
-from robustness import machine
+from robustness import PERTURBATIONS, machine
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
+from brainmri.data.quality import check_image_bytes
 from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.guard import fit_statistics, threshold_for
-from brainmri.infer.inputs import auto_crop, load_plane
+from brainmri.infer.inputs import auto_crop, check_scan_statistics, load_plane
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
 
@@ -98,6 +103,14 @@ def dev_planes(size: int) -> tuple[list[dict], torch.Tensor]:
     return recs, torch.from_numpy(np.stack(ready)[:, None])
 
 
+def _passes_statistics(plane: np.ndarray) -> bool:
+    try:
+        check_scan_statistics(plane)
+    except RejectedInput:
+        return False
+    return True
+
+
 def val_rule_rejections(val: list) -> list[str]:
     """Validation files the image-statistics rules (load_plane) refuse."""
     out = []
@@ -109,22 +122,70 @@ def val_rule_rejections(val: list) -> list[str]:
     return out
 
 
-def candidate_scores(loaded, train, val, dev_x) -> dict[str, dict[str, np.ndarray]]:
+def perturbed_val(val: list, size: int) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray]]:
+    """Every perturbation of bench/robustness.py applied to the decoded validation planes (as
+    guard_eval does for the test split): resized copies, and which pass the statistics rules."""
+    originals = [check_image_bytes(s.path.read_bytes()) for s in val]
+    planes, passes = {}, {}
+    for p in PERTURBATIONS:
+        if p.name == "clean":
+            continue
+        copies = [p.fn(g, i) for i, g in enumerate(originals)]
+        passes[p.name] = np.array([_passes_statistics(c) for c in copies])
+        planes[p.name] = torch.from_numpy(
+            np.stack([resize_square(np.ascontiguousarray(c), size) for c in copies])[:, None]
+        )
+    return planes, passes
+
+
+def augmented(planes: torch.Tensor, recipe: dict, copies: int, seed: int = 0) -> torch.Tensor:
+    """`copies` draws of the recipe's own training augmentation of uint8 planes, as uint8."""
+    from brainmri.config import recipe_from_dict
+    from brainmri.data.mri_augment import TrainAugment
+
+    aug = TrainAugment(recipe_from_dict(recipe).augment)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for _ in range(copies):
+            for s in range(0, len(planes), 256):
+                x = aug(planes[s : s + 256], generator=gen)
+                out.append((x * 255).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def candidate_scores(
+    loaded, train, val, dev_x, pert_x: dict[str, torch.Tensor], recipe: dict, copies: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """{candidate: {"val" | "dev" | "pert:<name>": scores}} (module doc; "a": fitted on the
+    training images plus `copies` augmented draws of each)."""
     size = loaded.image_size
     tr_x, y_tr = cache_samples(train, size, "train")
     va_x, _ = cache_samples(val, size, "val")
-    f_tr, f_va, f_dev = (all_features(loaded, x) for x in (tr_x, va_x, dev_x))
+    parts = {"val": va_x, "dev": dev_x} | {f"pert:{k}": v for k, v in pert_x.items()}
+    feats = {k: all_features(loaded, x) for k, x in parts.items()}
+    f_tr = all_features(loaded, tr_x)
+    f_aug = all_features(loaded, augmented(tr_x, recipe, copies)) if copies else None
+    y_aug = y_tr.repeat(copies).numpy()
     n_classes = len(loaded.class_names)
-    raw = {}
-    for k in f_tr:
-        stats = fit_statistics(f_tr[k], y_tr.numpy(), n_classes)
-        raw[k] = {"val": mahalanobis(stats, f_va[k]), "dev": mahalanobis(stats, f_dev[k])}
     depth = [f"stage{i}" for i in STAGES] + ["last"]
-    scale = {k: np.quantile(raw[k]["val"], 0.99) for k in depth}
-    multi = {
-        part: np.max([raw[k][part] / scale[k] for k in depth], axis=0) for part in ("val", "dev")
-    }
-    return {"P": raw["P"], "H": raw["H"], "M": multi}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for fit_name, extra in (("", None), ("a", f_aug)):
+        if fit_name and extra is None:
+            continue
+        raw = {}
+        for k in f_tr:
+            x = f_tr[k] if extra is None else np.concatenate([f_tr[k], extra[k]])
+            y = y_tr.numpy() if extra is None else np.concatenate([y_tr.numpy(), y_aug])
+            stats = fit_statistics(x, y, n_classes)
+            raw[k] = {part: mahalanobis(stats, f[k]) for part, f in feats.items()}
+        scale = {k: np.quantile(raw[k]["val"], 0.99) for k in depth}
+        for name, used in (("M", depth), ("M4", depth[2:])):
+            out[name + fit_name] = {
+                part: np.max([raw[k][part] / scale[k] for k in used], axis=0) for part in feats
+            }
+        out["P" + fit_name], out["H" + fit_name] = raw["P"], raw["H"]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -132,6 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--accept", default="0.99,0.995", help="validation shares accepted")
+    ap.add_argument("--copies", type=int, default=2, help="augmented draws per training image")
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/compare.json"))
     args = ap.parse_args(argv)
     path = args.model or shipped_model_path()
@@ -141,17 +203,22 @@ def main(argv: list[str] | None = None) -> dict:
     refused_val = set(val_rule_rejections(val))
     kept = [s for s in val if s.path.name not in refused_val]
     recs, dev_x = dev_planes(loaded.image_size)
-    scores = candidate_scores(loaded, train, kept, dev_x)
+    pert_x, passes = perturbed_val(kept, loaded.image_size)
+    recipe = read_metadata(path)["recipe"]
+    scores = candidate_scores(loaded, train, kept, dev_x, pert_x, recipe, args.copies)
     reaching = [r for r in recs if r["rule"] is None]
     result: dict = {}
     for name, sc in scores.items():
         for accept in (float(a) for a in args.accept.split(",")):
             t = threshold_for(sc["val"], accept)
             refused = [r["name"] for r, s in zip(reaching, sc["dev"], strict=True) if s > t]
+            pert = {k: float(((sc[f"pert:{k}"] <= t) & ok).mean()) for k, ok in passes.items()}
             result[f"{name}@{accept}"] = {
                 "threshold": round(float(t), 4),
                 "val_accept_score": round(float((sc["val"] <= t).mean()), 5),
                 "val_accept_guard": round(float((sc["val"] <= t).sum()) / len(val), 5),
+                "val_perturbed_accept": round(float(np.mean(list(pert.values()))), 5),
+                "val_perturbed_accept_by_kind": {k: round(v, 4) for k, v in pert.items()},
                 "dev_refused": len(refused) + len(recs) - len(reaching),
                 "dev_accepted": [r["name"] for r in reaching if r["name"] not in refused],
                 "dev_scores": {
@@ -175,9 +242,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     for k, v in result.items():
-        print(f"{k:10s} t={v['threshold']:8.3f} val(score) {v['val_accept_score']:.4f} "
-              f"val(guard) {v['val_accept_guard']:.4f} dev refused {v['dev_refused']}/{len(recs)}"
-              f" accepted {v['dev_accepted']}")  # fmt: skip
+        worst = min(v["val_perturbed_accept_by_kind"].values())
+        print(
+            f"{k:10s} t={v['threshold']:8.3f} val {v['val_accept_guard']:.4f} perturbed val "
+            f"{v['val_perturbed_accept']:.4f} (worst {worst:.4f}) dev refused "
+            f"{v['dev_refused']}/{len(recs)} accepted {v['dev_accepted']}"
+        )
     return report
 
 
