@@ -53,7 +53,7 @@ from brainmri.config import load_adapt_config  # noqa: E402
 from brainmri.data.cache import cache_samples  # noqa: E402
 from brainmri.data.folders import scan_split  # noqa: E402
 from brainmri.infer.core import load_for_inference  # noqa: E402
-from brainmri.infer.guard import load_guard, penultimate_features  # noqa: E402
+from brainmri.infer.guard import guard_features, load_guard  # noqa: E402
 from brainmri.model.checkpoint import read_metadata  # noqa: E402
 from brainmri.train.adapt import adapt  # noqa: E402
 from brainmri.train.data import model_split  # noqa: E402
@@ -93,9 +93,8 @@ def link_site(samples, site: np.ndarray, folder: Path) -> Path:
     return folder
 
 
-def guard_accept_rate(model_path: Path, features: torch.Tensor) -> float | None:
-    """Share of images whose OOD score (of these penultimate features) the guard accepts."""
-    scorer, threshold = load_guard(model_path)
+def guard_accept_rate(scorer, threshold: float | None, features: list) -> float | None:
+    """Share of images whose OOD score (of these guard features) the guard accepts."""
     if scorer is None:
         return None
     with torch.inference_mode():
@@ -123,7 +122,11 @@ def run_one(args, k: int, draw: int, ctx: dict) -> dict:
         raise SystemExit("the adapted model's input size differs from the source model's")
     rest_samples = [samples[i] for i in rest]
     with torch.inference_mode():  # one pass gives the probabilities and the guard's features
-        feats, logits = penultimate_features(loaded.model, ctx["images"][rest], loaded.intensity)
+        scorer, threshold = load_guard(result.model_path)
+        source = scorer.source if scorer is not None else "penultimate"
+        feats, logits = guard_features(
+            loaded.model, ctx["images"][rest], loaded.intensity, source=source
+        )
     probs = torch.softmax(logits / loaded.temperature, dim=1).numpy()
     res = breakdown(probs, labels[rest], rest_samples, loaded.class_names)
     res |= {
@@ -133,7 +136,7 @@ def run_one(args, k: int, draw: int, ctx: dict) -> dict:
         "site_groups": int(len(set(groups[site].tolist()))),
         "rest_n": int(len(rest)),
         "adapt_seconds": round(adapt_s, 1),
-        "guard_accept_rest": guard_accept_rate(result.model_path, feats),
+        "guard_accept_rest": guard_accept_rate(scorer, threshold, feats),
         "benchmark_val": benchmark_accuracy(loaded, ctx["val"]),
         "official_test_plain": benchmark_accuracy(loaded, ctx["test"]),
         "adapt_summary": result.summary,

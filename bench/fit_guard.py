@@ -1,14 +1,17 @@
 """Fit the input guard's OOD statistics for a model and store them in its model file.
 
 The model's own split is rebuilt as training did it (benchmark Training folder, the recipe's
-val_fraction and data.split_seed; grouped when the model recorded a grouped split). Penultimate
-features of the training part give the class means and the shared (Ledoit-Wolf) covariance; the
-validation part's scores give the threshold that accepts `--accept` of them (default 99 %). The
-file is rewritten with tensors `guard.*` and metadata `guard` added; its weights are copied bit
-for bit and the script checks that, and that the logits on the validation images are unchanged.
+val_fraction and data.split_seed; grouped when the model recorded a grouped split). At each
+depth the guard reads (infer/guard.py), features of the training part and of `--copies`
+augmented draws of it (the recipe's training augmentation) give the class means and the shared
+(Ledoit-Wolf) covariance, and the validation part gives the depth's scale; the
+validation part's scores then give the threshold that accepts `--accept` of them (default
+99.5 %, docs/RESULTS.md §16.1). The file is rewritten with tensors `guard.*` (old ones dropped)
+and metadata `guard`; its weights are copied bit for bit and the script checks that, and that
+the logits on the validation images are unchanged.
 
     python bench/fit_guard.py [--model src/brainmri/weights/lite0_cpu.safetensors] \
-        [--data ../shared/data/brain-tumor-mri] [--accept 0.99] \
+        [--data ../shared/data/brain-tumor-mri] [--accept 0.995] \
         [--out bench/results/shipped/guard_fit.json]
 """
 
@@ -27,14 +30,18 @@ import torch
 from robustness import machine
 from safetensors.torch import load_file
 
+from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.guard import (
+    AUGMENTED_COPIES,
     GUARD_PREFIX,
-    fit_statistics,
-    ood_from_meta,
-    penultimate_features,
+    SCALE_QUANTILE,
+    augmented_planes,
+    depth_key,
+    fit_depths,
+    guard_features,
     threshold_for,
 )
 from brainmri.model.checkpoint import add_extra_tensors, read_metadata, shipped_model_path
@@ -56,8 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
-    ap.add_argument("--accept", type=float, default=0.99, help="validation share accepted")
+    ap.add_argument("--accept", type=float, default=0.995, help="validation share accepted")
     ap.add_argument("--out", type=Path, default=Path("bench/results/shipped/guard_fit.json"))
+    ap.add_argument(
+        "--copies", type=int, default=AUGMENTED_COPIES, help="augmented draws per training image"
+    )
     ap.add_argument("--dry-run", action="store_true", help="fit and report, do not write")
     ap.add_argument("--save-features", type=Path, default=None, help="also write them (.npz)")
     ap.add_argument(
@@ -77,42 +87,51 @@ def main(argv: list[str] | None = None) -> dict:
     train, val, split = model_split(data_dir, meta)
     size = loaded.image_size
 
-    def feats(samples: list, desc: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def feats(
+        samples: list, desc: str, copies: int = 0
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         images, labels = cache_samples(samples, size, desc)
-        f, logits = penultimate_features(
-            loaded.model, images, loaded.intensity, loaded.channels_last
-        )
+        if copies:
+            augment = recipe_from_dict(meta["recipe"]).augment
+            images = torch.cat([images, augmented_planes(images, augment, copies)])
+            labels = labels.repeat(copies + 1)
+        f, logits = guard_features(loaded.model, images, loaded.intensity, loaded.channels_last)
         return f, logits, labels
 
     if args.from_features is not None:
         saved = np.load(args.from_features)
-        if len(saved["train"]) != len(train) or len(saved["val"]) != len(val):
+        if len(saved["train_labels"]) != len(train) or len(saved["val_labels"]) != len(val):
             raise SystemExit(f"{args.from_features} does not hold this model's split")
-        f_tr, y_tr = torch.from_numpy(saved["train"]), torch.from_numpy(saved["train_labels"])
-        f_va, y_va = torch.from_numpy(saved["val"]), torch.from_numpy(saved["val_labels"])
+        n_depths = sum(k.startswith("train_depth") for k in saved.files)
+        f_tr = [torch.from_numpy(saved[f"train_depth{j}"]) for j in range(n_depths)]
+        f_va = [torch.from_numpy(saved[f"val_depth{j}"]) for j in range(n_depths)]
+        y_tr, y_va = torch.from_numpy(saved["train_labels"]), torch.from_numpy(saved["val_labels"])
         logit_va = torch.from_numpy(saved["val_logits"])
     else:
-        f_tr, _, y_tr = feats(train, "train")
+        f_tr, _, y_tr = feats(train, "train", args.copies)
         f_va, logit_va, y_va = feats(val, "val")
     if args.save_features is not None:
+        arrays = {f"train_depth{j}": f.numpy() for j, f in enumerate(f_tr)}
+        arrays |= {f"val_depth{j}": f.numpy() for j, f in enumerate(f_va)}
         np.savez_compressed(
-            args.save_features, train=f_tr.numpy(), train_labels=y_tr.numpy(),
-            val=f_va.numpy(), val_labels=y_va.numpy(), val_logits=logit_va.numpy(),
+            args.save_features, train_labels=y_tr.numpy(), val_labels=y_va.numpy(),
+            val_logits=logit_va.numpy(), **arrays,
         )  # fmt: skip
-    tensors = fit_statistics(f_tr.numpy(), y_tr.numpy(), len(loaded.class_names))
-    scorer = ood_from_meta(meta, tensors)
-    assert scorer is not None
-    s_tr = scorer(f_tr).numpy()
-    s_va = scorer(f_va).numpy()
+    tensors, scorer = fit_depths(f_tr, y_tr, f_va, len(loaded.class_names))
+    with torch.inference_mode():
+        s_tr = scorer(f_tr).numpy()
+        s_va = scorer(f_va).numpy()
     threshold = threshold_for(s_va, args.accept)
     guard_meta = {
         "ood_threshold": threshold,
-        "score": "Mahalanobis distance of penultimate features to the nearest class mean, "
-        "shared Ledoit-Wolf covariance",
-        "features": "penultimate (Dense+SiLU output; ensemble members concatenated)",
-        "feature_width": int(f_tr.shape[1]),
+        "score": "largest over depths of the Mahalanobis distance to the nearest class mean "
+        f"(shared Ledoit-Wolf covariance) divided by its validation {SCALE_QUANTILE:.0%} quantile",
+        "features": "average-pooled outputs of the backbone's last 3 blocks and last conv stage "
+        "(ensemble members concatenated)",
+        "feature_widths": scorer.widths,
         "fitted_on": f"Training minus validation (split_seed {split['split_seed']}, "
-        f"val_fraction {split['val_fraction']}): {len(train)} images",
+        f"val_fraction {split['val_fraction']}): {len(train)} images and {args.copies} "
+        "augmented draws of each (the recipe's training augmentation)",
         "threshold_on": f"validation split, {len(val)} images, {args.accept:.2%} accepted",
         "val_accept_rate": round(float((s_va <= threshold).mean()), 5),
         "fitted": time.strftime("%Y-%m-%d"),
@@ -126,7 +145,10 @@ def main(argv: list[str] | None = None) -> dict:
         "data": str(data_dir),
         "split": split | {"train": len(train), "val": len(val)},
         "guard": guard_meta,
-        "shrinkage": float(tensors[GUARD_PREFIX + "shrinkage"][0]),
+        "shrinkage": [
+            float(tensors[depth_key(j, "shrinkage")][0]) for j in range(len(scorer.widths))
+        ],
+        "scales": [round(float(v), 4) for v in scorer.scales],
         "train_scores": _pct(s_tr),
         "val_scores": _pct(s_va),
     }
@@ -138,9 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         check = val[: args.check_n] if args.check_n else val
         logit_va = logit_va[: len(check)]
         images, _ = cache_samples(check, size, "val again")
-        _, logit_again = penultimate_features(
-            again.model, images, again.intensity, again.channels_last
-        )
+        _, logit_again = guard_features(again.model, images, again.intensity, again.channels_last)
         report["weights_sha256_before"] = before
         report["weights_sha256_after"] = after
         report["val_logits_checked"] = len(check)

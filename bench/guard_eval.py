@@ -37,7 +37,7 @@ from brainmri.data.quality import check_image_bytes
 from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.dicom import plane_to_dicom
-from brainmri.infer.guard import load_guard, penultimate_features
+from brainmri.infer.guard import guard_features, load_guard
 from brainmri.infer.inputs import auto_crop, check_scan_statistics, load_plane
 from brainmri.model.checkpoint import shipped_model_path
 
@@ -63,7 +63,9 @@ class Guarded:
         if not ready:
             return {k: np.zeros(0) for k in ("pred", "prob", "score", "cropped")}
         x = torch.from_numpy(np.stack(ready)[:, None])
-        feats, logits = penultimate_features(lo.model, x, lo.intensity, lo.channels_last)
+        feats, logits = guard_features(
+            lo.model, x, lo.intensity, lo.channels_last, source=self.scorer.source
+        )
         probs = torch.softmax(logits / lo.temperature, dim=1)
         return {
             "pred": probs.argmax(dim=1).numpy(),

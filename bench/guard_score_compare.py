@@ -33,6 +33,7 @@ import torch
 from ood_dev import dev_items
 from robustness import PERTURBATIONS, machine
 
+from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
@@ -40,7 +41,7 @@ from brainmri.data.quality import check_image_bytes
 from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.core import load_for_inference
-from brainmri.infer.guard import fit_statistics, threshold_for
+from brainmri.infer.guard import augmented_planes, fit_statistics, threshold_for
 from brainmri.infer.inputs import auto_crop, check_scan_statistics, load_plane
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
@@ -84,8 +85,9 @@ def all_features(loaded, planes: torch.Tensor, batch: int = 64) -> dict[str, np.
 def mahalanobis(stats: dict[str, torch.Tensor], f: np.ndarray) -> np.ndarray:
     means = stats["guard.class_means"].double().numpy()
     prec = stats["guard.precision"].double().numpy()
-    d = f.astype(np.float64)[:, None, :] - means[None]
-    return np.sqrt(np.maximum(np.einsum("ncf,fg,ncg->nc", d, prec, d).min(axis=1), 0.0))
+    d = f.astype(np.float64)[:, None, :] - means[None]  # (N, C, F)
+    sq = ((d @ prec) * d).sum(axis=-1)  # BLAS, not einsum's loop
+    return np.sqrt(np.maximum(sq.min(axis=1), 0.0))
 
 
 def dev_planes(size: int) -> tuple[list[dict], torch.Tensor]:
@@ -138,22 +140,6 @@ def perturbed_val(val: list, size: int) -> tuple[dict[str, torch.Tensor], dict[s
     return planes, passes
 
 
-def augmented(planes: torch.Tensor, recipe: dict, copies: int, seed: int = 0) -> torch.Tensor:
-    """`copies` draws of the recipe's own training augmentation of uint8 planes, as uint8."""
-    from brainmri.config import recipe_from_dict
-    from brainmri.data.mri_augment import TrainAugment
-
-    aug = TrainAugment(recipe_from_dict(recipe).augment)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.inference_mode():
-        for _ in range(copies):
-            for s in range(0, len(planes), 256):
-                x = aug(planes[s : s + 256], generator=gen)
-                out.append((x * 255).round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(out)
-
-
 def candidate_scores(
     loaded, train, val, dev_x, pert_x: dict[str, torch.Tensor], recipe: dict, copies: int
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -165,7 +151,8 @@ def candidate_scores(
     parts = {"val": va_x, "dev": dev_x} | {f"pert:{k}": v for k, v in pert_x.items()}
     feats = {k: all_features(loaded, x) for k, x in parts.items()}
     f_tr = all_features(loaded, tr_x)
-    f_aug = all_features(loaded, augmented(tr_x, recipe, copies)) if copies else None
+    aug_x = augmented_planes(tr_x, recipe_from_dict(recipe).augment, copies) if copies else None
+    f_aug = all_features(loaded, aug_x) if aug_x is not None else None
     y_aug = y_tr.repeat(copies).numpy()
     n_classes = len(loaded.class_names)
     depth = [f"stage{i}" for i in STAGES] + ["last"]

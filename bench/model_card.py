@@ -409,15 +409,22 @@ def guard_lines(meta: dict) -> list[str]:
     return [
         "",
         "## Input guard",
-        f"- The file carries out-of-distribution statistics (class means and a shared covariance "
-        "of the penultimate features of the training images) and a Mahalanobis-score threshold "
-        f"of {float(threshold):.2f}, set on the validation split to accept 99 % of it "
+        "- The file carries out-of-distribution statistics (per depth — the pooled outputs of "
+        "the backbone's last five blocks and last conv stage — class means and a shared "
+        "covariance of the training images' features, and a scale) and a threshold of "
+        f"{float(threshold):.3f} on the largest scaled Mahalanobis distance, set on the "
+        f"validation split to accept {_accepted(fit)} of it "
         "(`bench/fit_guard.py`, `bench/results/shipped/guard_fit.json`). `predict`, `explain` "
         "and the web "
         "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
-        "copies and non-MRI inputs: docs/RESULTS.md §15.5.",
+        "copies and non-MRI inputs: docs/RESULTS.md §16.",
     ]
+
+
+def _accepted(fit: dict) -> str:
+    """'99.51 %': the validation share the stored threshold accepts (guard_fit.json)."""
+    return pct(fit["guard"]["val_accept_rate"])
 
 
 def _test_score(path: Path) -> str:

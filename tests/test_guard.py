@@ -19,6 +19,8 @@ from brainmri.infer.guard import (
     PRECISION_KEY,
     OODScore,
     check_ood,
+    depth_key,
+    fit_depths,
     fit_statistics,
     load_guard,
     ood_from_meta,
@@ -40,8 +42,8 @@ def clusters(n: int = 400, f: int = 6, seed: int = 0) -> tuple[np.ndarray, np.nd
 def test_score_is_the_distance_to_the_nearest_class_mean():
     x, y = clusters()
     t = fit_statistics(x, y, 3)
-    scorer = OODScore(t[MEANS_KEY], t[PRECISION_KEY])
-    got = scorer(torch.from_numpy(x[:20]).float()).numpy()
+    scorer = OODScore([t[MEANS_KEY]], [t[PRECISION_KEY]])
+    got = scorer([torch.from_numpy(x[:20]).float()]).numpy()
     mu, p = t[MEANS_KEY].double().numpy(), t[PRECISION_KEY].double().numpy()
     want = [min(np.sqrt((v - m) @ p @ (v - m)) for m in mu) for v in x[:20]]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -53,14 +55,39 @@ def test_score_is_the_distance_to_the_nearest_class_mean():
 def test_far_points_score_high_and_the_threshold_accepts_the_share():
     x, y = clusters()
     t = fit_statistics(x[:300], y[:300], 3)
-    scorer = OODScore(t[MEANS_KEY], t[PRECISION_KEY])
-    held_out = scorer(torch.from_numpy(x[300:]).float()).numpy()
+    scorer = OODScore([t[MEANS_KEY]], [t[PRECISION_KEY]])
+    held_out = scorer([torch.from_numpy(x[300:]).float()]).numpy()
     thr = threshold_for(held_out, 0.99)
     assert (held_out <= thr).mean() >= 0.99
     far = torch.from_numpy(x[:10] * 0 + 60.0).float()
-    assert (scorer(far).numpy() > thr).all()
+    assert (scorer([far]).numpy() > thr).all()
     with pytest.raises(ValueError):
         fit_statistics(x, np.zeros(len(x), int), 3)  # a class with no features
+
+
+def test_depths_count_by_their_largest_scaled_distance():
+    """Each depth's distance is divided by its held-out 99th percentile; the largest counts, so
+    an input far off at one depth only is still refused."""
+    a, y = clusters(400, 6, 0)
+    rng = np.random.default_rng(3)
+    b = np.tanh(a @ rng.normal(0, 0.3, (6, 9))) + rng.normal(0, 0.1, (400, 9))  # a deeper view
+    train = [torch.from_numpy(v[:300]).float() for v in (a, b)]
+    held = [torch.from_numpy(v[300:]).float() for v in (a, b)]
+    tensors, scorer = fit_depths(train, torch.from_numpy(y[:300]), held, 3)
+    assert scorer.source == "depths" and scorer.widths == [6, 9]
+    one = [OODScore([tensors[depth_key(j, "class_means")]], [tensors[depth_key(j, "precision")]])
+           for j in range(2)]  # fmt: skip
+    with torch.inference_mode():
+        d = [one[j]([held[j]]).numpy() for j in range(2)]
+        scales = [float(tensors[depth_key(j, "scale")][0]) for j in range(2)]
+        np.testing.assert_allclose(scales, [np.quantile(v, 0.99) for v in d], rtol=1e-5)
+        want = np.maximum(d[0] / scales[0], d[1] / scales[1])
+        np.testing.assert_allclose(scorer(held).numpy(), want, rtol=1e-4)
+        odd = [held[0][:5], held[1][:5] + 40.0]  # in range at depth 0, far at depth 1
+        assert (scorer(odd).numpy() > 5).all() and (one[0]([odd[0]]).numpy() < scales[0] * 2).all()
+    rebuilt = ood_from_meta({"class_names": ["a", "b", "c"]}, tensors)
+    assert rebuilt.source == "depths"
+    torch.testing.assert_close(rebuilt(held), scorer(held))
 
 
 def test_reasons_and_missing_statistics():
@@ -97,7 +124,8 @@ def test_statistics_live_in_the_model_file_beside_unchanged_weights(tmp_path):
         assert torch.equal(loaded(probe), model(probe))
         assert loaded.penultimate(probe).shape == (2, width)
     scorer, thr = load_guard(path)
-    assert thr == 42.5 and scorer is not None and scorer.width == width
+    assert thr == 42.5 and scorer is not None and scorer.widths == [width]
+    assert scorer.source == "penultimate"  # files of before the depth guard still load
     add_extra_tensors(path, t, {"guard": {"ood_threshold": 40.0}})  # refit replaces
     assert load_guard(path)[1] == 40.0 and set(load_file(str(path))) == set(after)
     with pytest.raises(ValueError, match="must start with"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -117,20 +116,21 @@ def test_stream_keeps_order_and_reads_a_bounded_number_ahead(small_benchmark: Pa
 def test_ood_score_comes_from_the_graph_and_rejects(
     small_benchmark: Path, runtimes, tmp_path: Path
 ):
-    from brainmri.infer.guard import fit_statistics, ood_from_meta
+    from brainmri.infer.guard import fit_depths, guard_features
 
     torch_rt = runtimes[1]
     items = _test_paths(small_benchmark, 6)
     images = decode_images([p for p, _ in items], torch_rt.image_size, workers=1)
-    feats = torch_rt.run(images)["features"].numpy()
-    labels = np.array([CLASS_NAMES.index(c) for _, c in items])
-    stats = fit_statistics(feats, labels, len(CLASS_NAMES))
+    labels = torch.tensor([CLASS_NAMES.index(c) for _, c in items])
+    loaded = load_for_inference(shipped_model_path(), "cpu")
+    feats, _ = guard_features(loaded.model, images, loaded.intensity, loaded.channels_last)
+    stats, scorer = fit_depths(feats, labels, feats, len(CLASS_NAMES))
     guarded = tmp_path / "guarded.safetensors"
     guarded.write_bytes(shipped_model_path().read_bytes())
     add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 1e9}})
 
     onnx_g, torch_g = Classifier(guarded, "onnx"), Classifier(guarded, "torch", "cpu")
-    want = ood_from_meta(torch_g.meta, stats)(torch.from_numpy(feats))
+    want = scorer(feats)
     for clf in (onnx_g, torch_g):
         got = clf.run(images)["ood_score"]
         torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)

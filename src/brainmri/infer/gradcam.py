@@ -1,11 +1,13 @@
 """Grad-CAM (Selvaraju et al., 2017) with the `grad-cam` package: where the model looked.
 
-The target layer is each backbone's last conv stage (timm EfficientNet: `bn2`, the conv_head
-output after BatchNorm and activation, 6x6 at 192 px); its activations are weighted by the
-spatially averaged gradient of the chosen class logit. For an ensemble every member gets its
-own map at its own layer (the gradient of the mean logit through a member is that member's, up
-to the 1/K factor the normalization removes) and the maps are averaged. Maps are upsampled to
-the input size and scaled to [0, 1] per image.
+The target layer is each backbone's stride-16 stage (timm's feature_info entry with reduction 16;
+EfficientNet-Lite0: `blocks.4`, 12 x 12 at 192 px), falling back to the last conv stage for a
+backbone without that metadata; its activations are weighted by the spatially averaged
+gradient of the chosen class logit. docs/RESULTS.md §16.2 compares it with the last conv stage
+(6 x 6) and other CAM methods on validation images. For an ensemble every member gets its own
+map at its own layer (the gradient of the mean logit through a member is that member's, up to
+the 1/K factor the normalization removes) and the maps are averaged. Maps are upsampled to the
+input size and scaled to [0, 1] per image.
 """
 
 from __future__ import annotations
@@ -31,9 +33,21 @@ def members_of(model: nn.Module) -> list[nn.Module]:
     return list(members) if members is not None else [model]
 
 
+TARGET_REDUCTION = 16
+"""Stride of the stage Grad-CAM reads (see module doc)."""
+
+
 def target_layer(member: nn.Module) -> nn.Module:
-    """The last conv stage of a member's backbone (see module doc)."""
+    """The stride-16 stage of a member's backbone, else its last conv stage (module doc)."""
     backbone = getattr(member, "backbone", member)
+    modules = dict(backbone.named_modules())
+    at_16 = [
+        modules[info["module"]]
+        for info in list(getattr(backbone, "feature_info", None) or [])
+        if info.get("reduction") == TARGET_REDUCTION and info.get("module") in modules
+    ]
+    if at_16:
+        return at_16[-1]
     for name in ("bn2", "conv_head", "final_conv", "head_conv"):
         layer = getattr(backbone, name, None)
         if isinstance(layer, nn.Module) and not isinstance(layer, nn.Identity):
@@ -178,7 +192,7 @@ def explain_files(
     error with a reason, like predict) with the class explained and the PNG written."""
     from brainmri.errors import BrainMRIError, RejectedInput
     from brainmri.infer.core import load_for_inference
-    from brainmri.infer.guard import load_guard, ood_reason, penultimate_features
+    from brainmri.infer.guard import guard_features, load_guard, ood_reason
     from brainmri.infer.inputs import auto_crop, load_plane
     from brainmri.model.checkpoint import shipped_model_path
 
@@ -197,9 +211,10 @@ def explain_files(
             rec["cropped"] = cropped
             if scorer is not None:
                 x = torch.from_numpy(np.array(resize_square(plane, loaded.image_size)))
-                feats, _ = penultimate_features(
-                    loaded.model, x[None, None], loaded.intensity, loaded.channels_last
-                )
+                feats, _ = guard_features(
+                    loaded.model, x[None, None], loaded.intensity, loaded.channels_last,
+                    source=scorer.source,
+                )  # fmt: skip
                 rec["ood_score"] = round(float(scorer(feats)[0]), 2)
                 reason = ood_reason(rec["ood_score"], threshold)
                 if reason is not None:

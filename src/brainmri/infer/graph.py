@@ -5,8 +5,8 @@ model's intensity normalization (and after any TTA view). The graph repeats the 
 channels, applies the mean/std from the model's metadata and runs the classifier (an ensemble
 is one graph: the mean of its members' logits, their features concatenated). When the model file
 carries input-guard statistics, the graph also outputs the out-of-distribution score of the
-features. PyTorch runs this module as it is; ``export`` writes it to ONNX, so the two runtimes
-compute the same thing.
+features the guard reads (infer/guard.py), from the same backbone pass. PyTorch runs this module
+as it is; ``export`` writes it to ONNX, so the two runtimes compute the same thing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from brainmri.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from brainmri.infer.guard import guard_inputs
 
 GUARD_PREFIX = "guard."
 OUTPUTS_BASE = ("logits", "features")
@@ -48,11 +49,11 @@ class InferenceGraph(nn.Module):
         x = pixels.expand(-1, 3, -1, -1) * self.scale + self.bias
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.model.penultimate(x)
-        logits = self.model.classify(features)
         if self.ood is None:
-            return logits, features
-        return logits, features, self.ood(features.float())
+            features = self.model.penultimate(x)
+            return self.model.classify(features), features
+        features, guard = guard_inputs(self.model, x, self.ood.source)
+        return self.model.classify(features), features, self.ood(guard)
 
 
 def guard_tensors(path: str | Path) -> dict[str, torch.Tensor]:

@@ -18,6 +18,10 @@ from brainmri import CLASS_NAMES
 from brainmri.config import ModelConfig
 from brainmri.model.backbones import create_backbone
 
+GUARD_BLOCKS = 3
+"""Backbone blocks whose pooled outputs the input guard scores (the last three: EfficientNet
+stages 4-6), besides the last conv stage; docs/RESULTS.md §16 has how this was chosen."""
+
 
 class TumorClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int = len(CLASS_NAMES), pretrained=True):
@@ -56,6 +60,16 @@ class TumorClassifier(nn.Module):
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
         """Logits from `penultimate` features: forward(x) == classify(penultimate(x))."""
         return self.head[4:](penultimate)
+
+    def penultimate_and_depths(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Penultimate features and what the input guard reads, from one backbone pass: the
+        average-pooled outputs of the last GUARD_BLOCKS blocks and of the last conv stage."""
+        n_blocks = len(self.backbone.blocks)
+        last, inter = self.backbone.forward_intermediates(
+            x, indices=list(range(n_blocks - GUARD_BLOCKS + 1, n_blocks + 1)), extra_blocks=True
+        )
+        depths = [t.mean(dim=(2, 3)) for t in inter] + [last.mean(dim=(2, 3))]
+        return self.head[:4](self.pool(last)), depths
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style kernel L2 on the head's Dense layers: l2 · Σ w²."""

@@ -22,6 +22,12 @@ class EnsembleClassifier(nn.Module):
         """Members' penultimate features concatenated: (N, sum of their widths)."""
         return torch.cat([m.penultimate(x) for m in self.members], dim=1)
 
+    def penultimate_and_depths(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Members' penultimate features and guard depths, each concatenated over members."""
+        parts = [m.penultimate_and_depths(x) for m in self.members]
+        depths = [torch.cat(d, dim=1) for d in zip(*(p[1] for p in parts), strict=True)]
+        return torch.cat([p[0] for p in parts], dim=1), depths
+
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
         """Mean of member logits from concatenated features: forward == classify∘penultimate."""
         widths = [m.dense.out_features for m in self.members]

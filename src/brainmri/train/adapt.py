@@ -127,24 +127,29 @@ def refit_guard(
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Guard statistics of the adapted model: (guard.* tensors, metadata `guard`)."""
     from brainmri.infer.guard import (
-        OODScore,
-        fit_statistics,
-        penultimate_features,
+        AUGMENTED_COPIES,
+        augmented_planes,
+        fit_depths,
+        guard_features,
         threshold_for,
     )
 
     intensity = meta["preprocessing"].get("intensity", "none")
+    augment = recipe_from_dict(meta["recipe"]).augment
+    fit_x = torch.cat([fit_x, augmented_planes(fit_x, augment)])
+    fit_y = fit_y.repeat(AUGMENTED_COPIES + 1)
     with torch.inference_mode():
-        feats, _ = penultimate_features(model, fit_x, intensity)
-        tensors = fit_statistics(feats.numpy(), fit_y.numpy(), len(meta["class_names"]))
-        held, _ = penultimate_features(model, threshold_x, intensity)
-        scores = OODScore(tensors["guard.class_means"], tensors["guard.precision"])(held)
+        feats, _ = guard_features(model, fit_x, intensity)
+        held, _ = guard_features(model, threshold_x, intensity)
+        tensors, scorer = fit_depths(feats, fit_y, held, len(meta["class_names"]))
+        scores = scorer(held)
     threshold = threshold_for(scores.numpy(), accept)
     info = dict(meta.get("guard", {}))
     info |= {
         "ood_threshold": threshold,
-        "feature_width": int(feats.shape[1]),
-        "fitted_on": f"adapt: the {len(fit_x)} images trained on (site + benchmark replay)",
+        "feature_widths": scorer.widths,
+        "fitted_on": f"adapt: the {len(fit_x) // (AUGMENTED_COPIES + 1)} images trained on "
+        f"(site + benchmark replay) and {AUGMENTED_COPIES} augmented draws of each",
         "threshold_on": f"{len(threshold_x)} images (benchmark hold-out + site), "
         f"{accept:.2%} accepted",
     }
