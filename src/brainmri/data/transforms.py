@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -354,25 +355,32 @@ _PCT_LO, _PCT_HI = 0.005, 0.995
 def uint8_percentiles(u8: Tensor) -> Tensor:
     """(2, B): the 0.5th and 99.5th percentiles of uint8 images ``(B, ...)``, as
     ``torch.quantile`` gives them on ``u8.float() / 255`` — bit for bit — but read from each
-    image's 256-bin histogram instead of a sort (5-9x faster on 1-32 images of 192 px).
+    image's 256-bin histogram instead of a sort (on CPU numpy's bincount: ~10x faster than
+    torch.quantile on 32 images of 192 px).
 
     Same arithmetic as torch's linear interpolation: ranks in float64, the two order statistics
     around each rank, ``lerp`` in float32 with the fractional rank as weight.
     """
     b = u8.shape[0]
-    flat = u8.reshape(b, -1).long()
+    flat = u8.reshape(b, -1)
     n = flat.shape[1]
-    offsets = 256 * torch.arange(b, device=u8.device)[:, None]
-    cum = torch.bincount((flat + offsets).reshape(-1), minlength=256 * b).view(b, 256).cumsum(1)
+    if u8.device.type == "cpu":
+        rows = flat.contiguous().numpy()
+        hist = np.stack([np.bincount(r, minlength=256) for r in rows]) if b else np.zeros((0, 256))
+        cum = torch.from_numpy(hist.cumsum(1).astype(np.int64))
+    else:
+        offsets = 256 * torch.arange(b, device=u8.device)[:, None]
+        keys = (flat.long() + offsets).reshape(-1)
+        cum = torch.bincount(keys, minlength=256 * b).view(b, 256).cumsum(1)
     ranks = torch.tensor([_PCT_LO, _PCT_HI], dtype=torch.float32).double() * (n - 1)
     below, above = ranks.floor().long(), ranks.ceil().long()
 
     def order_stat(k: Tensor) -> Tensor:  # (2,) ranks -> (2, B): smallest v with cum[v] > k
-        k = k.to(u8.device).view(1, -1).expand(b, -1).contiguous()
+        k = k.to(cum.device).view(1, -1).expand(b, -1).contiguous()
         return torch.searchsorted(cum, k, right=True).t().float() / 255.0
 
-    weight = (ranks - below.double()).float().to(u8.device).view(-1, 1)
-    return torch.lerp(order_stat(below), order_stat(above), weight)
+    weight = (ranks - below.double()).float().to(cum.device).view(-1, 1)
+    return torch.lerp(order_stat(below), order_stat(above), weight).to(u8.device)
 
 
 def normalize_intensity(x: Tensor, mode: str = "none", quantiles: Tensor | None = None) -> Tensor:
@@ -397,6 +405,13 @@ def normalize_intensity(x: Tensor, mode: str = "none", quantiles: Tensor | None 
 
 def normalize_planes(planes: Tensor, mode: str = "none") -> Tensor:
     """uint8 planes ``(B, C, H, W)`` -> float [0, 1] images, intensity-normalized: what every
-    inference path feeds the model. The percentiles come from `uint8_percentiles` (no sort)."""
-    q = uint8_percentiles(planes) if mode == "percentile" else None
-    return normalize_intensity(planes.float() / 255.0, mode, q)
+    inference path feeds the model. The percentiles come from `uint8_percentiles` (no sort), and
+    each image's 256 possible outputs are computed once and looked up per pixel — the same
+    float32 arithmetic as `normalize_intensity` on ``planes / 255``, so the same bits."""
+    if mode != "percentile":
+        return normalize_intensity(planes.float() / 255.0, mode)
+    b = planes.shape[0]
+    levels = torch.arange(256, dtype=torch.float32, device=planes.device) / 255.0
+    table = normalize_intensity(levels.expand(b, 1, 1, 256), mode, uint8_percentiles(planes))
+    index = planes.reshape(b, -1).long()
+    return torch.gather(table.reshape(b, 256), 1, index).view(planes.shape)
