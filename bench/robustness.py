@@ -38,6 +38,7 @@ from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.metrics import compute_metrics
 from brainmri.infer.core import load_for_inference
+from brainmri.platform_info import cpu_capability, cpu_model
 
 # --- perturbations: f(gray uint8 HxW at original resolution, image index) -> uint8 HxW -------
 REFERENCE_SIDE = 224
@@ -159,6 +160,8 @@ def machine(device: torch.device) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -39,6 +39,8 @@ from urllib.parse import urlparse
 import numpy as np
 from PIL import Image
 
+from brainmri.platform_info import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "brain-tumor-mri" / "Testing"
 CLASSES = ("glioma", "meningioma", "notumor", "pituitary")
@@ -494,7 +496,7 @@ def main() -> None:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git_commit(),
-        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+        "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, {cpu_model()}",
         **result,
         "load_average_before_after": [load_before, [round(x, 2) for x in os.getloadavg()]],
     }

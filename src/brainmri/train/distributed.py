@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from brainmri import __version__
+from brainmri.platform_info import cpu_capability, cpu_model
 
 
 @dataclass
@@ -56,6 +57,8 @@ def environment(d: Dist) -> dict:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
         "torch": torch.__version__,
         "timm": timm.__version__,
         "device": str(d.device),
