@@ -409,16 +409,34 @@ def guard_lines(meta: dict) -> list[str]:
     return [
         "",
         "## Input guard",
-        "- The file carries out-of-distribution statistics (per depth — the pooled outputs of "
-        "the backbone's last five blocks and last conv stage — class means and a shared "
-        "covariance of the training images' features, and a scale) and a threshold of "
+        "- The file carries out-of-distribution statistics (per depth — the "
+        f"{fit['guard']['features']} — class means and a shared covariance of the training "
+        "images' features and of augmented copies, and a scale) and a threshold of "
         f"{float(threshold):.3f} on the largest scaled Mahalanobis distance, set on the "
         f"validation split to accept {_accepted(fit)} of it "
         "(`bench/fit_guard.py`, `bench/results/shipped/guard_fit.json`). `predict`, `explain` "
         "and the web "
         "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
-        "copies and non-MRI inputs: docs/RESULTS.md §16.",
+        "copies and non-MRI inputs: docs/RESULTS.md §16.4.",
+        *guard_eval_lines(load_json(SHIPPED / "guard_eval.json")),
+    ]
+
+
+def guard_eval_lines(ev: dict | None) -> list[str]:
+    """What the stored guard let through on the test split, its perturbed copies and the OOD
+    set (bench/guard_eval.py's file)."""
+    if ev is None:
+        return []
+    t, p, o = ev["test"], ev["perturbed"], ev["ood"]
+    missed = [k for k, v in o["kinds"].items() if v["rejected"] < v["n"]]
+    return [
+        f"- Measured ({ev['date']}, `bench/results/shipped/guard_eval.json`): "
+        f"{t['accepted']:,} of {t['n']:,} official test images accepted "
+        f"({pct(t['accepted'] / t['n'])}), "
+        f"{pct(p['accepted'] / p['n'])} of their {p['n']:,} perturbed copies, "
+        f"{o['rejected']} of {o['n']} out-of-distribution items refused"
+        + (f" (let through: {', '.join(missed)})." if missed else "."),
     ]
 
 

@@ -411,7 +411,9 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
         levels[-1]["client_cpu_ms_per_req"] = round((time.process_time() - client0) * per_req, 2)
         if proc:
             levels[-1]["server_cpu_ms_per_req"] = round((cpu_seconds(proc.pid) - cpu0) * per_req, 2)
-            rss[f"after_c{conc}"] = rss_mib(proc.pid)
+            key_c = f"after_c{conc}"
+            n_seen = sum(k == key_c or k.startswith(key_c + "_") for k in rss)
+            rss[key_c if not n_seen else f"{key_c}_{n_seen + 1}"] = rss_mib(proc.pid)
         print(json.dumps(levels[-1]), flush=True)
     health = get_json(f"{base}/healthz")
     out = {
