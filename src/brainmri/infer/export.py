@@ -97,8 +97,10 @@ def export_onnx(
     out: str | Path,
     int8: bool = False,
     calibration: np.ndarray | None = None,
+    int8_options: dict | None = None,
 ) -> dict:
-    """Write `model_path` as ONNX to `out` (fp32, or int8 with calibration planes)."""
+    """Write `model_path` as ONNX to `out` (fp32, or int8 with calibration planes;
+    `int8_options`: keyword arguments of `quantize_static_int8`)."""
     model_path, out = Path(model_path), Path(out)
     if out.suffix.lower() != ".onnx":
         raise BrainMRIError(f"--out must end in .onnx, got {out}")
@@ -113,7 +115,7 @@ def export_onnx(
         if int8:
             if calibration is None:
                 raise BrainMRIError("int8 export needs calibration images")
-            quantize_static_int8(tmp, tmp, calibration)
+            quantize_static_int8(tmp, tmp, calibration, **(int8_options or {}))
         _write_metadata(tmp, props)
 
     atomic_write(out, write)
@@ -122,15 +124,28 @@ def export_onnx(
 
 
 def quantize_static_int8(
-    src: Path, dst: Path, pixels: np.ndarray, batch: int = 16, reduce_range: bool = REDUCE_RANGE
+    src: Path,
+    dst: Path,
+    pixels: np.ndarray,
+    batch: int = 16,
+    reduce_range: bool = REDUCE_RANGE,
+    op_types: list[str] | None = None,
+    method: str = "minmax",
 ) -> None:
-    """ONNX Runtime static QDQ quantization calibrated on `pixels` (N, 1, S, S) float32."""
+    """ONNX Runtime static QDQ quantization calibrated on `pixels` (N, 1, S, S) float32.
+    `op_types`: the operator types to quantize (None: every one ONNX Runtime can); `method`:
+    the activation-range calibration, "minmax" or "percentile" (ONNX Runtime's 99.999)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_static,
     )
+
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
+    if method not in methods:
+        raise BrainMRIError(f"unknown calibration method {method!r} (one of {', '.join(methods)})")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -147,7 +162,8 @@ def quantize_static_int8(
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            reduce_range=reduce_range,
+            reduce_range=reduce_range, op_types_to_quantize=op_types,
+            calibrate_method=methods[method],
         )  # fmt: skip
     finally:
         if pre.exists():
