@@ -85,3 +85,30 @@ def test_export_command(tmp_path: Path, exported: Path, monkeypatch):
     result = CliRunner().invoke(app, ["export", "--out", str(out), "--force"])
     assert result.exit_code == 0, result.output
     assert OnnxBackend(out).meta["class_names"] == list(CLASS_NAMES)
+
+
+def test_int8_options_reach_the_quantizer(tmp_path: Path, exported: Path):
+    """`quantize_static_int8`'s operator types and calibration method reach ONNX Runtime:
+    convolution-only quantization leaves the head's and the guard's matrix products reading
+    fp32 (docs/RESULTS.md §17.3); an unknown method is a one-line error."""
+    import onnx
+
+    from brainmri.errors import BrainMRIError
+    from brainmri.infer.export import quantize_static_int8
+
+    size = read_metadata(shipped_model_path())["preprocessing"]["image_size"]
+    pixels = np.random.default_rng(0).random((4, 1, size, size), dtype=np.float32)
+    with pytest.raises(BrainMRIError, match="calibration method"):
+        quantize_static_int8(exported, tmp_path / "x.onnx", pixels, method="entropy")
+
+    def int8_readers(**options) -> set[str]:  # operator types that read dequantized tensors
+        out = tmp_path / "q.onnx"
+        quantize_static_int8(exported, out, pixels, **options)
+        graph = onnx.load(str(out)).graph
+        dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.op_type for n in graph.node if dq & set(n.input)}
+
+    dense = {"MatMul", "Gemm"}
+    assert dense & int8_readers()  # all operators: the head and the guard's matmuls too
+    conv_only = int8_readers(op_types=["Conv"])
+    assert "Conv" in conv_only and not dense & conv_only
