@@ -124,7 +124,9 @@ def main() -> None:
         default=["torch_eager", "onnx_fp32", "onnx_int8"],
         help="comma-separated subset of torch_eager,onnx_fp32,onnx_int8",
     )
-    ap.add_argument("--limit", type=int, default=None, help="first N test images (debugging)")
+    ap.add_argument("--split", default="Testing", choices=["Testing", "Training"],
+                    help="images to stream (Training: a speed check that is no test-split run)")
+    ap.add_argument("--limit", type=int, default=None, help="N images evenly spaced over the split")
     ap.add_argument("--out", type=Path, default=Path("bench/results/inference.json"))
     args = ap.parse_args()
 
@@ -132,7 +134,7 @@ def main() -> None:
     data = resolve_data_dir(args.data)
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
-    test = scan_split(data, "Testing")
+    test = scan_split(data, args.split)
     if args.limit:
         test = [test[i] for i in np.linspace(0, len(test) - 1, args.limit).astype(int)]
     paths, labels = [s.path for s in test], [s.label for s in test]
@@ -196,6 +198,7 @@ def main() -> None:
         "onnx_mb": {p.stem: p.stat().st_size / 2**20 for p in (fp32, int8) if p.exists()},
         "model_only_img_per_s": speed,
         "latency_single_image": lat,
+        "split": args.split,
         "end_to_end_test_split": e2e,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
