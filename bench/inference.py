@@ -80,14 +80,14 @@ def stream(
 ) -> tuple[dict, np.ndarray]:
     """End to end over `paths`, `repeats` passes (img/s of each; the median is the figure).
     Probabilities (N, C) of the first pass, NaN rows for files not classified (status not ok)."""
-    rates, cpu_ms, recs = [], [], []
-    for r in range(repeats):
+    rates, cpu_ms, passes = [], [], []
+    for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        out = list(clf.stream(paths))
+        passes.append(list(clf.stream(paths)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         rates.append(len(paths) / wall)
         cpu_ms.append(cpu / len(paths) * 1e3)
-        recs = out if r == 0 else recs
+    recs = passes[0]
     probs = np.array([[(r.get("probabilities") or {}).get(c, np.nan) for c in clf.class_names]
                       for r in recs])  # fmt: skip
     ok = np.isfinite(probs).all(axis=1)

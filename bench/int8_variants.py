@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from inference import rate
 from robustness import machine
 
 from brainmri.data.cache import decode_images
@@ -53,16 +54,9 @@ def outcomes(clf: Classifier, planes: torch.Tensor) -> np.ndarray:
 
 
 def batch32_rate(clf: Classifier, size: int, rounds: int = 3, seconds: float = 3.0) -> float:
+    """Best-of-rounds img/s of the backend alone at batch 32 (bench/inference.py's timer)."""
     x = torch.rand(32, 1, size, size)
-    best = 0.0
-    for _ in range(rounds):
-        clf.backend(x)
-        n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            clf.backend(x)
-            n += 32
-        best = max(best, n / (time.perf_counter() - t0))
-    return best
+    return max(rate(lambda: clf.backend(x), 32, seconds) for _ in range(rounds))
 
 
 def main() -> None:

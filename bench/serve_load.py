@@ -403,7 +403,7 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
     if proc:
         rss["after_warmup"] = rss_mib(proc.pid)
     levels = []
-    for conc in args.concurrency:
+    for i, conc in enumerate(args.concurrency):
         coro = run_level(host, port, requests, args.requests, conc)
         cpu0, client0 = (cpu_seconds(proc.pid) if proc else 0.0), time.process_time()
         levels.append(asyncio.run(asyncio.wait_for(coro, args.timeout)))
@@ -411,9 +411,8 @@ def measure(host: str, port: int, proc: subprocess.Popen | None, args, key: str 
         levels[-1]["client_cpu_ms_per_req"] = round((time.process_time() - client0) * per_req, 2)
         if proc:
             levels[-1]["server_cpu_ms_per_req"] = round((cpu_seconds(proc.pid) - cpu0) * per_req, 2)
-            key_c = f"after_c{conc}"
-            n_seen = sum(k == key_c or k.startswith(key_c + "_") for k in rss)
-            rss[key_c if not n_seen else f"{key_c}_{n_seen + 1}"] = rss_mib(proc.pid)
+            seen = args.concurrency[:i].count(conc)  # repeated levels: after_c8, after_c8_2, ...
+            rss[f"after_c{conc}" + (f"_{seen + 1}" if seen else "")] = rss_mib(proc.pid)
         print(json.dumps(levels[-1]), flush=True)
     health = get_json(f"{base}/healthz")
     out = {

@@ -15,8 +15,9 @@ def test_cpu_model_is_the_kernel_s_model_name():
         pytest.skip("no /proc/cpuinfo on this system")
     names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
              if ln.lower().startswith("model name")]  # fmt: skip
-    assert cpu_model() == (names[0] if names else cpu_model())
-    assert cpu_model()
+    if not names:
+        pytest.skip("/proc/cpuinfo names no CPU model here")
+    assert cpu_model() == names[0] != ""
 
 
 def test_cpu_capability_is_torch_s():

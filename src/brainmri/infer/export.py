@@ -142,11 +142,11 @@ def quantize_static_int8(
         QuantType,
         quantize_static,
     )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise BrainMRIError(f"unknown calibration method {method!r} (one of {', '.join(methods)})")
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
