@@ -3,9 +3,10 @@
 A measurement script, not the product training loop. Every variant starts from the same
 weights (member 1 of the shipped model by default, or ImageNet lite0 with --init imagenet),
 fine-tunes the head and the top --trainable share of the backbone (1 = all) at --size px for
---steps steps of --batch images drawn (same seeded order for every variant) from the
-benchmark Training split less its validation files (the seed-42 stratified split the shipped
-model was chosen on), with the shipped recipe's own `BatchAugment` plus the variant's extra:
+--steps steps of --batch images drawn (same seeded order for every uniform variant) from the
+benchmark Training split less the starting model's own validation files (its split rebuilt
+from the model file: `brainmri.train.data.model_split`), with the shipped recipe's own
+`BatchAugment` plus the variant's extra:
 
     a  nothing extra
     b  sequence/contrast randomization: random monotone / non-monotone intensity curves,
@@ -15,12 +16,16 @@ model was chosen on), with the shipped recipe's own `BatchAugment` plus the vari
        (../shared/data/brain-tumor-mri-raw/Training, resized whole), another quarter shrunk
        into a black frame
     e  b + c + d
+    f  class balance inside appearance clusters: images drawn with replacement so that every
+       class is equally frequent within each k-means cluster of frozen ImageNet features
+       (brainmri.data.balance), each cluster keeping its share of the draws
+    g  f + b
 
-Each is then measured on the 857 benchmark validation files (accuracy; a temperature is fitted
+Each is then measured on those benchmark validation files (accuracy; a temperature is fitted
 there) and on external-dev (bench/external.py breakdown with that temperature; McNemar's exact
 test against variant a). The official test split is never touched.
 
-    python bench/domain_proxy.py [--variants init,a,b,c,d,e] [--steps 80] [--size 160]
+    python bench/domain_proxy.py [--variants init,a,b,c,d,e,f,g] [--steps 80] [--size 160]
         [--out bench/results/external/proxy]
 
 Writes OUT/<variant>.json after each variant (so a partial run keeps what it measured),
@@ -56,7 +61,6 @@ from external import (  # noqa: E402
 
 from brainmri.config import AugmentConfig, ModelConfig  # noqa: E402
 from brainmri.data.cache import decode_images  # noqa: E402
-from brainmri.data.folders import scan_split, stratified_split  # noqa: E402
 from brainmri.data.mri_augment import MRIAugment, MRIAugmentSettings  # noqa: E402
 from brainmri.data.transforms import BatchAugment, normalize_intensity, to_model_input  # noqa: E402
 
@@ -72,9 +76,14 @@ SETTINGS: dict[str, MRIAugmentSettings] = {
     "e": MRIAugmentSettings(
         curve_prob=0.5, invert_prob=0.15, histogram_prob=0.25, artifact_prob=0.5, frame_prob=0.25
     ),
+    "f": MRIAugmentSettings(),
+    "g": MRIAugmentSettings(curve_prob=0.5, invert_prob=0.15, histogram_prob=0.25),
 }
 RAW_SHARE = {"d": 0.25, "e": 0.25}
 """Share of each batch replaced by its raw uncropped original (framing variants)."""
+BALANCED = {"f", "g"}
+"""Variants that draw their images class-balanced inside appearance clusters."""
+CLUSTERS = 8
 
 
 def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
@@ -127,27 +136,66 @@ def logits_of(model, images: torch.Tensor, intensity: str, batch: int = 64) -> t
 
 
 class Data:
-    """Decoded once, shared by every variant: the training draw, its raw twins, val, external."""
+    """Decoded once, shared by every variant: the training files, their raw twins if a framing
+    variant runs, val, external; `draw(variant)` is the variant's sequence of training images."""
 
-    def __init__(self, size: int, n_train: int, seed: int, limit: int | None = None) -> None:
-        train, val = stratified_split(scan_split(BENCH, "Training"), 0.15, 42)
-        val = val[:: max(1, len(val) // limit)] if limit else val
-        rng = np.random.default_rng(seed)
-        pick = rng.choice(len(train), size=min(n_train, len(train)), replace=False)
-        self.train = [train[i] for i in pick]
-        self.train_x = decode_images([s.path for s in self.train], size, desc="train")
-        self.train_y = torch.tensor([s.label for s in self.train])
-        raw = [RAW / s.path.parent.name / s.path.name for s in self.train]
-        self.has_raw = torch.tensor([p.is_file() for p in raw])
-        raw_x = decode_images([p for p in raw if p.is_file()], size, desc="raw")
-        self.raw_x = torch.zeros_like(self.train_x)
-        self.raw_x[self.has_raw] = raw_x
+    def __init__(self, size: int, args, variants: list[str]) -> None:
+        from brainmri.model.checkpoint import read_metadata
+        from brainmri.train.data import model_split
+
+        train, val, self.split = model_split(BENCH, read_metadata(SHIPPED))
+        val = val[:: max(1, len(val) // args.limit)] if args.limit else val
+        self.n_draw, self.seed = args.steps * args.batch, args.seed
+        self.train = train
+        self.train_x = decode_images([s.path for s in train], size, desc="train")
+        self.train_y = torch.tensor([s.label for s in train])
+        self.has_raw = torch.zeros(len(train), dtype=torch.bool)
+        self.raw_x = torch.zeros_like(self.train_x[:1]).expand_as(self.train_x)
+        if RAW_SHARE.keys() & set(variants):
+            raw = [RAW / s.path.parent.name / s.path.name for s in train]
+            self.has_raw = torch.tensor([p.is_file() for p in raw])
+            self.raw_x = torch.zeros_like(self.train_x)
+            self.raw_x[self.has_raw] = decode_images(
+                [p for p in raw if p.is_file()], size, desc="raw"
+            )
+        self.clusters = self.cluster_table = None
+        if BALANCED & set(variants):
+            self.cluster_images()
         self.val_x = decode_images([s.path for s in val], size, desc="val")
         self.val_y = torch.tensor([s.label for s in val])
         self.ext = scan_external(DEFAULT_DATA)
-        self.ext = self.ext[:: max(1, len(self.ext) // limit)] if limit else self.ext
+        self.ext = self.ext[:: max(1, len(self.ext) // args.limit)] if args.limit else self.ext
         self.ext_x = decode_external(self.ext, size)
         self.ext_y = np.array([s.label for s in self.ext])
+
+    def cluster_images(self) -> None:
+        from ceiling import imagenet_features
+
+        from brainmri.data.balance import (
+            appearance_clusters,
+            cluster_balanced_weights,
+            contingency,
+        )
+
+        self.clusters = appearance_clusters(
+            imagenet_features(self.train_x), k=CLUSTERS, seed=self.seed
+        )
+        labels = self.train_y.numpy()
+        self.weights = cluster_balanced_weights(self.clusters, labels)
+        self.cluster_table = contingency(self.clusters, labels, 4).tolist()
+        print("clusters x classes:", self.cluster_table, flush=True)
+
+    def draw(self, variant: str) -> torch.Tensor:
+        """Training-image indices, one per draw: the same seeded order for every uniform
+        variant (no image twice), a seeded weighted draw for the balanced ones."""
+        rng = np.random.default_rng(self.seed)
+        n = len(self.train_y)
+        if variant in BALANCED:
+            p = self.weights / self.weights.sum()
+            pick = rng.choice(n, size=self.n_draw, replace=True, p=p)
+        else:
+            pick = rng.choice(n, size=min(self.n_draw, n), replace=False)
+        return torch.from_numpy(pick)
 
 
 def train_variant(model, data: Data, variant: str, recipe: dict, args) -> float:
@@ -167,10 +215,11 @@ def train_variant(model, data: Data, variant: str, recipe: dict, args) -> float:
             else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, args.steps - warm)))
         ),
     )
+    order = data.draw(variant)
     model.train()
     t0 = time.perf_counter()
     for step in range(args.steps):
-        idx = torch.arange(step * args.batch, (step + 1) * args.batch) % len(data.train_x)
+        idx = order[torch.arange(step * args.batch, (step + 1) * args.batch) % len(order)]
         x = data.train_x[idx].clone()
         share = RAW_SHARE.get(variant, 0.0)
         if share:
@@ -242,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     variants = args.variants.split(",")
     t0 = time.perf_counter()
-    data = Data(args.size, args.steps * args.batch, args.seed, args.limit)
+    data = Data(args.size, args, variants)
     print(f"decoded in {time.perf_counter() - t0:.0f} s", flush=True)
     results: dict[str, dict] = {}
     for v in variants:
@@ -254,8 +303,14 @@ def main(argv: list[str] | None = None) -> dict:
         res = measure(model, data, recipe["data"].get("intensity", "none"))
         res["train_seconds"] = round(secs, 1)
         res["settings"] = (
-            None if v == "init" else SETTINGS[v].__dict__ | {"raw_share": RAW_SHARE.get(v, 0.0)}
+            None
+            if v == "init"
+            else SETTINGS[v].__dict__
+            | {"raw_share": RAW_SHARE.get(v, 0.0), "cluster_balanced": v in BALANCED}
         )
+        res["split"] = data.split | {"n_train": len(data.train_y), "n_val": len(data.val_y)}
+        if v in BALANCED:
+            res["clusters_x_classes"] = data.cluster_table
         res["args"] = vars(args) | {"out": str(args.out)}
         results[v] = res
         res["provenance"] = provenance()
@@ -266,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def summarize(out: Path, args) -> dict:
     """Table, McNemar p vs a and one risk-coverage PNG over every <variant>.json in out."""
-    order = ["init", "a", "b", "c", "d", "e"]
+    order = ["init", "a", "b", "c", "d", "e", "f", "g"]
     results = {
         v: json.loads((out / f"{v}.json").read_text())
         for v in order
