@@ -42,6 +42,16 @@ class DataConfig(_Strict):
     intensity: Literal["none", "percentile"] = Field(
         "none", description="per-image intensity standardization before the model"
     )
+    balance: Literal["none", "clusters"] = Field(
+        "none",
+        description="'clusters': draw training images (with replacement) so that every class "
+        "is equally frequent inside each k-means cluster of frozen ImageNet Lite0 features, "
+        "each cluster keeping its share (data/balance.py); 'none': a plain shuffle",
+    )
+    balance_clusters: int = Field(8, ge=2, description="k of the appearance clusters")
+    balance_min_count: int = Field(
+        10, ge=1, description="a (cluster, class) cell counts as at least this many images"
+    )
 
 
 class ModelConfig(_Strict):

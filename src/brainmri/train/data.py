@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from brainmri import CLASS_NAMES
-from brainmri.config import Recipe, recipe_from_dict
+from brainmri.config import ModelConfig, Recipe, recipe_from_dict
+from brainmri.data.balance import appearance_clusters, cluster_balanced_weights, contingency
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import Sample, class_counts, scan_split, stratified_split
 from brainmri.data.splits import METHOD as GROUPED_METHOD
@@ -111,3 +113,32 @@ def model_split(data_dir: Path, meta: dict) -> tuple[list[Sample], list[Sample],
         method = "stratified (older models)"
     return train, val, {"split_seed": seed, "val_fraction": recipe.data.val_fraction,
                         "split": method}
+
+
+@torch.inference_mode()
+def appearance_draw_weights(data: RunData, recipe: Recipe, batch: int = 64) -> torch.Tensor:
+    """Per-image draw weights of `data.balance: clusters`, and the clusters × classes counts
+    recorded in `data.split["draws"]`. Clusters come from frozen ImageNet Lite0 features
+    (whatever the recipe's backbone): generic appearance, not what the model learns."""
+    from brainmri.data.transforms import to_model_input
+    from brainmri.model.classifier import TumorClassifier
+
+    net = TumorClassifier(ModelConfig()).eval()
+    x = data.x_train.cpu()
+    feats = torch.cat(
+        [
+            net.features(to_model_input(x[i : i + batch], channels_last=True))
+            for i in range(0, len(x), batch)
+        ]
+    ).numpy()
+    cfg = recipe.data
+    clusters = appearance_clusters(feats, k=cfg.balance_clusters, seed=recipe.seed)
+    labels = data.y_train.cpu().numpy()
+    data.split["draws"] = {
+        "method": "class balance inside appearance clusters",
+        "clusters": cfg.balance_clusters,
+        "min_count": cfg.balance_min_count,
+        "clusters_x_classes": contingency(clusters, labels, len(CLASS_NAMES)).tolist(),
+    }
+    weights = cluster_balanced_weights(clusters, labels, cfg.balance_min_count)
+    return torch.from_numpy(np.asarray(weights, dtype=np.float64))

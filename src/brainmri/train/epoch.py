@@ -33,6 +33,16 @@ class Context:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_weights: torch.Tensor | None
+    draw_weights: torch.Tensor | None = None  # data.balance: per-image draw weights
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The epoch's seeded order of training images: a permutation, or as many weighted
+        draws with replacement when the recipe balances classes inside appearance clusters."""
+        gen = torch.Generator().manual_seed(self.recipe.seed * 100_003 + epoch)
+        n = len(self.data.x_train)
+        if self.draw_weights is None:
+            return torch.randperm(n, generator=gen)
+        return torch.multinomial(self.draw_weights, n, replacement=True, generator=gen)
 
     def model_input(self, x: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] or uint8 gray batch -> normalized 3-channel model input."""
@@ -105,8 +115,7 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
     x_train, y_train = ctx.data.x_train, ctx.data.y_train
     t0 = time.time()
     run.net.train()
-    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(
-        recipe.seed * 100_003 + epoch))  # fmt: skip
+    perm = ctx.epoch_order(epoch)
     per_rank = len(perm) // d.world
     shard = perm[d.rank * per_rank : (d.rank + 1) * per_rank]
     aug_gen = torch.Generator(device=d.device).manual_seed(recipe.seed * 7919 + epoch * 31 + d.rank)

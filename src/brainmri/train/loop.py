@@ -31,7 +31,7 @@ from brainmri.errors import BrainMRIError
 from brainmri.model.backbones import input_normalization
 from brainmri.model.checkpoint import save_model
 from brainmri.model.classifier import TumorClassifier
-from brainmri.train.data import RunData, load_data
+from brainmri.train.data import RunData, appearance_draw_weights, load_data
 from brainmri.train.distributed import Dist, environment, setup_distributed
 from brainmri.train.ensemble import train_ensemble
 from brainmri.train.epoch import (
@@ -125,7 +125,8 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
         model = model.to(memory_format=torch.channels_last)
     mean, std = input_normalization(model.backbone)
     weights = class_weights(data.counts).to(d.device) if recipe.train.class_weights else None
-    return Context(recipe, d, model, data, TrainAugment(recipe.augment), mean, std, weights)
+    draws = appearance_draw_weights(data, recipe) if recipe.data.balance == "clusters" else None
+    return Context(recipe, d, model, data, TrainAugment(recipe.augment), mean, std, weights, draws)
 
 
 def write_run_files(run_dir: Path, ctx: Context, data_dir: Path) -> None:
