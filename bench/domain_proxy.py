@@ -52,6 +52,7 @@ from external import (  # noqa: E402
     ROOT,
     breakdown,
     decode_external,
+    mcnemar_p,
     pct,
     plot_risk_coverage,
     provenance,
@@ -84,17 +85,6 @@ RAW_SHARE = {"d": 0.25, "e": 0.25}
 BALANCED = {"f", "g"}
 """Variants that draw their images class-balanced inside appearance clusters."""
 CLUSTERS = 8
-
-
-def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
-    """Two-sided exact McNemar p-value of paired right/wrong answers."""
-    from scipy.stats import binomtest
-
-    b = int((a_right & ~b_right).sum())
-    c = int((~a_right & b_right).sum())
-    if b + c == 0:
-        return 1.0
-    return float(binomtest(min(b, c), b + c, 0.5).pvalue)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

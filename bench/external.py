@@ -287,6 +287,17 @@ def provenance() -> dict:
     }
 
 
+def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value of paired right/wrong answers."""
+    from scipy.stats import binomtest
+
+    b = int((a_right & ~b_right).sum())
+    c = int((~a_right & b_right).sum())
+    if b + c == 0:
+        return 1.0
+    return float(binomtest(min(b, c), b + c, 0.5).pvalue)
+
+
 def write_json(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1) + "\n")
@@ -309,6 +320,7 @@ def evaluate_model(model_path: Path, samples: list[ExternalSample], tta: int = 1
     t2 = time.perf_counter()
     labels = np.array([s.label for s in samples])
     res = breakdown(probs, labels, samples, loaded.class_names)
+    res["right"] = (probs.argmax(1) == labels).astype(int).tolist()  # per file, scan order
     res["model"] = str(model_path)
     res["tta"] = tta
     res["image_size"] = loaded.image_size
@@ -325,9 +337,26 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--name", default="shipped")
     p.add_argument("--tta", type=int, default=1)
+    p.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="an earlier result file of this script: McNemar's exact test on the paired answers",
+    )
     args = p.parse_args(argv)
     samples = scan_external(args.data)
     res = evaluate_model(args.model, samples, args.tta)
+    if args.against is not None:
+        other = json.loads(args.against.read_text())
+        res["against"] = {
+            "file": str(args.against),
+            "accuracy": other["accuracy"],
+            "mcnemar_p": mcnemar_p(np.array(other["right"], bool), np.array(res["right"], bool)),
+        }
+        print(
+            f"against {args.against}: {pct(other['accuracy'])} %, McNemar p "
+            f"{res['against']['mcnemar_p']:.3g}"
+        )
     res["provenance"] = provenance()
     write_json(args.out / f"{args.name}.json", res)
     plot_risk_coverage(

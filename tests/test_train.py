@@ -273,3 +273,29 @@ def test_cached_frozen_features_train_the_same_head(small_benchmark, tmp_path):
     for a, b in zip(rows[False], rows[True], strict=True):
         for key in ("train_loss", "val_loss", "val_acc"):
             assert float(b[key]) == pytest.approx(float(a[key]), abs=2e-3), key
+
+
+def test_cluster_balanced_draws_are_recorded_and_weighted(small_benchmark, tmp_path):
+    """data.balance=clusters: the split records clusters × classes over every training file,
+    and each epoch's order is that many weighted draws (with replacement) instead of a
+    permutation; a plain recipe keeps its permutation."""
+    from brainmri.train.distributed import Dist
+
+    base = ["train.stages.0.epochs=1", "train.stages.1.epochs=0", "train.stages.2.epochs=0"]
+    recipe = load_recipe("smoke", [*base, "data.balance=clusters", "data.balance_clusters=3"])
+    ctx = loop.build_context(recipe, small_benchmark, Dist())
+    draws = ctx.data.split["draws"]
+    table = torch.tensor(draws["clusters_x_classes"])
+    assert table.shape == (3, len(CLASS_NAMES)) and int(table.sum()) == len(ctx.data.train)
+    assert ctx.draw_weights is not None and len(ctx.draw_weights) == len(ctx.data.train)
+    assert float(ctx.draw_weights.std()) > 0  # the clusters are not all balanced already
+    order = ctx.epoch_order(0)
+    assert len(order) == len(ctx.data.train) and len(set(order.tolist())) < len(order)
+    assert torch.equal(order, ctx.epoch_order(0)) and not torch.equal(order, ctx.epoch_order(1))
+    plain = loop.build_context(load_recipe("smoke", base), small_benchmark, Dist())
+    assert plain.draw_weights is None and "draws" not in plain.data.split
+    assert sorted(plain.epoch_order(0).tolist()) == list(range(len(plain.data.train)))
+    run = tmp_path / "run"
+    train(recipe, small_benchmark, run, device="cpu")
+    recorded = json.loads((run / "splits" / "split.json").read_text())["draws"]
+    assert recorded["clusters_x_classes"] == draws["clusters_x_classes"]
