@@ -138,17 +138,20 @@ def run_one(args, k: int, draw: int, ctx: dict) -> dict:
         "adapt_seconds": round(adapt_s, 1),
         "guard_accept_rest": guard_accept_rate(scorer, threshold, feats),
         "benchmark_val": benchmark_accuracy(loaded, ctx["val"]),
-        "official_test_plain": benchmark_accuracy(loaded, ctx["test"]),
+        "official_test_plain": benchmark_accuracy(loaded, ctx["test"]) if ctx["test"] else None,
         "adapt_summary": result.summary,
     }
+    res["rest_index"] = rest.tolist()  # external-dev scan order
+    res["right"] = (probs.argmax(1) == labels[rest]).astype(int).tolist()
     # the source model on the same rest images, for the paired comparison
     res["source_on_rest"] = float((ctx["source_pred"][rest] == labels[rest]).mean())
     print(format_breakdown(res, f"k={k} draw {draw}: rest of external-dev ({len(rest)})"))
+    test = res["official_test_plain"]
     print(
         f"  source on rest {pct(res['source_on_rest'])} %; guard accepts "
         f"{pct(res['guard_accept_rest'])} % of rest; benchmark val "
         f"{pct(res['benchmark_val']['accuracy'])} %, official test "
-        f"{pct(res['official_test_plain']['accuracy'])} %; adapt {adapt_s / 60:.1f} min",
+        f"{pct(test['accuracy']) if test else 'not run'} %; adapt {adapt_s / 60:.1f} min",
         flush=True,
     )
     return res
@@ -168,13 +171,14 @@ def plot_curve(runs: list[dict], path: Path) -> None:
         vals = mean(lambda r, s=seq: r["per_sequence"][s]["accuracy"])
         ax.plot(ks, [100 * v for v in vals], ".--", lw=1, label=f"rest, {seq}")
     ax.plot(ks, [100 * v for v in mean(lambda r: r["source_on_rest"])], "k:", label="before")
-    ax.plot(
-        ks,
-        [100 * v for v in mean(lambda r: r["official_test_plain"]["accuracy"])],
-        "s-",
-        color="gray",
-        label="official test (plain)",
-    )
+    if all(r["official_test_plain"] for r in runs):
+        ax.plot(
+            ks,
+            [100 * v for v in mean(lambda r: r["official_test_plain"]["accuracy"])],
+            "s-",
+            color="gray",
+            label="official test (plain)",
+        )
     ax.set_xscale("log")
     ax.minorticks_off()
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -189,6 +193,42 @@ def plot_curve(runs: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _runs_in(folder: Path) -> dict[tuple[int, int], dict]:
+    """(k, draw) -> run result, for every OUT/k*_d*.json of a folder."""
+    runs = [json.loads(f.read_text()) for f in sorted(folder.glob("k*_d*.json"))]
+    return {(r["k"], r["draw"]): r for r in runs}
+
+
+def compare(dirs: list[Path]) -> list[dict]:
+    """Settings side by side over the draws each folder holds: mean rest accuracy, benchmark
+    validation and adapt time; the first folder is the reference of a paired McNemar test
+    pooled over the draws the two share (the same rest images per draw)."""
+    from external import mcnemar_p
+
+    ref = _runs_in(dirs[0])
+    rows = []
+    for d in dirs:
+        runs = _runs_in(d)
+        keys = sorted(set(runs) & set(ref))
+        right = [np.concatenate([rs[k]["right"] for k in keys]).astype(bool) for rs in (ref, runs)]
+        row = {
+            "settings": d.name,
+            "runs": [f"k{k}_d{draw}" for k, draw in keys],
+            "rest": float(np.mean([runs[k]["accuracy"] for k in keys])),
+            "val": float(np.mean([runs[k]["benchmark_val"]["accuracy"] for k in keys])),
+            "max_adapt_min": max(runs[k]["adapt_seconds"] for k in keys) / 60,
+            "mcnemar_p": None if d == dirs[0] else mcnemar_p(*right),
+        }
+        rows.append(row)
+        p = "—" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.2g}"
+        print(
+            f"{row['settings']:>12}  rest {pct(row['rest'])} %  val {pct(row['val'])} %  "
+            f"adapt ≤ {row['max_adapt_min']:.1f} min  McNemar p vs {dirs[0].name}: {p}  "
+            f"({', '.join(row['runs'])})"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=SHIPPED)
@@ -198,10 +238,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--group-threshold", type=float, default=0.97)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "adapt")
     p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override an adaptation setting (configs/adapt/default.yaml), repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-test", action="store_true",
+        help="skip the official test split (comparisons that choose settings never score it)",
+    )  # fmt: skip
+    p.add_argument(
         "--summary-only", action="store_true",
         help="only rebuild curve.json and the figures from every OUT/k*_d*.json",
     )  # fmt: skip
+    p.add_argument(
+        "--compare", type=Path, nargs="+", metavar="DIR",
+        help="only compare the runs of these OUT folders (the first is the reference)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.compare:
+        rows = compare(args.compare)
+        write_json(args.out / "compare.json", rows)
+        return rows
     if args.summary_only:
         runs = [json.loads(f.read_text()) for f in args.out.glob("k*_d*.json")]
         runs.sort(key=lambda r: (r["k"], r["draw"]))
@@ -213,10 +269,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "samples": samples,
         "labels": labels,
         "groups": scan_groups([s.path for s in samples], args.group_threshold),
-        "cfg": load_adapt_config("default"),
+        "cfg": load_adapt_config("default", args.overrides),
         "replay_pool": train,
         "val": val,
-        "test": scan_split(BENCH, "Testing"),
+        "test": [] if args.no_test else scan_split(BENCH, "Testing"),
         "source": load_for_inference(args.model, "cpu"),
     }
     ctx["images"] = decode_external(samples, ctx["source"].image_size)  # decoded once
@@ -251,7 +307,8 @@ def summarize(runs: list[dict], out: Path) -> list[dict]:
             )
         }  # fmt: skip
         | {"per_sequence": {q: v["accuracy"] for q, v in r["per_sequence"].items()}}
-        | {"val": r["benchmark_val"]["accuracy"], "test": r["official_test_plain"]["accuracy"]}
+        | {"val": r["benchmark_val"]["accuracy"]}
+        | {"test": (r["official_test_plain"] or {}).get("accuracy")}
         for r in runs
     ]
     (out / "curve.json").write_text(json.dumps(summary, indent=1) + "\n")

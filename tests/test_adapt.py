@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -16,7 +17,7 @@ from brainmri.cli import app
 from brainmri.config import load_adapt_config, load_recipe
 from brainmri.data.folders import Sample
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.adapt import adapt_recipe, draw_replay
+from brainmri.train.adapt import adapt_recipe, draw_replay, interpolate_weights
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,35 @@ def test_replay_draw_is_disjoint_and_deals_every_class():
     assert {s.label for s in replay} == set(range(4))
     assert draw_replay(pool, 10, 40, seed=3) == (replay, holdout)
     assert draw_replay(pool, 10, 40, seed=4)[0] != replay
+
+
+def test_weighted_replay_draw_follows_the_weights_and_stays_disjoint():
+    pool = [Sample(Path(f"{c}_{i}.jpg"), c, "Training") for c in range(4) for i in range(30)]
+    weights = np.array([50.0 if s.label == 2 else 1.0 for s in pool])
+    replay, holdout = draw_replay(pool, 20, 40, seed=3, weights=weights)
+    assert len(replay) == 20 == len({s.path for s in replay}) and len(holdout) == 40
+    assert not {s.path for s in replay} & {s.path for s in holdout}
+    assert sum(s.label == 2 for s in replay) >= 15  # 50:1 weights, 30 such images of 120
+    assert draw_replay(pool, 20, 40, seed=3, weights=weights) == (replay, holdout)
+    assert draw_replay(pool, 20, 40, seed=3)[0] != replay
+
+
+def test_interpolated_weights_lie_between_source_and_fine_tuned():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    source = {n: v.detach().clone() for n, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.train()(torch.randn(8, 3))  # BatchNorm buffers move too; num_batches_tracked is 1
+    tuned = {n: v.detach().clone() for n, v in net.state_dict().items()}
+    interpolate_weights(net, source, 1.0)
+    assert all(torch.equal(v, tuned[n]) for n, v in net.state_dict().items())
+    interpolate_weights(net, source, 0.25)
+    for name, value in net.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.25 * tuned[name] + 0.75 * source[name])
+        else:
+            assert torch.equal(value, tuned[name])
 
 
 @pytest.mark.parametrize("n_train, epochs", [(24, 50), (150, 10), (300, 5)])

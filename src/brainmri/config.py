@@ -169,6 +169,21 @@ class AdaptConfig(_Strict):
     replay_ratio: float = Field(
         1.0, ge=0.0, description="benchmark Training images mixed in per site image (forgetting)"
     )
+    replay_draw: Literal["classes", "clusters"] = Field(
+        "classes",
+        description="how replay images are drawn: 'classes' in turn; 'clusters': weighted by "
+        "class balance inside appearance clusters of the benchmark pool (data/balance.py), so "
+        "that replay shows the classes in every look (e.g. tumours that look like the pool's "
+        "notumor images) instead of teaching which look goes with which class",
+    )
+    replay_clusters: int = Field(8, ge=2, description="k of the clusters ('clusters' draw)")
+    interpolate: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="weight a of the fine-tuned parameters in the saved model: a·adapted + "
+        "(1 − a)·source, buffers included (WiSE-FT); 1: the fine-tuned model as trained",
+    )
     guard_holdout: int = Field(
         400, ge=0, description="benchmark images, not trained on here, that set the guard threshold"
     )

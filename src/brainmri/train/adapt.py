@@ -8,7 +8,10 @@ class weights, AdamW, warm-up + cosine) for a fixed number of optimizer steps (`
 the time is the same for 5 or 50 images per class), on the site images mixed
 with as many benchmark Training images (`replay_ratio`) so that it keeps what it knew. There is
 no validation split to stop on with a few images, so the stage runs its full length
-(settings: configs/adapt/default.yaml).
+(settings: configs/adapt/default.yaml). Two options act on forgetting and on the benchmark's
+shortcuts: `replay_draw: clusters` draws the replay images by class balance inside appearance
+clusters of the benchmark pool, and `interpolate` saves a weighted average of the fine-tuned and
+the source weights.
 
 The input guard is refitted, because the features move: class means and the shared covariance
 on the trained images (site + replay), the threshold at `guard_accept` of a held-out draw of
@@ -69,19 +72,61 @@ def site_samples(site_dir: Path) -> list[Sample]:
     return [Sample(s.path, s.label, "Training") for s in samples]
 
 
-def draw_replay(
-    pool: list[Sample], n_replay: int, n_holdout: int, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Two disjoint seeded draws from the benchmark pool, classes taken in turn so that every
-    class is present: (replay, guard hold-out)."""
-    rng = np.random.default_rng(seed)
+def _dealt(pool: list[Sample], rng: np.random.Generator) -> list[int]:
+    """Pool indices in a seeded order, the classes taken in turn."""
     by_class = []
     for c in sorted({s.label for s in pool}):
-        members = [s for s in pool if s.label == c]
-        by_class.append([members[i] for i in rng.permutation(len(members))])
-    dealt = [s for row in itertools.zip_longest(*by_class) for s in row if s is not None]
-    n_replay = min(n_replay, len(dealt))
-    return dealt[:n_replay], dealt[n_replay : n_replay + n_holdout]
+        members = [i for i, s in enumerate(pool) if s.label == c]
+        by_class.append([members[j] for j in rng.permutation(len(members))])
+    return [i for row in itertools.zip_longest(*by_class) for i in row if i is not None]
+
+
+def draw_replay(
+    pool: list[Sample],
+    n_replay: int,
+    n_holdout: int,
+    seed: int,
+    weights: np.ndarray | None = None,
+) -> tuple[list[Sample], list[Sample]]:
+    """Two disjoint seeded draws from the benchmark pool: (replay, guard hold-out).
+
+    Without weights both are dealt class by class in turn, so that every class is present;
+    with per-image weights the replay images are drawn without replacement in proportion to
+    them, and the hold-out is dealt from what is left.
+    """
+    rng = np.random.default_rng(seed)
+    n_replay = min(n_replay, len(pool))
+    if weights is None:
+        order = _dealt(pool, rng)
+        chosen, left = order[:n_replay], order[n_replay:]
+    else:
+        p = np.asarray(weights, dtype=np.float64)
+        chosen = rng.choice(len(pool), size=n_replay, replace=False, p=p / p.sum()).tolist()
+        taken = set(chosen)
+        left = [i for i in _dealt(pool, rng) if i not in taken]
+    return [pool[i] for i in chosen], [pool[i] for i in left[:n_holdout]]
+
+
+def replay_weights(pool: list[Sample], size: int, cfg: AdaptConfig) -> np.ndarray | None:
+    """Per-image replay weights of `replay_draw: clusters` (None for the plain draw)."""
+    if cfg.replay_draw != "clusters" or not pool:
+        return None
+    from brainmri.train.data import appearance_weights
+
+    x, y = cache_samples(pool, size, desc="decode replay pool")
+    weights, _ = appearance_weights(x, y.numpy(), cfg.replay_clusters, 1, cfg.seed)
+    return weights
+
+
+def interpolate_weights(member: torch.nn.Module, source: dict[str, torch.Tensor], a: float) -> None:
+    """member := a·member + (1 − a)·source for every floating parameter and buffer (WiSE-FT:
+    the fine-tuned and the source weights averaged keep more of what the source knew)."""
+    if a >= 1.0:
+        return
+    state = member.state_dict()
+    for name, value in state.items():
+        if value.is_floating_point():
+            value.copy_(a * value + (1.0 - a) * source[name].to(value.dtype))
 
 
 def adapt_recipe(recipe: Recipe, cfg: AdaptConfig, member: int, n_train: int) -> Recipe:
@@ -184,8 +229,9 @@ def adapt(
             "adapt mixes in benchmark Training images so the model keeps what it knew: pass "
             "--replay DIR (a folder with Training/<class>/), or --set replay_ratio=0"
         )
-    replay, holdout = draw_replay(replay_pool, n_replay, cfg.guard_holdout, cfg.seed)
     size = int(meta["preprocessing"]["image_size"])
+    weights = replay_weights(replay_pool, size, cfg) if n_replay else None
+    replay, holdout = draw_replay(replay_pool, n_replay, cfg.guard_holdout, cfg.seed, weights)
     x_site, y_site = cache_samples(site, size, desc="decode site")
     x_rep, y_rep = cache_samples(replay, size, desc="decode replay")
     x = torch.cat([x_site, x_rep])
@@ -197,7 +243,9 @@ def adapt(
     for k, member in enumerate(members):
         label = f"member {k + 1}/{len(members)}"
         member_recipe = adapt_recipe(recipe, cfg, k, len(x))
+        source = {n: v.detach().clone() for n, v in member.state_dict().items()}
         history.append(fit_member(member, member_recipe, data, meta, label))
+        interpolate_weights(member, source, cfg.interpolate)
     adapted = EnsembleClassifier(members) if len(members) > 1 else members[0]
     adapted.eval()
     summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)

@@ -116,29 +116,40 @@ def model_split(data_dir: Path, meta: dict) -> tuple[list[Sample], list[Sample],
 
 
 @torch.inference_mode()
-def appearance_draw_weights(data: RunData, recipe: Recipe, batch: int = 64) -> torch.Tensor:
-    """Per-image draw weights of `data.balance: clusters`, and the clusters × classes counts
-    recorded in `data.split["draws"]`. Clusters come from frozen ImageNet Lite0 features
-    (whatever the recipe's backbone): generic appearance, not what the model learns."""
+def appearance_weights(
+    x: torch.Tensor, labels: np.ndarray, k: int, min_count: int, seed: int, batch: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """(per-image draw weights, clusters × classes counts): class balance inside k appearance
+    clusters of uint8 images. Clusters come from frozen ImageNet Lite0 features (whatever the
+    model's backbone): generic appearance, not what a model learns."""
     from brainmri.data.transforms import to_model_input
     from brainmri.model.classifier import TumorClassifier
 
     net = TumorClassifier(ModelConfig()).eval()
-    x = data.x_train.cpu()
+    x = x.cpu()
     feats = torch.cat(
         [
             net.features(to_model_input(x[i : i + batch], channels_last=True))
             for i in range(0, len(x), batch)
         ]
     ).numpy()
+    clusters = appearance_clusters(feats, k=k, seed=seed)
+    weights = cluster_balanced_weights(clusters, labels, min_count)
+    return np.asarray(weights, dtype=np.float64), contingency(clusters, labels, len(CLASS_NAMES))
+
+
+def appearance_draw_weights(data: RunData, recipe: Recipe) -> torch.Tensor:
+    """Per-image draw weights of `data.balance: clusters`; the clusters × classes counts are
+    recorded in `data.split["draws"]`."""
     cfg = recipe.data
-    clusters = appearance_clusters(feats, k=cfg.balance_clusters, seed=recipe.seed)
     labels = data.y_train.cpu().numpy()
+    weights, table = appearance_weights(
+        data.x_train, labels, cfg.balance_clusters, cfg.balance_min_count, recipe.seed
+    )
     data.split["draws"] = {
         "method": "class balance inside appearance clusters",
         "clusters": cfg.balance_clusters,
         "min_count": cfg.balance_min_count,
-        "clusters_x_classes": contingency(clusters, labels, len(CLASS_NAMES)).tolist(),
+        "clusters_x_classes": table.tolist(),
     }
-    weights = cluster_balanced_weights(clusters, labels, cfg.balance_min_count)
-    return torch.from_numpy(np.asarray(weights, dtype=np.float64))
+    return torch.from_numpy(weights)
