@@ -219,12 +219,23 @@ def compare(dirs: list[Path]) -> list[dict]:
             "max_adapt_min": max(runs[k]["adapt_seconds"] for k in keys) / 60,
             "mcnemar_p": None if d == dirs[0] else mcnemar_p(*right),
         }
+        row["per_run"] = {
+            f"k{k}_d{draw}": {
+                "rest": runs[k]["accuracy"],
+                "val": runs[k]["benchmark_val"]["accuracy"],
+                "adapt_min": runs[k]["adapt_seconds"] / 60,
+                "per_sequence": {q: v["accuracy"] for q, v in runs[k]["per_sequence"].items()},
+            }
+            for k, draw in keys
+        }
         rows.append(row)
+    print(f"| settings | runs | rest | val | max adapt | McNemar p vs {dirs[0].name} |")
+    print("|---|---|---:|---:|---:|---:|")
+    for row in rows:
         p = "—" if row["mcnemar_p"] is None else f"{row['mcnemar_p']:.2g}"
         print(
-            f"{row['settings']:>12}  rest {pct(row['rest'])} %  val {pct(row['val'])} %  "
-            f"adapt ≤ {row['max_adapt_min']:.1f} min  McNemar p vs {dirs[0].name}: {p}  "
-            f"({', '.join(row['runs'])})"
+            f"| {row['settings']} | {', '.join(row['runs'])} | {pct(row['rest'])} % | "
+            f"{pct(row['val'])} % | {row['max_adapt_min']:.1f} min | {p} |"
         )
     return rows
 

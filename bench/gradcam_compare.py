@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -31,18 +31,33 @@ from brainmri.infer.gradcam import head_mask, model_input
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
 
-CANDIDATES = {
-    "gradcam_last": ("GradCAM", ("bn2",)),
-    "gradcampp_last": ("GradCAMPlusPlus", ("bn2",)),
-    "hirescam_last": ("HiResCAM", ("bn2",)),
-    "layercam_last": ("LayerCAM", ("bn2",)),
-    "gradcam_stage4": ("GradCAM", ("blocks.4",)),
-    "layercam_stage4": ("LayerCAM", ("blocks.4",)),
-    "gradcam_last_stage4": ("GradCAM", ("bn2", "blocks.4")),
+CANDIDATES: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_last": ("GradCAM", ("bn2",), {}),
+    "gradcampp_last": ("GradCAMPlusPlus", ("bn2",), {}),
+    "hirescam_last": ("HiResCAM", ("bn2",), {}),
+    "layercam_last": ("LayerCAM", ("bn2",), {}),
+    "gradcam_stage4": ("GradCAM", ("blocks.4",), {}),
+    "layercam_stage4": ("LayerCAM", ("blocks.4",), {}),
+    "gradcam_last_stage4": ("GradCAM", ("bn2", "blocks.4"), {}),
 }
+"""§16.2's candidates: (pytorch-grad-cam method, target layers, call options)."""
+
+SECOND_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4": ("GradCAM", ("blocks.4",), {}),
+    "gradcam_stage4_augsmooth": ("GradCAM", ("blocks.4",), {"aug_smooth": True}),
+    "gradcam_stage4_eigensmooth": ("GradCAM", ("blocks.4",), {"eigen_smooth": True}),
+    "xgradcam_stage4": ("XGradCAM", ("blocks.4",), {}),
+    "elementwise_stage4": ("GradCAMElementWise", ("blocks.4",), {}),
+    "hirescam_stage4": ("HiResCAM", ("blocks.4",), {}),
+    "gradcam_stage2": ("GradCAM", ("blocks.2",), {}),
+}
+"""§16.5's candidates (`--round 2`): the chosen map with the library's smoothing options, other
+gradient weightings at the same stage, and the stride-8 stage."""
 
 
-def cam_maps(model, x: torch.Tensor, method: str, layers: tuple[str, ...]) -> np.ndarray:
+def cam_maps(
+    model, x: torch.Tensor, method: str, layers: tuple[str, ...], options: dict | None = None
+) -> np.ndarray:
     """Maps (4, S, S) of one model input for every class, with a pytorch-grad-cam method."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -52,7 +67,8 @@ def cam_maps(model, x: torch.Tensor, method: str, layers: tuple[str, ...]) -> np
     with torch.inference_mode(False), torch.enable_grad():
         xx = x.detach().clone().float().repeat(4, 1, 1, 1)
         with getattr(pytorch_grad_cam, method)(model=model, target_layers=targets) as cam:
-            return cam(input_tensor=xx, targets=[ClassifierOutputTarget(c) for c in range(4)])
+            classes = [ClassifierOutputTarget(c) for c in range(4)]
+            return cam(input_tensor=xx, targets=classes, **(options or {}))
 
 
 def pick_images(val: list, per_class: int) -> list:
@@ -67,6 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--per-class", type=int, default=12)
+    ap.add_argument(
+        "--round", type=int, choices=(1, 2), default=1,
+        help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8)",
+    )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)
     path = args.model or shipped_model_path()
@@ -75,15 +95,16 @@ def main(argv: list[str] | None = None) -> dict:
     model = lo.model.eval()
     _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
     images = pick_images(val, args.per_class)
-    rows: dict[str, list[dict]] = {k: [] for k in CANDIDATES}
+    candidates = CANDIDATES if args.round == 1 else SECOND_ROUND
+    rows: dict[str, list[dict]] = {k: [] for k in candidates}
     for s in images:
         plane = check_image_bytes(s.path.read_bytes())
         x = model_input(plane, lo.image_size, lo.intensity, lo.channels_last)
         with torch.inference_mode():
             k = int(model(x).argmax())
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))
-        for name, (method, layers) in CANDIDATES.items():
-            maps = cam_maps(model, x, method, layers)
+        for name, (method, layers, options) in candidates.items():
+            maps = cam_maps(model, x, method, layers, options)
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]
             rows[name].append(
@@ -96,8 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
             )
     summary = {
         name: {
-            "method": CANDIDATES[name][0],
-            "layers": list(CANDIDATES[name][1]),
+            "method": candidates[name][0],
+            "layers": list(candidates[name][1]),
+            "options": candidates[name][2],
             "mass_inside_head_mean": round(float(np.mean([r["inside"] for r in rs])), 4),
             "images_with_80pct_inside": int(sum(r["inside"] >= 0.8 for r in rs)),
             "move_mean": round(float(np.mean([r["move"] for r in rs])), 4),
@@ -112,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": machine(lo.device),
         "model": str(path),
         "split": split | {"images": len(images)},
-        "head_area_mean": round(float(np.mean([r["area"] for r in rows["gradcam_last"]])), 4),
+        "head_area_mean": round(float(np.mean([r["area"] for r in next(iter(rows.values()))])), 4),
         "candidates": summary,
         "images": rows,
         "seconds": round(time.time() - t0, 1),
