@@ -220,13 +220,14 @@ def compare(dirs: list[Path]) -> list[dict]:
             "mcnemar_p": None if d == dirs[0] else mcnemar_p(*right),
         }
         row["per_run"] = {
-            f"k{k}_d{draw}": {
-                "rest": runs[k]["accuracy"],
-                "val": runs[k]["benchmark_val"]["accuracy"],
-                "adapt_min": runs[k]["adapt_seconds"] / 60,
-                "per_sequence": {q: v["accuracy"] for q, v in runs[k]["per_sequence"].items()},
+            f"k{r['k']}_d{r['draw']}": {
+                "rest": r["accuracy"],
+                "val": r["benchmark_val"]["accuracy"],
+                "adapt_min": r["adapt_seconds"] / 60,
+                "ece": r["ece"],
+                "per_sequence": {q: v["accuracy"] for q, v in r["per_sequence"].items()},
             }
-            for k, draw in keys
+            for r in (runs[k] for k in keys)
         }
         rows.append(row)
     print(f"| settings | runs | rest | val | max adapt | McNemar p vs {dirs[0].name} |")
