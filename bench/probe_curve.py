@@ -1,0 +1,101 @@
+"""What k labelled site images per class carry: a linear probe on frozen features, by k.
+
+The same site draws as bench/adapt_curve.py (k images per class taken by whole scan groups,
+measured on every image of the groups not drawn), but instead of fine-tuning, a standardized
+logistic regression (C fixed at 0.01, as §13.5's transfer probe; nothing tuned here) is fitted
+on the k·3 site images' frozen features alone: the pooled backbone features of ImageNet Lite0
+(§13.3's ceiling features, 160 px) and of the shipped model (its own preprocessing and size).
+It bounds what a few labelled images give a classifier on generic or on benchmark-trained
+features; the grouped 5-fold figure of §13.3 (~750 images per fold) is its right end.
+
+    python bench/probe_curve.py [--ks 5,10,25,50,100,150] [--draws 0,1,2] \
+        [--out bench/results/external/probe_curve.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt_curve import SHIPPED, draw_site  # noqa: E402
+from ceiling import imagenet_features, scan_groups  # noqa: E402
+from external import (  # noqa: E402
+    DEFAULT_DATA,
+    ROOT,
+    decode_external,
+    pct,
+    provenance,
+    scan_external,
+    write_json,
+)
+
+from brainmri.data.transforms import normalize_planes, to_model_input  # noqa: E402
+from brainmri.infer.core import load_for_inference  # noqa: E402
+
+
+@torch.inference_mode()
+def model_features(path: Path, samples, batch: int = 64) -> np.ndarray:
+    """Pooled backbone features (avg || max) of a model file, its own preprocessing."""
+    loaded = load_for_inference(path, "cpu")
+    x = decode_external(samples, loaded.image_size)
+    out = []
+    for i in range(0, len(x), batch):
+        planes = normalize_planes(x[i : i + batch], loaded.intensity)
+        out.append(loaded.model.features(to_model_input(planes, loaded.channels_last)))
+    return torch.cat(out).numpy()
+
+
+def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    pipe.fit(feats[site], labels[site])
+    return float((pipe.predict(feats[rest]) == labels[rest]).mean())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=SHIPPED)
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--ks", default="5,10,25,50,100,150")
+    p.add_argument("--draws", default="0,1,2")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/external/probe_curve.json")
+    args = p.parse_args(argv)
+    samples = scan_external(args.data)
+    labels = np.array([s.label for s in samples])
+    groups = scan_groups([s.path for s in samples])
+    features = {
+        "imagenet_lite0_160": imagenet_features(decode_external(samples, 160)),
+        "shipped_model": model_features(args.model, samples),
+    }
+    rows = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for draw in (int(v) for v in args.draws.split(",")):
+            site, rest = draw_site(labels, groups, k, draw)
+            row = {"k": k, "draw": draw, "site_n": len(site), "rest_n": len(rest)}
+            for name, feats in features.items():
+                row[name] = probe_accuracy(feats, labels, site, rest)
+            rows.append(row)
+            print(
+                f"k={k:>3} draw {draw}: rest {len(rest)}; "
+                + ", ".join(f"{n} {pct(row[n])} %" for n in features),
+                flush=True,
+            )
+    summary = {
+        k: {n: float(np.mean([r[n] for r in rows if r["k"] == k])) for n in features}
+        for k in sorted({r["k"] for r in rows})
+    }
+    report = {"runs": rows, "mean_by_k": summary, "provenance": provenance()}
+    write_json(args.out, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
