@@ -21,7 +21,12 @@ classifier on top learns from the benchmark.
 Out-of-fold predictions are broken down as in bench/external.py (per class, sequence, tumour).
 Measurement only: nothing here is, or may become, a shipped model.
 
-    python bench/ceiling.py [--size 160] [--finetune 0] [--out bench/results/external]
+With --features-of MODEL the linear learner reads that model file's pooled features instead
+(its own size and preprocessing; written to OUT/ceiling_features_of_model.json): what a
+classifier trained on the collection reaches on features a model learnt elsewhere.
+
+    python bench/ceiling.py [--size 160] [--finetune 0] [--features-of M] \
+        [--out bench/results/external]
 """
 
 from __future__ import annotations
@@ -84,6 +89,21 @@ def imagenet_features(images: torch.Tensor, batch: int = 64) -> np.ndarray:
         model.features(to_model_input(images[i : i + batch], channels_last=True))
         for i in range(0, len(images), batch)
     ]
+    return torch.cat(out).numpy()
+
+
+@torch.inference_mode()
+def model_features(path: Path, samples, batch: int = 64) -> np.ndarray:
+    """Pooled backbone features (avg || max) of a model file, with its own preprocessing."""
+    from brainmri.data.transforms import normalize_planes
+    from brainmri.infer.core import load_for_inference
+
+    loaded = load_for_inference(path, "cpu")
+    x = decode_external(samples, loaded.image_size)
+    out = []
+    for i in range(0, len(x), batch):
+        planes = normalize_planes(x[i : i + batch], loaded.intensity)
+        out.append(loaded.model.features(to_model_input(planes, loaded.channels_last)))
     return torch.cat(out).numpy()
 
 
@@ -168,7 +188,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     p.add_argument("--merge", action="store_true", help="combine OUT/ceiling_ft_fold*.json")
     p.add_argument("--threads", type=int, default=1, help="torch threads of one --fold run")
+    p.add_argument(
+        "--features-of", type=Path, default=None, metavar="MODEL",
+        help="linear learner on this model file's pooled features (no fine-tune)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.features_of is not None:
+        return features_of_model(args)
     if args.skip_cv:
         return transfer_only(args)
     if args.fold is not None:
@@ -279,6 +305,33 @@ def merge_folds(args) -> dict:
     )
     write_json(args.out / "ceiling_finetune.json", res)
     return res
+
+
+def features_of_model(args) -> dict:
+    """The grouped 5-fold linear ceiling on a model file's features (module doc)."""
+    torch.set_num_threads(2)
+    samples = scan_external(args.data)
+    y = np.array([s.label for s in samples])
+    groups = scan_groups([s.path for s in samples])
+    splits = folds(y, groups, 5, args.seed)
+    t0 = time.perf_counter()
+    probs, chosen = linear_probe(model_features(args.features_of, samples), y, groups, splits)
+    extra = {"C": chosen, "seconds": round(time.perf_counter() - t0, 1)}
+    out = {
+        "features_of": str(args.features_of),
+        "fold_sizes": [int(len(te)) for _, te in splits],
+        "linear": report(
+            f"{args.features_of.name} features + logistic regression",
+            probs,
+            y,
+            samples,
+            splits,
+            extra,
+        ),  # fmt: skip
+        "provenance": provenance(),
+    }
+    write_json(args.out / "ceiling_features_of_model.json", out)
+    return out
 
 
 def transfer_probe(ext_feats: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:

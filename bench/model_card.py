@@ -242,13 +242,17 @@ def external_sequence_lines(bd: dict | None) -> list[str]:
     return rows
 
 
-def ceiling_lines(linear: dict | None, finetune: dict | None) -> list[str]:
+def ceiling_lines(
+    linear: dict | None, finetune: dict | None, own: dict | None = None
+) -> list[str]:
     """What a model trained on external-dev itself reaches (grouped 5-fold CV)."""
     out = []
     for res, what in (
         ((linear or {}).get("linear"), "frozen ImageNet Lite0 features + logistic regression"),
         (finetune, f"ImageNet Lite0 fine-tuned {(finetune or {}).get('epochs', '?')} epochs"),
-    ):
+        ((own or {}).get("linear"), "this model's frozen features + logistic regression "
+         "(`--features-of`, §20.4)"),
+    ):  # fmt: skip
         if res is not None:
             seq = ", ".join(f"{q} {pct(res['per_sequence'][q]['accuracy'], 1)}" for q in SEQUENCES)
             out.append(f"- {what}: **{pct(res['accuracy'], 1)}** ({seq}; ECE "
@@ -260,6 +264,26 @@ def ceiling_lines(linear: dict | None, finetune: dict | None) -> list[str]:
         "a grouped 5-fold CV (`python bench/ceiling.py`; docs/RESULTS.md §13.3, §14.3):",
         "",
         *out,
+    ]
+
+
+def probe_lines(probe: dict | None) -> list[str]:
+    """A linear head on this model's features from k site images alone (bench/probe_curve.py)."""
+    if not probe:
+        return []
+    by_k = probe["mean_by_k"]
+    ks = sorted(by_k, key=int)
+    vals = ", ".join(f"k = {k} {pct(by_k[k]['shipped_model'], 1)}" for k in ks)
+    d0 = ", ".join(
+        f"k = {r['k']} {pct(r['shipped_model'], 1)}" for r in probe["runs"] if r["draw"] == 0
+    )
+    return [
+        "A logistic regression on this model's frozen features fitted on k labelled external-dev "
+        "images per class alone (it answers the site's classes only), measured on the scan "
+        "groups not drawn (`python bench/probe_curve.py`, docs/RESULTS.md §20.3), mean of 3 "
+        f"draws: {vals}; on draw 0, the draw of the curve below: {d0}. The features carry more "
+        "of the site's classes than the benchmark-trained head uses; `adapt` does not offer "
+        "such a head yet."
     ]
 
 
@@ -591,7 +615,10 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         *external_sequence_lines(load_json(SHIPPED / "external_breakdown.json")),
         "",
         *ceiling_lines(load_json(EXTERNAL / "ceiling.json"),
-                       load_json(EXTERNAL / "ceiling_finetune.json")),  # fmt: skip
+                       load_json(EXTERNAL / "ceiling_finetune.json"),
+                       load_json(EXTERNAL / "ceiling_features_of_model.json")),  # fmt: skip
+        "",
+        *probe_lines(load_json(EXTERNAL / "probe_curve.json")),
         "",
         "### Adapting it to a site",
         "",

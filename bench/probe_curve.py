@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_curve import SHIPPED, draw_site  # noqa: E402
-from ceiling import imagenet_features, scan_groups  # noqa: E402
+from ceiling import imagenet_features, model_features, scan_groups  # noqa: E402
 from external import (  # noqa: E402
     DEFAULT_DATA,
     ROOT,
@@ -33,21 +32,6 @@ from external import (  # noqa: E402
     scan_external,
     write_json,
 )
-
-from brainmri.data.transforms import normalize_planes, to_model_input  # noqa: E402
-from brainmri.infer.core import load_for_inference  # noqa: E402
-
-
-@torch.inference_mode()
-def model_features(path: Path, samples, batch: int = 64) -> np.ndarray:
-    """Pooled backbone features (avg || max) of a model file, its own preprocessing."""
-    loaded = load_for_inference(path, "cpu")
-    x = decode_external(samples, loaded.image_size)
-    out = []
-    for i in range(0, len(x), batch):
-        planes = normalize_planes(x[i : i + batch], loaded.intensity)
-        out.append(loaded.model.features(to_model_input(planes, loaded.channels_last)))
-    return torch.cat(out).numpy()
 
 
 def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
