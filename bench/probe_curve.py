@@ -10,6 +10,12 @@ features; the grouped 5-fold figure of §13.3 (~750 images per fold) is its righ
 
     python bench/probe_curve.py [--ks 5,10,25,50,100,150] [--draws 0,1,2] \
         [--out bench/results/external/probe_curve.json]
+    python bench/probe_curve.py --replay --ks 5,10,25,50 \
+        --out bench/results/external/probe_replay.json
+
+With --replay the probe is fitted on the site images plus as many benchmark Training images
+(four classes), as `brainmri adapt` mixes them, and also measured on the model's own benchmark
+validation files: can a head fitted this way keep the benchmark?
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt_curve import SHIPPED, draw_site  # noqa: E402
+from adapt_curve import BENCH, SHIPPED, draw_site  # noqa: E402
 from ceiling import imagenet_features, model_features, scan_groups  # noqa: E402
 from external import (  # noqa: E402
     DEFAULT_DATA,
@@ -34,14 +40,46 @@ from external import (  # noqa: E402
 )
 
 
-def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
+def fit_probe(x: np.ndarray, y: np.ndarray):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    pipe.fit(feats[site], labels[site])
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000)).fit(x, y)
+
+
+def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
+    pipe = fit_probe(feats[site], labels[site])
     return float((pipe.predict(feats[rest]) == labels[rest]).mean())
+
+
+def replay_runs(args, samples, labels, groups) -> dict:
+    """--replay: the probe fitted on the site images plus as many benchmark Training images
+    (the model's own training files, dealt class by class as `adapt` draws its replay), four
+    classes; measured on the rest and on the model's own benchmark validation files."""
+    from brainmri.model.checkpoint import read_metadata
+    from brainmri.train.adapt import draw_replay
+    from brainmri.train.data import model_split
+
+    feats = model_features(args.model, samples)
+    train, val, _ = model_split(BENCH, read_metadata(args.model))
+    pool, _ = draw_replay(train, 3 * max(int(v) for v in args.ks.split(",")), 0, seed=0)
+    pool_x, val_x = model_features(args.model, pool), model_features(args.model, val)
+    pool_y, val_y = np.array([s.label for s in pool]), np.array([s.label for s in val])
+    rows = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for draw in (int(v) for v in args.draws.split(",")):
+            site, rest = draw_site(labels, groups, k, draw)
+            n = len(site)
+            pipe = fit_probe(np.concatenate([feats[site], pool_x[:n]]),
+                             np.concatenate([labels[site], pool_y[:n]]))  # fmt: skip
+            row = {"k": k, "draw": draw, "site_n": n, "replay_n": n, "rest_n": len(rest),
+                   "rest": float((pipe.predict(feats[rest]) == labels[rest]).mean()),
+                   "benchmark_val": float((pipe.predict(val_x) == val_y).mean())}  # fmt: skip
+            rows.append(row)
+            print(f"k={k:>3} draw {draw}: rest {pct(row['rest'])} % of {len(rest)}, "
+                  f"benchmark val {pct(row['benchmark_val'])} %", flush=True)  # fmt: skip
+    return {"runs": rows, "val_n": len(val), "provenance": provenance()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -51,10 +89,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ks", default="5,10,25,50,100,150")
     p.add_argument("--draws", default="0,1,2")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/external/probe_curve.json")
+    p.add_argument(
+        "--replay", action="store_true",
+        help="the shipped features only, fitted on site + as many benchmark images (4 classes)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
     groups = scan_groups([s.path for s in samples])
+    if args.replay:
+        report = replay_runs(args, samples, labels, groups)
+        write_json(args.out, report)
+        return report
     features = {
         "imagenet_lite0_160": imagenet_features(decode_external(samples, 160)),
         "shipped_model": model_features(args.model, samples),
