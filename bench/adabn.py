@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapt_curve import BENCH, SHIPPED  # noqa: E402
 from ceiling import scan_groups  # noqa: E402
 from external import (  # noqa: E402
     DEFAULT_DATA,
@@ -42,8 +43,6 @@ from brainmri.infer.core import InferenceModel  # noqa: E402
 from brainmri.model.checkpoint import load_model  # noqa: E402
 from brainmri.train.data import model_split  # noqa: E402
 
-BENCH = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
-SHIPPED = ROOT / "src" / "brainmri" / "weights" / "lite0_cpu.safetensors"
 LAYERS = ("all", "backbone")
 
 
