@@ -12,10 +12,13 @@ features; the grouped 5-fold figure of §13.3 (~750 images per fold) is its righ
         [--out bench/results/external/probe_curve.json]
     python bench/probe_curve.py --replay --ks 5,10,25,50 \
         --out bench/results/external/probe_replay.json
+    python bench/probe_curve.py --whole-benchmark 1,10,30,100 --ks 25,50 \
+        --out bench/results/external/probe_whole.json
 
 With --replay the probe is fitted on the site images plus as many benchmark Training images
 (four classes), as `brainmri adapt` mixes them, and also measured on the model's own benchmark
-validation files: can a head fitted this way keep the benchmark?
+validation files: can a head fitted this way keep the benchmark? With --whole-benchmark the fit
+holds every training file of the model and the site images weighted up (the trade, per weight).
 """
 
 from __future__ import annotations
@@ -40,12 +43,13 @@ from external import (  # noqa: E402
 )
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray):
+def fit_probe(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000)).fit(x, y)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    return pipe.fit(x, y, logisticregression__sample_weight=weight)
 
 
 def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
@@ -82,6 +86,35 @@ def replay_runs(args, samples, labels, groups) -> dict:
     return {"runs": rows, "val_n": len(val), "provenance": provenance()}
 
 
+def whole_benchmark_runs(args, samples, labels, groups) -> dict:
+    """--whole-benchmark W,…: the probe fitted on the site images (sample weight w each) plus
+    every training file of the model (weight 1), four classes; measured on the rest and on the
+    model's own benchmark validation files. Chooses nothing: it maps the trade."""
+    from brainmri.model.checkpoint import read_metadata
+    from brainmri.train.data import model_split
+
+    feats = model_features(args.model, samples)
+    train, val, _ = model_split(BENCH, read_metadata(args.model))
+    bench_x, val_x = model_features(args.model, train), model_features(args.model, val)
+    bench_y, val_y = np.array([s.label for s in train]), np.array([s.label for s in val])
+    rows = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for draw in (int(v) for v in args.draws.split(",")):
+            site, rest = draw_site(labels, groups, k, draw)
+            for w in (float(v) for v in args.whole_benchmark.split(",")):
+                x = np.concatenate([feats[site], bench_x])
+                y = np.concatenate([labels[site], bench_y])
+                weight = np.concatenate([np.full(len(site), w), np.ones(len(train))])
+                pipe = fit_probe(x, y, weight)
+                row = {"k": k, "draw": draw, "site_weight": w, "rest_n": len(rest),
+                       "rest": float((pipe.predict(feats[rest]) == labels[rest]).mean()),
+                       "benchmark_val": float((pipe.predict(val_x) == val_y).mean())}  # fmt: skip
+                rows.append(row)
+                print(f"k={k:>3} draw {draw} site weight {w:g}: rest {pct(row['rest'])} %, "
+                      f"benchmark val {pct(row['benchmark_val'])} %", flush=True)  # fmt: skip
+    return {"runs": rows, "train_n": len(train), "val_n": len(val), "provenance": provenance()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=SHIPPED)
@@ -93,10 +126,18 @@ def main(argv: list[str] | None = None) -> dict:
         "--replay", action="store_true",
         help="the shipped features only, fitted on site + as many benchmark images (4 classes)",
     )  # fmt: skip
+    p.add_argument(
+        "--whole-benchmark", default=None, metavar="W,…",
+        help="fit on the site (these sample weights) + every training file of the model",
+    )  # fmt: skip
     args = p.parse_args(argv)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
     groups = scan_groups([s.path for s in samples])
+    if args.whole_benchmark:
+        report = whole_benchmark_runs(args, samples, labels, groups)
+        write_json(args.out, report)
+        return report
     if args.replay:
         report = replay_runs(args, samples, labels, groups)
         write_json(args.out, report)
