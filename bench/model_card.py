@@ -282,8 +282,8 @@ def probe_lines(probe: dict | None) -> list[str]:
         "images per class alone (it answers the site's classes only), measured on the scan "
         "groups not drawn (`python bench/probe_curve.py`, docs/RESULTS.md §20.3), mean of 3 "
         f"draws: {vals}; on draw 0, the draw of the curve below: {d0}. The features carry more "
-        "of the site's classes than the benchmark-trained head uses; `adapt` does not offer "
-        "such a head yet."
+        "of the site's classes than the benchmark-trained head uses; `brainmri adapt --set "
+        "method=probe` fits such a head with the benchmark in the fit (docs/RESULTS.md §19.5)."
     ]
 
 

@@ -88,6 +88,36 @@ def test_adapt_writes_a_usable_model_with_a_refitted_guard(
     assert again.exit_code == 1 and "exists" in again.output
 
 
+def test_probe_adapt_writes_a_linear_head_that_answers_like_its_regression(
+    site: Path, small_benchmark: Path, tmp_path: Path
+):
+    """method=probe: backbone unchanged, the regression inside the file, exportable to ONNX."""
+    from brainmri.data.cache import cache_samples
+    from brainmri.infer.core import load_for_inference
+    from brainmri.infer.export import export_onnx
+    from brainmri.train.adapt import site_samples
+
+    out = tmp_path / "probe"
+    args = ["adapt", "--data", str(site), "--out", str(out), "--replay", str(small_benchmark),
+            "--set", "method=probe", "--set", "guard_holdout=12"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = out / "model.safetensors"
+    meta = read_metadata(model)
+    assert meta["recipe"]["model"]["head"] == "linear" and meta["info"]["temperature"] == 1.0
+    (fig,) = meta["info"]["adapted"]["history"][0]
+    assert fig["method"] == "probe" and fig["site_train_acc"] >= 0.9  # 12 images, 2,560 features
+    new, old = load_file(str(model)), load_file(str(shipped_model_path()))
+    key = next(k for k in old if k.endswith("backbone.conv_stem.weight"))
+    assert torch.equal(new[key], old[key])  # the backbone is the source's
+    loaded = load_for_inference(model, "cpu")
+    x, y = cache_samples(site_samples(site), loaded.image_size)
+    probs = loaded.probs(x)
+    assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-5)
+    assert float((probs.argmax(1) == y).float().mean()) == fig["site_train_acc"]
+    assert Path(export_onnx(model, tmp_path / "probe.onnx")["out"]).is_file()
+
+
 def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))
     result = CliRunner().invoke(app, ["adapt", "--data", str(site), "--out", str(tmp_path / "r")])

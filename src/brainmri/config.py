@@ -60,6 +60,12 @@ class ModelConfig(_Strict):
         "pretrained", description="'pretrained': offline package / weights_file / hub; 'none'"
     )
     weights_file: str | None = Field(None, description="local .safetensors/.pth backbone weights")
+    head: Literal["mlp", "linear"] = Field(
+        "mlp",
+        description="'mlp': BatchNorm, Dropout, Dense+Swish, Dropout, logits (the recipe); "
+        "'linear': BatchNorm (a standardizer) then logits on the pooled features, the head "
+        "`adapt --set method=probe` fits as a logistic regression",
+    )
     dense_units: int = Field(256, ge=1)
     dropout: float = Field(0.35, ge=0.0, lt=1.0)
     head_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the logits")
@@ -169,6 +175,14 @@ class AdaptConfig(_Strict):
     replay_ratio: float = Field(
         1.0, ge=0.0, description="benchmark Training images mixed in per site image (forgetting)"
     )
+    method: Literal["finetune", "probe"] = Field(
+        "finetune",
+        description="'finetune': the training loop on site + replay images; 'probe': a linear "
+        "head fitted as a logistic regression on the frozen pooled features of the site images "
+        "(weight site_weight) and every image of the replay pool (train/probe_head.py)",
+    )
+    site_weight: float = Field(30.0, gt=0.0, description="probe: sample weight of a site image")
+    probe_c: float = Field(0.01, gt=0.0, description="probe: inverse L2 strength (C)")
     replay_draw: Literal["classes", "clusters"] = Field(
         "classes",
         description="how replay images are drawn: 'classes' in turn; 'clusters': weighted by "

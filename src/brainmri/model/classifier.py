@@ -32,19 +32,30 @@ class TumorClassifier(nn.Module):
         )
         self.num_features = int(self.backbone.num_features)
         self.pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
-        self.head = nn.Sequential(
-            nn.BatchNorm1d(2 * self.num_features),
-            nn.Dropout(cfg.dropout),
-            nn.Linear(2 * self.num_features, cfg.dense_units),
-            nn.SiLU(),
-            nn.Dropout(cfg.head_dropout),
-            nn.Linear(cfg.dense_units, num_classes),
-        )
+        width = 2 * self.num_features
+        if cfg.head == "linear":  # same six slots, so head[:4] / head[4:] keep their meaning
+            slots = [nn.Identity() for _ in range(4)]
+            self.head = nn.Sequential(nn.BatchNorm1d(width), *slots, nn.Linear(width, num_classes))
+        else:
+            self.head = nn.Sequential(
+                nn.BatchNorm1d(width),
+                nn.Dropout(cfg.dropout),
+                nn.Linear(width, cfg.dense_units),
+                nn.SiLU(),
+                nn.Dropout(cfg.head_dropout),
+                nn.Linear(cfg.dense_units, num_classes),
+            )
         self.l2 = cfg.l2
 
     @property
-    def dense(self) -> nn.Linear:
+    def dense(self) -> nn.Module:
+        """The Dense layer of an 'mlp' head (an Identity in a linear head)."""
         return self.head[2]
+
+    @property
+    def penultimate_width(self) -> int:
+        """Width of `penultimate` (dense_units; the pooled width for a linear head)."""
+        return int(self.head[-1].in_features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled (avg ‖ max) backbone features, width 2 × num_features."""
@@ -54,7 +65,8 @@ class TumorClassifier(nn.Module):
         return self.head(self.features(x))
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
-        """Head activations after Dense+SiLU (before the last Dropout/Linear): (N, dense_units)."""
+        """Head activations after Dense+SiLU (before the last Dropout/Linear): (N, dense_units);
+        for a linear head the standardized pooled features."""
         return self.head[:4](self.features(x))
 
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:

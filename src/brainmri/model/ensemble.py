@@ -30,7 +30,7 @@ class EnsembleClassifier(nn.Module):
 
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
         """Mean of member logits from concatenated features: forward == classify∘penultimate."""
-        widths = [m.dense.out_features for m in self.members]
+        widths = [m.penultimate_width for m in self.members]
         parts = torch.split(penultimate, widths, dim=1)
         logits = [m.classify(f) for m, f in zip(self.members, parts, strict=True)]
         return torch.stack(logits).mean(dim=0)
