@@ -57,19 +57,29 @@ def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:
     return float((pipe.predict(feats[rest]) == labels[rest]).mean())
 
 
+def benchmark_split(model: Path) -> tuple[list, list]:
+    """The model's own (training, validation) files of the benchmark."""
+    from brainmri.model.checkpoint import read_metadata
+    from brainmri.train.data import model_split
+
+    train, val, _ = model_split(BENCH, read_metadata(model))
+    return train, val
+
+
+def labelled_features(model: Path, *sample_lists) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(features, labels) of the model for each list of samples."""
+    return [(model_features(model, s), np.array([x.label for x in s])) for s in sample_lists]
+
+
 def replay_runs(args, samples, labels, groups) -> dict:
     """--replay: the probe fitted on the site images plus as many benchmark Training images
     (the model's own training files, dealt class by class as `adapt` draws its replay), four
     classes; measured on the rest and on the model's own benchmark validation files."""
-    from brainmri.model.checkpoint import read_metadata
     from brainmri.train.adapt import draw_replay
-    from brainmri.train.data import model_split
 
-    feats = model_features(args.model, samples)
-    train, val, _ = model_split(BENCH, read_metadata(args.model))
+    train, val = benchmark_split(args.model)
     pool, _ = draw_replay(train, 3 * max(int(v) for v in args.ks.split(",")), 0, seed=0)
-    pool_x, val_x = model_features(args.model, pool), model_features(args.model, val)
-    pool_y, val_y = np.array([s.label for s in pool]), np.array([s.label for s in val])
+    (feats, _), (pool_x, pool_y), (val_x, val_y) = labelled_features(args.model, samples, pool, val)
     rows = []
     for k in (int(v) for v in args.ks.split(",")):
         for draw in (int(v) for v in args.draws.split(",")):
@@ -90,13 +100,10 @@ def whole_benchmark_runs(args, samples, labels, groups) -> dict:
     """--whole-benchmark W,…: the probe fitted on the site images (sample weight w each) plus
     every training file of the model (weight 1), four classes; measured on the rest and on the
     model's own benchmark validation files. Chooses nothing: it maps the trade."""
-    from brainmri.model.checkpoint import read_metadata
-    from brainmri.train.data import model_split
-
-    feats = model_features(args.model, samples)
-    train, val, _ = model_split(BENCH, read_metadata(args.model))
-    bench_x, val_x = model_features(args.model, train), model_features(args.model, val)
-    bench_y, val_y = np.array([s.label for s in train]), np.array([s.label for s in val])
+    train, val = benchmark_split(args.model)
+    (feats, _), (bench_x, bench_y), (val_x, val_y) = labelled_features(
+        args.model, samples, train, val
+    )
     rows = []
     for k in (int(v) for v in args.ks.split(",")):
         for draw in (int(v) for v in args.draws.split(",")):
