@@ -42,14 +42,12 @@ from external import (  # noqa: E402
     write_json,
 )
 
+from brainmri.train.probe_head import fit_logistic  # noqa: E402
+
 
 def fit_probe(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
-    return pipe.fit(x, y, logisticregression__sample_weight=weight)
+    """`adapt --set method=probe`'s own fit, at C 0.01."""
+    return fit_logistic(x, y, weight, 0.01)
 
 
 def probe_accuracy(feats: np.ndarray, labels: np.ndarray, site, rest) -> float:

@@ -37,6 +37,16 @@ def pooled_features(
     return view_logits(_Pooled(member), x, recipe, torch.device("cpu"), mean, std)[0].numpy()
 
 
+def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, c: float):
+    """Standardizer + L2 logistic regression (scikit-learn pipeline), sample-weighted."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+    return pipe.fit(x, y, logisticregression__sample_weight=weight)
+
+
 def fit_linear_head(
     member: TumorClassifier,
     recipe: Recipe,
@@ -47,21 +57,17 @@ def fit_linear_head(
     std,
 ) -> tuple[TumorClassifier, dict]:
     """(a copy of member with the fitted linear head, figures of the fit)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-
     member.eval()
     feats = [pooled_features(member, x, recipe, mean, std) for x in (site[0], pool[0])]
     x = np.concatenate(feats)
     y = np.concatenate([site[1].numpy(), pool[1].numpy()])
     w = np.concatenate([np.full(len(site[1]), cfg.site_weight), np.ones(len(pool[1]))])
-    scaler = StandardScaler().fit(x)
-    lr = LogisticRegression(C=cfg.probe_c, max_iter=3000)
-    lr.fit(scaler.transform(x), y, sample_weight=w)
+    pipe = fit_logistic(x, y, w, cfg.probe_c)
+    scaler, lr = pipe[0], pipe[-1]
     out = TumorClassifier(linear_recipe(recipe).model, len(CLASS_NAMES), pretrained=False)
     out.backbone.load_state_dict(member.backbone.state_dict())
     write_head(out, scaler, lr)
-    train_acc = float((lr.predict(scaler.transform(feats[0])) == site[1].numpy()).mean())
+    train_acc = float((pipe.predict(feats[0]) == site[1].numpy()).mean())
     fig = {"method": "probe", "site_n": len(site[1]), "benchmark_n": len(pool[1]),
            "site_weight": cfg.site_weight, "C": cfg.probe_c, "site_train_acc": train_acc,
            "classes": [CLASS_NAMES[int(c)] for c in lr.classes_]}  # fmt: skip
