@@ -15,6 +15,15 @@ features; the grouped 5-fold figure of §13.3 (~750 images per fold) is its righ
     python bench/probe_curve.py --whole-benchmark 1,10,30,100 --ks 25,50 \
         --out bench/results/external/probe_whole.json
 
+    python bench/probe_curve.py --gated --ks 5,10,25,50 \
+        --out bench/results/external/probe_gated.json
+
+With --gated (§21) the site head (the probe on the site images alone) and a gate (site images
+against every training file of the model) are written into the `GatedHead` that
+`adapt --set method=gated` saves, with the shipped head as its source head, and the mixture is
+measured on the rest and on the model's validation files: accuracy, ECE, and where the gate
+sends each.
+
 With --replay the probe is fitted on the site images plus as many benchmark Training images
 (four classes), as `brainmri adapt` mixes them, and also measured on the model's own benchmark
 validation files: can a head fitted this way keep the benchmark? With --whole-benchmark the fit
@@ -42,7 +51,7 @@ from external import (  # noqa: E402
     write_json,
 )
 
-from brainmri.train.probe_head import fit_logistic  # noqa: E402
+from brainmri.train.probe_head import fit_gated_parts, fit_logistic, write_linear  # noqa: E402
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
@@ -120,6 +129,58 @@ def whole_benchmark_runs(args, samples, labels, groups) -> dict:
     return {"runs": rows, "train_n": len(train), "val_n": len(val), "provenance": provenance()}
 
 
+def gated_head(model: Path, site_pipe, gate_pipe):
+    """The GatedHead `adapt --set method=gated` writes, around the model's own head."""
+    import torch
+
+    from brainmri.model.checkpoint import load_model
+    from brainmri.model.classifier import GatedHead
+
+    source, meta = load_model(model, "cpu")
+    width, n_classes = 2 * source.num_features, len(meta["class_names"])
+    head = GatedHead(source.head, width, n_classes)
+    write_linear(head.site[0], head.site[1], site_pipe[0], site_pipe[-1])
+    write_linear(head.gate[0], head.gate[1], gate_pipe[0], gate_pipe[-1], binary=True)
+    head.source_temperature.fill_(float(meta["info"].get("temperature", 1.0)))
+    return head.eval(), torch
+
+
+def gated_answers(head, torch, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities (N, C), gate g (N,)) of the gated head on pooled features."""
+    with torch.no_grad():
+        f = torch.as_tensor(x)
+        return torch.softmax(head(f), 1).numpy(), head.site_probability(f).numpy()
+
+
+def gated_runs(args, samples, labels, groups) -> dict:
+    """--gated: §21's map (module doc)."""
+    from brainmri.evaluate.metrics import expected_calibration_error as ece
+
+    train, val = benchmark_split(args.model)
+    (feats, _), (bench_x, _), (val_x, val_y) = labelled_features(args.model, samples, train, val)
+    rows = []
+    for k in (int(v) for v in args.ks.split(",")):
+        for draw in (int(v) for v in args.draws.split(",")):
+            site, rest = draw_site(labels, groups, k, draw)
+            parts = fit_gated_parts(feats[site], labels[site], bench_x, 0.01)
+            head, torch = gated_head(args.model, *parts)
+            p_rest, g_rest = gated_answers(head, torch, feats[rest])
+            p_val, g_val = gated_answers(head, torch, val_x)
+            row = {"k": k, "draw": draw, "rest_n": len(rest),
+                   "rest": float((p_rest.argmax(1) == labels[rest]).mean()),
+                   "rest_ece": ece(p_rest, labels[rest]),
+                   "gate_rest_site": float((g_rest > 0.5).mean()),
+                   "gate_val_source": float((g_val < 0.5).mean()),
+                   "benchmark_val": float((p_val.argmax(1) == val_y).mean()),
+                   "val_ece": ece(p_val, val_y)}  # fmt: skip
+            rows.append(row)
+            print(f"k={k:>3} draw {draw}: rest {pct(row['rest'])} % (ECE {pct(row['rest_ece'])}, "
+                  f"gate→site {pct(row['gate_rest_site'])} %), benchmark val "
+                  f"{pct(row['benchmark_val'])} % (gate→source {pct(row['gate_val_source'])} %)",
+                  flush=True)  # fmt: skip
+    return {"runs": rows, "train_n": len(train), "val_n": len(val), "provenance": provenance()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=Path, default=SHIPPED)
@@ -135,10 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
         "--whole-benchmark", default=None, metavar="W,…",
         help="fit on the site (these sample weights) + every training file of the model",
     )  # fmt: skip
+    p.add_argument("--gated", action="store_true", help="§21: site head + gate + shipped head")
     args = p.parse_args(argv)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
     groups = scan_groups([s.path for s in samples])
+    if args.gated:
+        report = gated_runs(args, samples, labels, groups)
+        write_json(args.out, report)
+        return report
     if args.whole_benchmark:
         report = whole_benchmark_runs(args, samples, labels, groups)
         write_json(args.out, report)

@@ -118,6 +118,46 @@ def test_probe_adapt_writes_a_linear_head_that_answers_like_its_regression(
     assert Path(export_onnx(model, tmp_path / "probe.onnx")["out"]).is_file()
 
 
+def test_gated_adapt_keeps_the_source_head_and_gates_the_site_head(
+    site: Path, small_benchmark: Path, tmp_path: Path
+):
+    """method=gated: backbone and source head unchanged, the source temperature inside the
+    head, the site images sent to the site head, an ONNX export that answers the same."""
+    from brainmri.data.cache import cache_samples
+    from brainmri.infer.core import Classifier
+    from brainmri.infer.export import export_onnx
+    from brainmri.train.adapt import site_samples
+
+    out = tmp_path / "gated"
+    args = ["adapt", "--data", str(site), "--out", str(out), "--replay", str(small_benchmark),
+            "--set", "method=gated", "--set", "guard_holdout=12"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    model = out / "model.safetensors"
+    meta, source = read_metadata(model), read_metadata(shipped_model_path())
+    assert meta["recipe"]["model"]["head"] == "gated" and meta["info"]["temperature"] == 1.0
+    (fig,) = meta["info"]["adapted"]["history"][0]
+    assert fig["method"] == "gated" and fig["classes"] == ["glioma", "meningioma", "notumor"]
+    new, old = load_file(str(model)), load_file(str(shipped_model_path()))
+    for key in (k for k in old if k.startswith(("backbone.", "head."))):
+        twin = key.replace("head.", "head.source.", 1) if key.startswith("head.") else key
+        assert torch.equal(new[twin], old[key]), key
+    assert float(new["head.source_temperature"]) == pytest.approx(source["info"]["temperature"])
+    clf = Classifier(model, runtime="torch")
+    x, y = cache_samples(site_samples(site), clf.image_size)
+    out = clf.run(x)
+    with torch.no_grad():  # a gated head's penultimate features are the pooled ones
+        gate = clf.backend.graph.model.head.site_probability(out["features"])
+    assert float(gate.min()) > 0.5  # its own training images go to the site head
+    probs = out["probs"]
+    assert float(probs[:, CLASS_NAMES.index("pituitary")].max()) < 0.5
+    assert float((probs.argmax(1) == y).float().mean()) >= fig["site_train_acc"] - 1 / len(y)
+    onnx = Path(export_onnx(model, tmp_path / "gated.onnx")["out"])
+    got = Classifier(onnx, runtime="onnx", threads=1).run(x)["probs"]
+    assert torch.equal(got.argmax(1), probs.argmax(1))
+    assert float((got - probs).abs().max()) <= 1e-4
+
+
 def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))
     result = CliRunner().invoke(app, ["adapt", "--data", str(site), "--out", str(tmp_path / "r")])

@@ -258,3 +258,37 @@ def test_seed_without_weights_is_a_clear_error_offline(tmp_path, monkeypatch):
     recipe = load_recipe("seed")
     with pytest.raises(BrainMRIError, match="weights_file"):
         TumorClassifier(recipe.model)
+
+
+@pytest.mark.parametrize("gate_bias, expect", [(-60.0, "source"), (60.0, "site")])
+def test_gated_head_mixes_its_two_heads_by_the_gate(gate_bias, expect):
+    """g → 0 answers the source head at its temperature, g → 1 the site head; the file's
+    logits are log-probabilities, and forward == classify(penultimate)."""
+    model = make(head="gated").eval()
+    with torch.no_grad():
+        for m in (model.head.site[1], model.head.gate[1]):
+            m.weight.normal_(0, 0.05)
+        model.head.gate[1].weight.zero_()
+        model.head.gate[1].bias.fill_(gate_bias)
+        model.head.source_temperature.fill_(0.5)
+        x = torch.rand(3, 3, SIZE, SIZE)
+        pooled = model.features(x)
+        out = model(x)
+        want = {
+            "source": torch.log_softmax(model.head.source(pooled) / 0.5, 1),
+            "site": torch.log_softmax(model.head.site(pooled), 1),
+        }[expect]
+        assert torch.allclose(out, want, atol=1e-5)
+        assert torch.allclose(torch.exp(out).sum(1), torch.ones(3), atol=1e-5)
+        assert torch.allclose(model.classify(model.penultimate(x)), out, atol=1e-6)
+        assert model.penultimate_width == 2 * model.num_features
+
+
+def test_train_refuses_a_gated_head(tmp_path):
+    from brainmri.train.loop import train
+
+    recipe = load_recipe("smoke")
+    recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"head": "gated"})})
+    with pytest.raises(BrainMRIError, match="adapt --set method=gated"):
+        train(recipe, tmp_path / "data", tmp_path / "run")
+    assert not (tmp_path / "run").exists()

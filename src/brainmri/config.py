@@ -60,11 +60,13 @@ class ModelConfig(_Strict):
         "pretrained", description="'pretrained': offline package / weights_file / hub; 'none'"
     )
     weights_file: str | None = Field(None, description="local .safetensors/.pth backbone weights")
-    head: Literal["mlp", "linear"] = Field(
+    head: Literal["mlp", "linear", "gated"] = Field(
         "mlp",
         description="'mlp': BatchNorm, Dropout, Dense+Swish, Dropout, logits (the recipe); "
         "'linear': BatchNorm (a standardizer) then logits on the pooled features, the head "
-        "`adapt --set method=probe` fits as a logistic regression",
+        "`adapt --set method=probe` fits as a logistic regression; 'gated': an 'mlp' head, a "
+        "linear site head and a gate mixing them, written by `adapt --set method=gated` "
+        "(not trained by `train`)",
     )
     dense_units: int = Field(256, ge=1)
     dropout: float = Field(0.35, ge=0.0, lt=1.0)
@@ -175,14 +177,16 @@ class AdaptConfig(_Strict):
     replay_ratio: float = Field(
         1.0, ge=0.0, description="benchmark Training images mixed in per site image (forgetting)"
     )
-    method: Literal["finetune", "probe"] = Field(
+    method: Literal["finetune", "probe", "gated"] = Field(
         "finetune",
         description="'finetune': the training loop on site + replay images; 'probe': a linear "
         "head fitted as a logistic regression on the frozen pooled features of the site images "
-        "(weight site_weight) and every image of the replay pool (train/probe_head.py)",
+        "(weight site_weight) and every image of the replay pool; 'gated': the source head kept, "
+        "a site head fitted on the site images alone and a gate (site against the pool) mixing "
+        "them (train/probe_head.py)",
     )
     site_weight: float = Field(30.0, gt=0.0, description="probe: sample weight of a site image")
-    probe_c: float = Field(0.01, gt=0.0, description="probe: inverse L2 strength (C)")
+    probe_c: float = Field(0.01, gt=0.0, description="probe/gated: inverse L2 strength (C)")
     replay_draw: Literal["classes", "clusters"] = Field(
         "classes",
         description="how replay images are drawn: 'classes' in turn; 'clusters': weighted by "

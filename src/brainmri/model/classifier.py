@@ -33,28 +33,26 @@ class TumorClassifier(nn.Module):
         self.num_features = int(self.backbone.num_features)
         self.pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
         width = 2 * self.num_features
+        self.gated = cfg.head == "gated"
         if cfg.head == "linear":  # same six slots, so head[:4] / head[4:] keep their meaning
             slots = [nn.Identity() for _ in range(4)]
             self.head = nn.Sequential(nn.BatchNorm1d(width), *slots, nn.Linear(width, num_classes))
+        elif self.gated:
+            self.head = GatedHead(mlp_head(cfg, width, num_classes), width, num_classes)
         else:
-            self.head = nn.Sequential(
-                nn.BatchNorm1d(width),
-                nn.Dropout(cfg.dropout),
-                nn.Linear(width, cfg.dense_units),
-                nn.SiLU(),
-                nn.Dropout(cfg.head_dropout),
-                nn.Linear(cfg.dense_units, num_classes),
-            )
+            self.head = mlp_head(cfg, width, num_classes)
         self.l2 = cfg.l2
 
     @property
     def dense(self) -> nn.Module:
         """The Dense layer of an 'mlp' head (an Identity in a linear head)."""
-        return self.head[2]
+        return self.head.source[2] if self.gated else self.head[2]
 
     @property
     def penultimate_width(self) -> int:
-        """Width of `penultimate` (dense_units; the pooled width for a linear head)."""
+        """Width of `penultimate` (dense_units; the pooled width for a linear or gated head)."""
+        if self.gated:
+            return 2 * self.num_features
         return int(self.head[-1].in_features)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,12 +64,15 @@ class TumorClassifier(nn.Module):
 
     def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         """Head activations after Dense+SiLU (before the last Dropout/Linear): (N, dense_units);
-        for a linear head the standardized pooled features."""
-        return self.head[:4](self.features(x))
+        for a linear head the standardized pooled features, for a gated head the pooled ones."""
+        return self._penultimate(self.features(x))
+
+    def _penultimate(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled if self.gated else self.head[:4](pooled)
 
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
         """Logits from `penultimate` features: forward(x) == classify(penultimate(x))."""
-        return self.head[4:](penultimate)
+        return self.head(penultimate) if self.gated else self.head[4:](penultimate)
 
     def penultimate_and_depths(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Penultimate features and what the input guard reads, from one backbone pass: the
@@ -81,11 +82,12 @@ class TumorClassifier(nn.Module):
             x, indices=list(range(n_blocks - GUARD_BLOCKS + 1, n_blocks + 1)), extra_blocks=True
         )
         depths = [t.mean(dim=(2, 3)) for t in inter] + [last.mean(dim=(2, 3))]
-        return self.head[:4](self.pool(last)), depths
+        return self._penultimate(self.pool(last)), depths
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style kernel L2 on the head's Dense layers: l2 · Σ w²."""
-        return self.l2 * sum(m.weight.pow(2).sum() for m in self.head if isinstance(m, nn.Linear))
+        linears = [m for m in self.head.modules() if isinstance(m, nn.Linear)]
+        return self.l2 * sum(m.weight.pow(2).sum() for m in linears)
 
     # --- freezing -------------------------------------------------------------------------
     def backbone_units(self) -> list[list[str]]:
@@ -115,6 +117,42 @@ class TumorClassifier(nn.Module):
                     if params and not any(p.requires_grad for p in params):
                         m.eval()
         return self
+
+
+def mlp_head(cfg: ModelConfig, width: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.BatchNorm1d(width),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(width, cfg.dense_units),
+        nn.SiLU(),
+        nn.Dropout(cfg.head_dropout),
+        nn.Linear(cfg.dense_units, num_classes),
+    )
+
+
+class GatedHead(nn.Module):
+    """Two heads on the pooled features and a gate between them (docs/RESULTS.md §21):
+    log(g·softmax(site) + (1 − g)·softmax(source / T_source)), g = sigmoid(gate), the
+    probability that the input is from the site. Its logits are log-probabilities (the
+    file's temperature is 1; the source's own is the `source_temperature` buffer)."""
+
+    def __init__(self, source: nn.Sequential, width: int, num_classes: int):
+        super().__init__()
+        self.source = source
+        self.site = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, num_classes))
+        self.gate = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, 1))
+        self.register_buffer("source_temperature", torch.ones(1))
+
+    def site_probability(self, pooled: torch.Tensor) -> torch.Tensor:
+        """g: (N,)."""
+        return torch.sigmoid(self.gate(pooled)[:, 0])
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        z = self.gate(pooled)
+        site = nn.functional.logsigmoid(z) + torch.log_softmax(self.site(pooled), dim=1)
+        source_logits = self.source(pooled) / self.source_temperature
+        source = nn.functional.logsigmoid(-z) + torch.log_softmax(source_logits, dim=1)
+        return torch.logsumexp(torch.stack([site, source]), dim=0)
 
 
 def trainable_unit_count(total_units: int, fraction: float) -> int:

@@ -50,7 +50,7 @@ from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
 from brainmri.train.loss import class_weights
-from brainmri.train.probe_head import fit_linear_head, linear_recipe
+from brainmri.train.probe_head import fit_linear_head, head_recipe
 
 MODEL_NAME = "model.safetensors"
 SUMMARY_NAME = "adapt.json"
@@ -241,14 +241,14 @@ def adapt(
     data = RunData(site + replay, [], {}, x, y, empty, torch.empty(0, dtype=torch.long))
     members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
     mean, std = preprocessing_of(meta)
-    pool = (
-        cache_samples(replay_pool, size, desc="decode benchmark") if cfg.method == "probe" else None
-    )
+    fitted = cfg.method != "finetune"
+    pool = cache_samples(replay_pool, size, desc="decode benchmark") if fitted else None
+    temperature = float(meta.get("info", {}).get("temperature", 1.0))
     history = []
     for k, member in enumerate(members):
         if pool is not None:
             members[k], fig = fit_linear_head(
-                member, recipe, (x_site, y_site), pool, cfg, mean, std
+                member, recipe, (x_site, y_site), pool, cfg, mean, std, temperature
             )
             history.append([fig])
             continue
@@ -261,8 +261,9 @@ def adapt(
     adapted.eval()
     summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
     info = dict(meta.get("info", {})) | {"adapted": summary}
-    if pool is not None:  # the regression's probabilities are its own: no source temperature
-        recipe, info["temperature"] = linear_recipe(recipe), 1.0
+    if pool is not None:  # the regressions' probabilities are their own: temperature 1
+        head = "gated" if cfg.method == "gated" else "linear"
+        recipe, info["temperature"] = head_recipe(recipe, head), 1.0
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_model(out_dir / MODEL_NAME, adapted, recipe, info, mean=mean, std=std)
     if "guard" in meta and holdout:

@@ -71,6 +71,11 @@ def train(
         data_dir = Path(json.loads((run_dir / "run.json").read_text())["data"])
     elif recipe is None or data_dir is None:
         raise BrainMRIError("a recipe and a data folder are needed unless --resume is given")
+    if recipe.model.head == "gated":
+        raise BrainMRIError(
+            "model.head 'gated' is written by `brainmri adapt --set method=gated`, not trained: "
+            "set model.head to 'mlp' or 'linear'"
+        )
     created = not run_dir.exists()
     try:
         if recipe.ensemble > 1:

@@ -1,4 +1,4 @@
-"""`adapt --set method=probe`: a linear head fitted as a logistic regression on frozen features.
+"""`adapt --set method=probe|gated`: heads fitted as logistic regressions on frozen features.
 
 docs/RESULTS.md §20.3–20.6: the shipped model's pooled backbone features carry a new site's
 classes better than its benchmark-trained head uses them, and a standardized logistic
@@ -7,6 +7,10 @@ benchmark Training image of the pool, keeps the benchmark while taking part of t
 fits that regression (scikit-learn) and writes it into a `model.head: linear` head — the
 standardizer as an eval-mode BatchNorm, the coefficients as the Linear layer — so the result is
 an ordinary model file. The backbone is not changed.
+
+`method=gated` (§21) keeps the source head and adds two regressions on the same features: a
+site head fitted on the site images alone and a gate (site images against the pool) whose
+probability mixes the two heads' answers (`model.classifier.GatedHead`).
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ ABSENT_LOGIT = -1e4
 """Bias of a class the fit never saw: never answered."""
 
 
-def linear_recipe(recipe: Recipe) -> Recipe:
-    """The recipe with `model.head: linear` (what the saved file is rebuilt from)."""
+def head_recipe(recipe: Recipe, head: str) -> Recipe:
+    """The recipe with `model.head: head` (what the saved file is rebuilt from)."""
     data = recipe.model_dump(mode="json")
-    data["model"]["head"] = "linear"
-    return recipe_from_dict(data, "adapt probe")
+    data["model"]["head"] = head
+    return recipe_from_dict(data, f"adapt {head} head")
 
 
 def pooled_features(
@@ -47,6 +51,20 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, c: flo
     return pipe.fit(x, y, logisticregression__sample_weight=weight)
 
 
+def fit_gate(site_x: np.ndarray, pool_x: np.ndarray, c: float):
+    """The gate of a gated head: site images (class 1) against the benchmark pool (class 0),
+    the two classes weighted equally."""
+    x = np.concatenate([site_x, pool_x])
+    y = np.concatenate([np.ones(len(site_x), int), np.zeros(len(pool_x), int)])
+    w = np.where(y == 1, len(pool_x) / max(len(site_x), 1), 1.0)
+    return fit_logistic(x, y, w, c)
+
+
+def fit_gated_parts(site_x: np.ndarray, site_y: np.ndarray, pool_x: np.ndarray, c: float):
+    """(site head, gate) pipelines of §21's gated head: the site head on the site images alone."""
+    return fit_logistic(site_x, site_y, None, c), fit_gate(site_x, pool_x, c)
+
+
 def fit_linear_head(
     member: TumorClassifier,
     recipe: Recipe,
@@ -55,18 +73,23 @@ def fit_linear_head(
     cfg: AdaptConfig,
     mean,
     std,
+    source_temperature: float = 1.0,
 ) -> tuple[TumorClassifier, dict]:
-    """(a copy of member with the fitted linear head, figures of the fit)."""
+    """(a copy of member with the fitted linear or gated head, figures of the fit)."""
     member.eval()
     feats = [pooled_features(member, x, recipe, mean, std) for x in (site[0], pool[0])]
+    if cfg.method == "gated":
+        out, fig = _gated_member(member, recipe, feats, site[1].numpy(), cfg)
+        out.head.source_temperature.fill_(source_temperature)
+        return out, fig
     x = np.concatenate(feats)
     y = np.concatenate([site[1].numpy(), pool[1].numpy()])
     w = np.concatenate([np.full(len(site[1]), cfg.site_weight), np.ones(len(pool[1]))])
     pipe = fit_logistic(x, y, w, cfg.probe_c)
     scaler, lr = pipe[0], pipe[-1]
-    out = TumorClassifier(linear_recipe(recipe).model, len(CLASS_NAMES), pretrained=False)
+    out = TumorClassifier(head_recipe(recipe, "linear").model, len(CLASS_NAMES), pretrained=False)
     out.backbone.load_state_dict(member.backbone.state_dict())
-    write_head(out, scaler, lr)
+    write_linear(out.head[0], out.head[-1], scaler, lr)
     train_acc = float((pipe.predict(feats[0]) == site[1].numpy()).mean())
     fig = {"method": "probe", "site_n": len(site[1]), "benchmark_n": len(pool[1]),
            "site_weight": cfg.site_weight, "C": cfg.probe_c, "site_train_acc": train_acc,
@@ -74,16 +97,39 @@ def fit_linear_head(
     return out.eval(), fig
 
 
+def _gated_member(
+    member: TumorClassifier, recipe: Recipe, feats: list[np.ndarray], site_y, cfg: AdaptConfig
+) -> tuple[TumorClassifier, dict]:
+    """A copy of member with a gated head: its own head as the source head (module doc)."""
+    site_pipe, gate_pipe = fit_gated_parts(feats[0], site_y, feats[1], cfg.probe_c)
+    out = TumorClassifier(head_recipe(recipe, "gated").model, len(CLASS_NAMES), pretrained=False)
+    out.backbone.load_state_dict(member.backbone.state_dict())
+    out.head.source.load_state_dict(member.head.state_dict())
+    write_linear(out.head.site[0], out.head.site[1], site_pipe[0], site_pipe[-1])
+    write_linear(out.head.gate[0], out.head.gate[1], gate_pipe[0], gate_pipe[-1], binary=True)
+    site_acc = float((site_pipe.predict(feats[0]) == site_y).mean())
+    fig = {"method": "gated", "site_n": len(site_y), "benchmark_n": len(feats[1]),
+           "C": cfg.probe_c, "site_train_acc": site_acc,
+           "gate_site_train": float(gate_pipe.predict_proba(feats[0])[:, 1].mean()),
+           "gate_pool_train": float(gate_pipe.predict_proba(feats[1])[:, 1].mean()),
+           "classes": [CLASS_NAMES[int(c)] for c in site_pipe[-1].classes_]}  # fmt: skip
+    return out.eval(), fig
+
+
 @torch.no_grad()
-def write_head(model: TumorClassifier, scaler, lr) -> None:
+def write_linear(bn, lin, scaler, lr, binary: bool = False) -> None:
     """Standardizer into the BatchNorm, coefficients into the Linear; absent classes get
-    ABSENT_LOGIT (binary fits: the first class at logit 0)."""
-    bn, lin = model.head[0], model.head[-1]
+    ABSENT_LOGIT (binary class fits: the first class at logit 0). binary: a one-logit Linear
+    holding the logit of class 1 (the gate)."""
     bn.running_mean.copy_(torch.as_tensor(scaler.mean_, dtype=torch.float32))
     var = np.maximum(np.asarray(scaler.scale_, dtype=np.float64) ** 2 - bn.eps, 0.0)
     bn.running_var.copy_(torch.as_tensor(var, dtype=torch.float32))
     bn.weight.fill_(1.0)
     bn.bias.zero_()
+    if binary:
+        lin.weight[0] = torch.as_tensor(np.asarray(lr.coef_)[0], dtype=torch.float32)
+        lin.bias[0] = float(np.asarray(lr.intercept_)[0])
+        return
     lin.weight.zero_()
     lin.bias.fill_(ABSENT_LOGIT)
     classes = [int(c) for c in lr.classes_]
