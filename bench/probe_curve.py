@@ -15,14 +15,19 @@ features; the grouped 5-fold figure of §13.3 (~750 images per fold) is its righ
     python bench/probe_curve.py --whole-benchmark 1,10,30,100 --ks 25,50 \
         --out bench/results/external/probe_whole.json
 
-    python bench/probe_curve.py --gated --ks 5,10,25,50 \
+    python bench/probe_curve.py --gated --gate-blocks pooled --ks 5,10,25,50 \
         --out bench/results/external/probe_gated.json
+    python bench/probe_curve.py --gated --draws 3,4 --ks 25 --gate-c 0.01,0.001 \
+        --gate-blocks "pooled;4,5,6;2,3,4;1,2,3;1,2,3,4,5,6" \
+        --out bench/results/external/gate_inputs.json
 
 With --gated (§21) the site head (the probe on the site images alone) and a gate (site images
 against every training file of the model) are written into the `GatedHead` that
 `adapt --set method=gated` saves, with the shipped head as its source head, and the mixture is
 measured on the rest and on the model's validation files: accuracy, ECE, and where the gate
-sends each.
+sends each. --gate-blocks picks what the gate reads: the pooled features (§21.2) or the
+average-pooled outputs of earlier backbone blocks (§21.3; `adapt`'s `gate_blocks`); several
+inputs and --gate-c values are compared in one run.
 
 With --replay the probe is fitted on the site images plus as many benchmark Training images
 (four classes), as `brainmri adapt` mixes them, and also measured on the model's own benchmark
@@ -51,7 +56,7 @@ from external import (  # noqa: E402
     write_json,
 )
 
-from brainmri.train.probe_head import fit_gated_parts, fit_logistic, write_linear  # noqa: E402
+from brainmri.train.probe_head import fit_logistic, write_linear  # noqa: E402
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None):
@@ -129,7 +134,42 @@ def whole_benchmark_runs(args, samples, labels, groups) -> dict:
     return {"runs": rows, "train_n": len(train), "val_n": len(val), "provenance": provenance()}
 
 
-def gated_head(model: Path, site_pipe, gate_pipe):
+def block_features(path: Path, samples, blocks: list[int], batch: int = 64) -> np.ndarray:
+    """Pooled features, then the average-pooled outputs of `blocks`, of a model file (its own
+    preprocessing), as `adapt --set method=gated` computes them for its gate."""
+    import torch
+
+    from brainmri.data.transforms import normalize_planes, to_model_input
+    from brainmri.infer.core import load_for_inference
+
+    loaded = load_for_inference(path, "cpu")
+    x = decode_external(samples, loaded.image_size)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            planes = normalize_planes(x[i : i + batch], loaded.intensity)
+            pooled, means = loaded.model.pooled_and_blocks(
+                to_model_input(planes, loaded.channels_last), blocks
+            )
+            out.append(torch.cat([pooled, *means], dim=1))
+    return torch.cat(out).numpy()
+
+
+def gate_sets(spec: str) -> list[list[int]]:
+    """'pooled;4,5,6;2,3,4' -> [[], [4, 5, 6], [2, 3, 4]] (pooled: the gate reads the pooled)."""
+    sets = [s.strip() for s in spec.split(";")]
+    return [[] if s == "pooled" else [int(v) for v in s.split(",")] for s in sets]
+
+
+def gate_columns(width: int, widths: dict[int, int], union: list[int], blocks: list[int]):
+    """Column indices of `blocks` inside features laid out as pooled (width), then `union`."""
+    starts, at = {}, width
+    for i in union:
+        starts[i], at = at, at + widths[i]
+    return np.concatenate([np.arange(starts[i], starts[i] + widths[i]) for i in blocks])
+
+
+def gated_head(model: Path, site_pipe, gate_pipe, gate_width: int):
     """The GatedHead `adapt --set method=gated` writes, around the model's own head."""
     import torch
 
@@ -138,7 +178,7 @@ def gated_head(model: Path, site_pipe, gate_pipe):
 
     source, meta = load_model(model, "cpu")
     width, n_classes = 2 * source.num_features, len(meta["class_names"])
-    head = GatedHead(source.head, width, n_classes)
+    head = GatedHead(source.head, width, n_classes, gate_width)
     write_linear(head.site[0], head.site[1], site_pipe[0], site_pipe[-1])
     write_linear(head.gate[0], head.gate[1], gate_pipe[0], gate_pipe[-1], binary=True)
     head.source_temperature.fill_(float(meta["info"].get("temperature", 1.0)))
@@ -146,38 +186,59 @@ def gated_head(model: Path, site_pipe, gate_pipe):
 
 
 def gated_answers(head, torch, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities (N, C), gate g (N,)) of the gated head on pooled features."""
+    """(probabilities (N, C), gate g (N,)) of the gated head on its input features."""
     with torch.no_grad():
         f = torch.as_tensor(x)
         return torch.softmax(head(f), 1).numpy(), head.site_probability(f).numpy()
 
 
-def gated_runs(args, samples, labels, groups) -> dict:
-    """--gated: §21's map (module doc)."""
+def gated_row(args, parts, gate_width, inputs, labels, val_y) -> dict:
+    """Figures of one fitted gated head: inputs = (rest features, validation features)."""
     from brainmri.evaluate.metrics import expected_calibration_error as ece
 
+    head, torch = gated_head(args.model, *parts, gate_width)
+    (p_rest, g_rest), (p_val, g_val) = (gated_answers(head, torch, x) for x in inputs)
+    return {"rest_n": len(labels), "rest": float((p_rest.argmax(1) == labels).mean()),
+            "rest_ece": ece(p_rest, labels), "gate_rest_site": float((g_rest > 0.5).mean()),
+            "gate_val_source": float((g_val < 0.5).mean()),
+            "benchmark_val": float((p_val.argmax(1) == val_y).mean()),
+            "val_ece": ece(p_val, val_y)}  # fmt: skip
+
+
+def gated_runs(args, samples, labels, groups) -> dict:
+    """--gated: §21's map (module doc), for each gate input (--gate-blocks) and C (--gate-c)."""
+    from brainmri.model.checkpoint import load_model
+    from brainmri.train.probe_head import fit_gate
+
+    sets = gate_sets(args.gate_blocks)
+    union = sorted({i for s in sets for i in s})
     train, val = benchmark_split(args.model)
-    (feats, _), (bench_x, _), (val_x, val_y) = labelled_features(args.model, samples, train, val)
+    feats, bench_x, val_x = (block_features(args.model, s, union) for s in (samples, train, val))
+    val_y = np.array([x.label for x in val])
+    source, _ = load_model(args.model, "cpu")
+    width = 2 * source.num_features
+    widths = {i: source.block_width([i]) for i in union}
     rows = []
     for k in (int(v) for v in args.ks.split(",")):
         for draw in (int(v) for v in args.draws.split(",")):
             site, rest = draw_site(labels, groups, k, draw)
-            parts = fit_gated_parts(feats[site], labels[site], bench_x, 0.01)
-            head, torch = gated_head(args.model, *parts)
-            p_rest, g_rest = gated_answers(head, torch, feats[rest])
-            p_val, g_val = gated_answers(head, torch, val_x)
-            row = {"k": k, "draw": draw, "rest_n": len(rest),
-                   "rest": float((p_rest.argmax(1) == labels[rest]).mean()),
-                   "rest_ece": ece(p_rest, labels[rest]),
-                   "gate_rest_site": float((g_rest > 0.5).mean()),
-                   "gate_val_source": float((g_val < 0.5).mean()),
-                   "benchmark_val": float((p_val.argmax(1) == val_y).mean()),
-                   "val_ece": ece(p_val, val_y)}  # fmt: skip
-            rows.append(row)
-            print(f"k={k:>3} draw {draw}: rest {pct(row['rest'])} % (ECE {pct(row['rest_ece'])}, "
-                  f"gate→site {pct(row['gate_rest_site'])} %), benchmark val "
-                  f"{pct(row['benchmark_val'])} % (gate→source {pct(row['gate_val_source'])} %)",
-                  flush=True)  # fmt: skip
+            site_pipe = fit_probe(feats[site, :width], labels[site])
+            for blocks in sets:
+                cols = gate_columns(width, widths, union, blocks) if blocks else np.arange(width)
+                keep = np.concatenate([np.arange(width), cols]) if blocks else cols
+                for c in (float(v) for v in args.gate_c.split(",")):
+                    gate = fit_gate(feats[site][:, cols], bench_x[:, cols], c)
+                    inputs = (feats[rest][:, keep], val_x[:, keep])
+                    gate_width = len(cols) if blocks else 0
+                    row = {"k": k, "draw": draw, "gate_blocks": blocks or "pooled", "gate_c": c}
+                    row |= gated_row(args, (site_pipe, gate), gate_width, inputs,
+                                     labels[rest], val_y)  # fmt: skip
+                    rows.append(row)
+                    print(f"k={k:>3} draw {draw} gate {row['gate_blocks']} C {c:g}: rest "
+                          f"{pct(row['rest'])} % (ECE {pct(row['rest_ece'])}, gate→site "
+                          f"{pct(row['gate_rest_site'])} %), benchmark val "
+                          f"{pct(row['benchmark_val'])} % (gate→source "
+                          f"{pct(row['gate_val_source'])} %)", flush=True)  # fmt: skip
     return {"runs": rows, "train_n": len(train), "val_n": len(val), "provenance": provenance()}
 
 
@@ -197,6 +258,11 @@ def main(argv: list[str] | None = None) -> dict:
         help="fit on the site (these sample weights) + every training file of the model",
     )  # fmt: skip
     p.add_argument("--gated", action="store_true", help="§21: site head + gate + shipped head")
+    p.add_argument(
+        "--gate-blocks", default="4,5,6", metavar="B,…;B,…",
+        help="--gated: the gate's inputs to compare, ';'-separated: block indices or 'pooled'",
+    )  # fmt: skip
+    p.add_argument("--gate-c", default="0.01", metavar="C,…", help="--gated: the gate's C values")
     args = p.parse_args(argv)
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])

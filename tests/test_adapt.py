@@ -136,8 +136,10 @@ def test_gated_adapt_keeps_the_source_head_and_gates_the_site_head(
     model = out / "model.safetensors"
     meta, source = read_metadata(model), read_metadata(shipped_model_path())
     assert meta["recipe"]["model"]["head"] == "gated" and meta["info"]["temperature"] == 1.0
+    assert meta["recipe"]["model"]["gate_blocks"] == [4, 5, 6]  # the adapt default
     (fig,) = meta["info"]["adapted"]["history"][0]
     assert fig["method"] == "gated" and fig["classes"] == ["glioma", "meningioma", "notumor"]
+    assert fig["gate_blocks"] == [4, 5, 6]
     new, old = load_file(str(model)), load_file(str(shipped_model_path()))
     for key in (k for k in old if k.startswith(("backbone.", "head."))):
         twin = key.replace("head.", "head.source.", 1) if key.startswith("head.") else key
@@ -146,7 +148,7 @@ def test_gated_adapt_keeps_the_source_head_and_gates_the_site_head(
     clf = Classifier(model, runtime="torch")
     x, y = cache_samples(site_samples(site), clf.image_size)
     out = clf.run(x)
-    with torch.no_grad():  # a gated head's penultimate features are the pooled ones
+    with torch.no_grad():  # a gated head's penultimate features: pooled, then the gate's
         gate = clf.backend.graph.model.head.site_probability(out["features"])
     assert float(gate.min()) > 0.5  # its own training images go to the site head
     probs = out["probs"]

@@ -260,11 +260,13 @@ def test_seed_without_weights_is_a_clear_error_offline(tmp_path, monkeypatch):
         TumorClassifier(recipe.model)
 
 
+@pytest.mark.parametrize("blocks", [[], [4, 5, 6]])
 @pytest.mark.parametrize("gate_bias, expect", [(-60.0, "source"), (60.0, "site")])
-def test_gated_head_mixes_its_two_heads_by_the_gate(gate_bias, expect):
+def test_gated_head_mixes_its_two_heads_by_the_gate(gate_bias, expect, blocks):
     """g → 0 answers the source head at its temperature, g → 1 the site head; the file's
-    logits are log-probabilities, and forward == classify(penultimate)."""
-    model = make(head="gated").eval()
+    logits are log-probabilities, and forward == classify(penultimate). The gate reads the
+    pooled features or, with gate blocks, those blocks' pooled outputs after them."""
+    model = make(head="gated", gate_blocks=blocks).eval()
     with torch.no_grad():
         for m in (model.head.site[1], model.head.gate[1]):
             m.weight.normal_(0, 0.05)
@@ -272,7 +274,8 @@ def test_gated_head_mixes_its_two_heads_by_the_gate(gate_bias, expect):
         model.head.gate[1].bias.fill_(gate_bias)
         model.head.source_temperature.fill_(0.5)
         x = torch.rand(3, 3, SIZE, SIZE)
-        pooled = model.features(x)
+        feats = model.features(x)
+        pooled = feats[:, : 2 * model.num_features]
         out = model(x)
         want = {
             "source": torch.log_softmax(model.head.source(pooled) / 0.5, 1),
@@ -281,7 +284,19 @@ def test_gated_head_mixes_its_two_heads_by_the_gate(gate_bias, expect):
         assert torch.allclose(out, want, atol=1e-5)
         assert torch.allclose(torch.exp(out).sum(1), torch.ones(3), atol=1e-5)
         assert torch.allclose(model.classify(model.penultimate(x)), out, atol=1e-6)
-        assert model.penultimate_width == 2 * model.num_features
+        penultimate, depths = model.penultimate_and_depths(x)
+        assert torch.allclose(penultimate, feats, atol=1e-6) and len(depths) == 4
+        assert model.penultimate_width == feats.shape[1]
+        assert feats.shape[1] == 2 * model.num_features + model.block_width(blocks)
+        model.head.gate[1].bias.zero_()
+        model.head.gate[1].weight.normal_(0, 0.05)  # the gate reads its own columns only
+        g = model.head.site_probability(feats)
+        moved = feats.clone()
+        if blocks:
+            moved[:, : 2 * model.num_features] += 5.0
+        else:
+            moved[:, 2 * model.num_features :] += 5.0  # nothing there: same features
+        assert torch.allclose(model.head.site_probability(moved), g, atol=1e-6)
 
 
 def test_train_refuses_a_gated_head(tmp_path):

@@ -68,6 +68,11 @@ class ModelConfig(_Strict):
         "linear site head and a gate mixing them, written by `adapt --set method=gated` "
         "(not trained by `train`)",
     )
+    gate_blocks: list[int] = Field(
+        default_factory=list,
+        description="'gated' head: backbone blocks (timm forward_intermediates indices) whose "
+        "average-pooled outputs the gate reads; empty: the pooled features",
+    )
     dense_units: int = Field(256, ge=1)
     dropout: float = Field(0.35, ge=0.0, lt=1.0)
     head_dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout before the logits")
@@ -187,6 +192,11 @@ class AdaptConfig(_Strict):
     )
     site_weight: float = Field(30.0, gt=0.0, description="probe: sample weight of a site image")
     probe_c: float = Field(0.01, gt=0.0, description="probe/gated: inverse L2 strength (C)")
+    gate_blocks: list[int] = Field(
+        default_factory=lambda: [4, 5, 6],
+        description="gated: backbone blocks whose average-pooled outputs the gate reads "
+        "(docs/RESULTS.md §21.3); []: the pooled features (§21.2)",
+    )
     replay_draw: Literal["classes", "clusters"] = Field(
         "classes",
         description="how replay images are drawn: 'classes' in turn; 'clusters': weighted by "

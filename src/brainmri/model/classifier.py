@@ -34,11 +34,13 @@ class TumorClassifier(nn.Module):
         self.pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
         width = 2 * self.num_features
         self.gated = cfg.head == "gated"
+        self.gate_blocks = list(cfg.gate_blocks) if self.gated else []
         if cfg.head == "linear":  # same six slots, so head[:4] / head[4:] keep their meaning
             slots = [nn.Identity() for _ in range(4)]
             self.head = nn.Sequential(nn.BatchNorm1d(width), *slots, nn.Linear(width, num_classes))
         elif self.gated:
-            self.head = GatedHead(mlp_head(cfg, width, num_classes), width, num_classes)
+            gate_width = self.block_width(self.gate_blocks)
+            self.head = GatedHead(mlp_head(cfg, width, num_classes), width, num_classes, gate_width)
         else:
             self.head = mlp_head(cfg, width, num_classes)
         self.l2 = cfg.l2
@@ -50,14 +52,36 @@ class TumorClassifier(nn.Module):
 
     @property
     def penultimate_width(self) -> int:
-        """Width of `penultimate` (dense_units; the pooled width for a linear or gated head)."""
+        """Width of `penultimate` (dense_units; the pooled width for a linear head; for a gated
+        one the pooled width plus the gate's block width)."""
         if self.gated:
-            return 2 * self.num_features
+            return 2 * self.num_features + self.head.gate_width
         return int(self.head[-1].in_features)
 
+    def block_width(self, blocks: list[int]) -> int:
+        """Channels of the given blocks' outputs, together (forward_intermediates indices with
+        extra_blocks: 0 the stem, i the output of backbone.blocks[i - 1])."""
+        stages = [self.backbone.conv_stem, *self.backbone.blocks]
+        convs = [[m for m in stages[i].modules() if isinstance(m, nn.Conv2d)] for i in blocks]
+        return sum(int(c[-1].out_channels) for c in convs)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled (avg ‖ max) backbone features, width 2 × num_features."""
-        return self.pool(self.backbone(x))
+        """Pooled (avg ‖ max) backbone features, width 2 × num_features; for a gated head with
+        gate blocks, followed by those blocks' average-pooled outputs (what the gate reads)."""
+        if not self.gate_blocks:
+            return self.pool(self.backbone(x))
+        pooled, blocks = self.pooled_and_blocks(x, self.gate_blocks)
+        return torch.cat([pooled, *blocks], dim=1)
+
+    def pooled_and_blocks(
+        self, x: torch.Tensor, blocks: list[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Pooled features and the average-pooled outputs of `blocks`, from one backbone pass."""
+        last, inter = self.backbone.forward_intermediates(
+            x, indices=sorted(set(blocks)), extra_blocks=True
+        )
+        means = dict(zip(sorted(set(blocks)), (t.mean(dim=(2, 3)) for t in inter), strict=True))
+        return self.pool(last), [means[i] for i in blocks]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -67,8 +91,8 @@ class TumorClassifier(nn.Module):
         for a linear head the standardized pooled features, for a gated head the pooled ones."""
         return self._penultimate(self.features(x))
 
-    def _penultimate(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled if self.gated else self.head[:4](pooled)
+    def _penultimate(self, features: torch.Tensor) -> torch.Tensor:
+        return features if self.gated else self.head[:4](features)
 
     def classify(self, penultimate: torch.Tensor) -> torch.Tensor:
         """Logits from `penultimate` features: forward(x) == classify(penultimate(x))."""
@@ -78,11 +102,15 @@ class TumorClassifier(nn.Module):
         """Penultimate features and what the input guard reads, from one backbone pass: the
         average-pooled outputs of the last GUARD_BLOCKS blocks and of the last conv stage."""
         n_blocks = len(self.backbone.blocks)
+        guard = list(range(n_blocks - GUARD_BLOCKS + 1, n_blocks + 1))
         last, inter = self.backbone.forward_intermediates(
-            x, indices=list(range(n_blocks - GUARD_BLOCKS + 1, n_blocks + 1)), extra_blocks=True
+            x, indices=sorted(set(guard + self.gate_blocks)), extra_blocks=True
         )
-        depths = [t.mean(dim=(2, 3)) for t in inter] + [last.mean(dim=(2, 3))]
-        return self._penultimate(self.pool(last)), depths
+        means = dict(zip(sorted(set(guard + self.gate_blocks)), inter, strict=True))
+        means = {i: t.mean(dim=(2, 3)) for i, t in means.items()}
+        depths = [means[i] for i in guard] + [last.mean(dim=(2, 3))]
+        features = torch.cat([self.pool(last), *(means[i] for i in self.gate_blocks)], dim=1)
+        return self._penultimate(features), depths
 
     def l2_penalty(self) -> torch.Tensor:
         """Keras-style kernel L2 on the head's Dense layers: l2 · Σ w²."""
@@ -134,21 +162,30 @@ class GatedHead(nn.Module):
     """Two heads on the pooled features and a gate between them (docs/RESULTS.md §21):
     log(g·softmax(site) + (1 − g)·softmax(source / T_source)), g = sigmoid(gate), the
     probability that the input is from the site. Its logits are log-probabilities (the
-    file's temperature is 1; the source's own is the `source_temperature` buffer)."""
+    file's temperature is 1; the source's own is the `source_temperature` buffer).
 
-    def __init__(self, source: nn.Sequential, width: int, num_classes: int):
+    Input: the pooled features (width), then gate_width features the gate alone reads (the
+    average-pooled outputs of earlier blocks, §21.3); gate_width 0: the gate reads the pooled."""
+
+    def __init__(self, source: nn.Sequential, width: int, num_classes: int, gate_width: int = 0):
         super().__init__()
+        self.width, self.gate_width = width, gate_width
         self.source = source
         self.site = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, num_classes))
-        self.gate = nn.Sequential(nn.BatchNorm1d(width), nn.Linear(width, 1))
+        gate_in = gate_width or width
+        self.gate = nn.Sequential(nn.BatchNorm1d(gate_in), nn.Linear(gate_in, 1))
         self.register_buffer("source_temperature", torch.ones(1))
 
-    def site_probability(self, pooled: torch.Tensor) -> torch.Tensor:
-        """g: (N,)."""
-        return torch.sigmoid(self.gate(pooled)[:, 0])
+    def _gate_input(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, self.width :] if self.gate_width else features
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        z = self.gate(pooled)
+    def site_probability(self, features: torch.Tensor) -> torch.Tensor:
+        """g: (N,)."""
+        return torch.sigmoid(self.gate(self._gate_input(features))[:, 0])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = self.gate(self._gate_input(features))
+        pooled = features[:, : self.width]
         site = nn.functional.logsigmoid(z) + torch.log_softmax(self.site(pooled), dim=1)
         source_logits = self.source(pooled) / self.source_temperature
         source = nn.functional.logsigmoid(-z) + torch.log_softmax(source_logits, dim=1)

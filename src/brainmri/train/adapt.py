@@ -262,8 +262,9 @@ def adapt(
     summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
     info = dict(meta.get("info", {})) | {"adapted": summary}
     if pool is not None:  # the regressions' probabilities are their own: temperature 1
-        head = "gated" if cfg.method == "gated" else "linear"
-        recipe, info["temperature"] = head_recipe(recipe, head), 1.0
+        gated = cfg.method == "gated"
+        head, blocks = ("gated", cfg.gate_blocks) if gated else ("linear", [])
+        recipe, info["temperature"] = head_recipe(recipe, head, blocks), 1.0
     out_dir.mkdir(parents=True, exist_ok=True)
     path = save_model(out_dir / MODEL_NAME, adapted, recipe, info, mean=mean, std=std)
     if "guard" in meta and holdout:

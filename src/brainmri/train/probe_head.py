@@ -10,7 +10,9 @@ an ordinary model file. The backbone is not changed.
 
 `method=gated` (§21) keeps the source head and adds two regressions on the same features: a
 site head fitted on the site images alone and a gate (site images against the pool) whose
-probability mixes the two heads' answers (`model.classifier.GatedHead`).
+probability mixes the two heads' answers (`model.classifier.GatedHead`). The gate reads the
+average-pooled outputs of `gate_blocks` (earlier backbone blocks, §21.3), where the site's
+look shows more plainly than in the class-trained pooled features.
 """
 
 from __future__ import annotations
@@ -21,24 +23,41 @@ import torch
 from brainmri import CLASS_NAMES
 from brainmri.config import AdaptConfig, Recipe, recipe_from_dict
 from brainmri.model.classifier import TumorClassifier
-from brainmri.train.epoch import _Pooled, view_logits
+from brainmri.train.epoch import view_logits
 
 ABSENT_LOGIT = -1e4
 """Bias of a class the fit never saw: never answered."""
 
 
-def head_recipe(recipe: Recipe, head: str) -> Recipe:
+def head_recipe(recipe: Recipe, head: str, gate_blocks: list[int] | None = None) -> Recipe:
     """The recipe with `model.head: head` (what the saved file is rebuilt from)."""
     data = recipe.model_dump(mode="json")
     data["model"]["head"] = head
+    data["model"]["gate_blocks"] = list(gate_blocks or [])
     return recipe_from_dict(data, f"adapt {head} head")
 
 
+class _PooledBlocks(torch.nn.Module):
+    """Pooled backbone features, then the average-pooled outputs of `blocks`."""
+
+    def __init__(self, model: TumorClassifier, blocks: list[int]) -> None:
+        super().__init__()
+        self.model, self.blocks = model, list(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.blocks:
+            return self.model.pool(self.model.backbone(x))
+        pooled, blocks = self.model.pooled_and_blocks(x, self.blocks)
+        return torch.cat([pooled, *blocks], dim=1)
+
+
 def pooled_features(
-    member: TumorClassifier, x: torch.Tensor, recipe: Recipe, mean, std
+    member: TumorClassifier, x: torch.Tensor, recipe: Recipe, mean, std, blocks=()
 ) -> np.ndarray:
-    """Pooled backbone features of uint8 images, preprocessed as the model's recipe says."""
-    return view_logits(_Pooled(member), x, recipe, torch.device("cpu"), mean, std)[0].numpy()
+    """Pooled backbone features of uint8 images, preprocessed as the model's recipe says, then
+    the average-pooled outputs of `blocks` (none by default)."""
+    net = _PooledBlocks(member, list(blocks))
+    return view_logits(net, x, recipe, torch.device("cpu"), mean, std)[0].numpy()
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, c: float):
@@ -60,11 +79,6 @@ def fit_gate(site_x: np.ndarray, pool_x: np.ndarray, c: float):
     return fit_logistic(x, y, w, c)
 
 
-def fit_gated_parts(site_x: np.ndarray, site_y: np.ndarray, pool_x: np.ndarray, c: float):
-    """(site head, gate) pipelines of §21's gated head: the site head on the site images alone."""
-    return fit_logistic(site_x, site_y, None, c), fit_gate(site_x, pool_x, c)
-
-
 def fit_linear_head(
     member: TumorClassifier,
     recipe: Recipe,
@@ -77,7 +91,8 @@ def fit_linear_head(
 ) -> tuple[TumorClassifier, dict]:
     """(a copy of member with the fitted linear or gated head, figures of the fit)."""
     member.eval()
-    feats = [pooled_features(member, x, recipe, mean, std) for x in (site[0], pool[0])]
+    blocks = cfg.gate_blocks if cfg.method == "gated" else []
+    feats = [pooled_features(member, x, recipe, mean, std, blocks) for x in (site[0], pool[0])]
     if cfg.method == "gated":
         out, fig = _gated_member(member, recipe, feats, site[1].numpy(), cfg)
         out.head.source_temperature.fill_(source_temperature)
@@ -100,18 +115,24 @@ def fit_linear_head(
 def _gated_member(
     member: TumorClassifier, recipe: Recipe, feats: list[np.ndarray], site_y, cfg: AdaptConfig
 ) -> tuple[TumorClassifier, dict]:
-    """A copy of member with a gated head: its own head as the source head (module doc)."""
-    site_pipe, gate_pipe = fit_gated_parts(feats[0], site_y, feats[1], cfg.probe_c)
-    out = TumorClassifier(head_recipe(recipe, "gated").model, len(CLASS_NAMES), pretrained=False)
+    """A copy of member with a gated head: its own head as the source head (module doc).
+    feats: (site, pool) features, pooled then the gate blocks' (`pooled_features`)."""
+    width = 2 * member.num_features
+    pooled = [f[:, :width] for f in feats]
+    gate_in = [f[:, width:] for f in feats] if cfg.gate_blocks else pooled
+    site_pipe = fit_logistic(pooled[0], site_y, None, cfg.probe_c)
+    gate_pipe = fit_gate(gate_in[0], gate_in[1], cfg.probe_c)
+    out_recipe = head_recipe(recipe, "gated", cfg.gate_blocks)
+    out = TumorClassifier(out_recipe.model, len(CLASS_NAMES), pretrained=False)
     out.backbone.load_state_dict(member.backbone.state_dict())
     out.head.source.load_state_dict(member.head.state_dict())
     write_linear(out.head.site[0], out.head.site[1], site_pipe[0], site_pipe[-1])
     write_linear(out.head.gate[0], out.head.gate[1], gate_pipe[0], gate_pipe[-1], binary=True)
-    site_acc = float((site_pipe.predict(feats[0]) == site_y).mean())
+    site_acc = float((site_pipe.predict(pooled[0]) == site_y).mean())
     fig = {"method": "gated", "site_n": len(site_y), "benchmark_n": len(feats[1]),
-           "C": cfg.probe_c, "site_train_acc": site_acc,
-           "gate_site_train": float(gate_pipe.predict_proba(feats[0])[:, 1].mean()),
-           "gate_pool_train": float(gate_pipe.predict_proba(feats[1])[:, 1].mean()),
+           "C": cfg.probe_c, "site_train_acc": site_acc, "gate_blocks": list(cfg.gate_blocks),
+           "gate_site_train": float(gate_pipe.predict_proba(gate_in[0])[:, 1].mean()),
+           "gate_pool_train": float(gate_pipe.predict_proba(gate_in[1])[:, 1].mean()),
            "classes": [CLASS_NAMES[int(c)] for c in site_pipe[-1].classes_]}  # fmt: skip
     return out.eval(), fig
 
