@@ -24,9 +24,22 @@ def test_a_good_image_comes_back_as_its_luminance_plane():
     img = synthetic_brain(96, seed=4)
     rgb = np.repeat(img[:, :, None], 3, axis=2)
     for data in (encode(img), encode(rgb), encode(rgb, "JPEG", quality=95)):
-        plane = check_image_bytes(data)
+        plane, colour = check_image_bytes(data)
         assert plane.dtype == np.uint8 and plane.shape == (96, 96)
         assert np.abs(plane.astype(int) - img).mean() < 3  # JPEG: nearly; PNG: exactly
+        assert colour < 1.0  # grey pixels in an RGB file are no colour
+
+
+def test_the_colour_difference_comes_from_the_same_decode():
+    img = synthetic_brain(300, seed=5)
+    tinted = np.stack([img, img // 2, np.zeros_like(img)], axis=2)  # a red-brown picture
+    plane, colour = check_image_bytes(encode(tinted))
+    assert plane.shape == (300, 300)
+    rgb = tinted.astype(np.int16)
+    full = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])
+            + np.abs(rgb[..., 0] - rgb[..., 2])).mean() / 3  # fmt: skip
+    assert abs(colour - full) < 0.05 * full  # the 128-px thumbnail keeps the mean
+    assert colour > 5.0
 
 
 def _gif(frames: int) -> bytes:

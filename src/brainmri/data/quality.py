@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from brainmri.data.images import load_gray
+from brainmri.data.images import load_gray_chroma
 from brainmri.errors import BrainMRIError, RejectedInput
 
 MIN_SIDE = 32
@@ -66,8 +66,16 @@ def check_header(data: bytes, max_pixels: int) -> tuple[dict[str, Any] | None, d
 
 def decode(data: bytes) -> tuple[np.ndarray | None, dict[str, Any] | None]:
     """Full decode to the luminance plane (images.load_gray); classify failures."""
+    pair, failed = decode_with_chroma(data, chroma=False)
+    return (None if pair is None else pair[0]), failed
+
+
+def decode_with_chroma(
+    data: bytes, chroma: bool = True
+) -> tuple[tuple[np.ndarray, float] | None, dict[str, Any] | None]:
+    """`decode`, with the colour difference of the same decoded pixels (images.load_gray_chroma)."""
     try:
-        return load_gray(io.BytesIO(data)), None
+        return load_gray_chroma(io.BytesIO(data), chroma), None
     except BrainMRIError as exc:
         cause = exc.__cause__ or exc
         msg = f"{type(cause).__name__}: {cause}"
@@ -98,8 +106,11 @@ def raise_for(result: dict[str, Any]) -> None:
     raise RejectedInput(message, code=reason)
 
 
-def check_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Apply every quarantine rule to one file's bytes; return its uint8 luminance plane.
+def check_image_bytes(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, float]:
+    """Apply every quarantine rule to one file's bytes; return its uint8 luminance plane and
+    its colour difference (images.colour_difference; 0 for grey-level files), from one decode.
 
     Raises RejectedInput (tiny, 16-bit, animated, over-pixel-limit, cmyk, unsupported-mode,
     blank) or BrainMRIError (zero-byte, not-an-image, corrupt, truncated).
@@ -111,11 +122,11 @@ def check_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.n
         failed, _ = check_header(data, max_pixels)
         if failed is not None:
             raise_for(failed)
-        gray, failed = decode(data)
-    if failed is not None or gray is None:
+        pair, failed = decode_with_chroma(data)
+    if failed is not None or pair is None:
         raise_for(failed or bad("corrupt"))
-    assert gray is not None
-    failed = check_plane(gray)
+    assert pair is not None
+    failed = check_plane(pair[0])
     if failed is not None:
         raise_for(failed)
-    return gray
+    return pair
