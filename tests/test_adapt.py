@@ -160,6 +160,48 @@ def test_gated_adapt_keeps_the_source_head_and_gates_the_site_head(
     assert float((got - probs).abs().max()) <= 1e-4
 
 
+@pytest.mark.parametrize("refit", [False, True])
+def test_calibrated_adapt_fits_its_temperature_on_held_out_site_images(
+    site: Path, small_benchmark: Path, tmp_path: Path, refit: bool
+):
+    """calibration_share: whole groups of the site held out of a first fine-tune; the file's
+    temperature is the one that fits that fine-tune's logits on them (refit=false: the file is
+    that fine-tune, so its own logits reproduce the fit)."""
+    from brainmri.data.cache import cache_samples
+    from brainmri.infer.core import predict_logits
+    from brainmri.model.checkpoint import load_model
+    from brainmri.train.adapt import adapt
+    from brainmri.train.loss import fit_temperature
+
+    sets = ["steps=1", "guard_holdout=0", "calibration_share=0.25", f"calibration_refit={refit}"]
+    cfg = load_adapt_config("default", sets)
+    res = adapt(shipped_model_path(), site, small_benchmark, tmp_path / "run", cfg)
+    cal = res.summary["calibration"]
+    meta = read_metadata(res.model_path)
+    assert meta["info"]["temperature"] == pytest.approx(cal["temperature"])
+    assert cal["source_temperature"] == read_metadata(shipped_model_path())["info"]["temperature"]
+    held = cal["held_out_files"]
+    assert cal["held_out_images"] == len(held) and 0 < len(held) < 12
+    assert cal["fit_images"] + len(held) == 12
+    assert {Path(p).parent.name for p in held} <= {"glioma", "meningioma", "notumor"}
+    if not refit:
+        model, _ = load_model(res.model_path, "cpu")
+        labels = [CLASS_NAMES.index(Path(p).parent.name) for p in held]
+        samples = [Sample(Path(p), c, "Training") for p, c in zip(held, labels, strict=True)]
+        x, y = cache_samples(samples, int(meta["preprocessing"]["image_size"]))
+        logits = predict_logits(model, x, intensity=meta["preprocessing"].get("intensity", "none"))
+        assert fit_temperature(logits[1][0], y) == pytest.approx(cal["temperature"], rel=1e-3)
+
+
+def test_calibration_is_refused_for_fitted_heads(site: Path, small_benchmark: Path, tmp_path):
+    from brainmri.errors import BrainMRIError
+    from brainmri.train.adapt import adapt
+
+    cfg = load_adapt_config("default", ["method=probe", "calibration_share=0.2"])
+    with pytest.raises(BrainMRIError, match="finetune only"):
+        adapt(shipped_model_path(), site, small_benchmark, tmp_path / "run", cfg)
+
+
 def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))
     result = CliRunner().invoke(app, ["adapt", "--data", str(site), "--out", str(tmp_path / "r")])

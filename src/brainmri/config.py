@@ -212,6 +212,19 @@ class AdaptConfig(_Strict):
         description="weight a of the fine-tuned parameters in the saved model: a·adapted + "
         "(1 − a)·source, buffers included (WiSE-FT); 1: the fine-tuned model as trained",
     )
+    calibration_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=0.5,
+        description="finetune: share of the site images (whole near-copy groups, stratified by "
+        "class) held out of a first fine-tune; the temperature is fitted on them "
+        "(docs/RESULTS.md §22); 0: the source model's temperature",
+    )
+    calibration_refit: bool = Field(
+        True,
+        description="with calibration_share: fine-tune again on every site image and keep the "
+        "fitted temperature (twice the time); false: save the first fine-tune",
+    )
     guard_holdout: int = Field(
         400, ge=0, description="benchmark images, not trained on here, that set the guard threshold"
     )

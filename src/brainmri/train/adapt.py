@@ -15,13 +15,16 @@ the source weights.
 
 The input guard is refitted, because the features move: class means and the shared covariance
 on the trained images (site + replay), the threshold at `guard_accept` of a held-out draw of
-benchmark images together with the site images. The temperature is the source model's (a few
-site images are too few to fit one). The output is an ordinary model file: predict, evaluate,
-export, explain and serve take it with `--model`.
+benchmark images together with the site images. The temperature is the source model's, unless
+`calibration_share` holds part of the site out of a first fine-tune and fits it there: the
+source's temperature, fitted on the benchmark, leaves an adapted model overconfident on its
+site (docs/RESULTS.md §22). The output is an ordinary model file: predict, evaluate, export,
+explain and serve take it with `--model`.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -49,7 +52,7 @@ from brainmri.model.ensemble import EnsembleClassifier
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
-from brainmri.train.loss import class_weights
+from brainmri.train.loss import class_weights, fit_temperature
 from brainmri.train.probe_head import fit_linear_head, head_recipe
 
 MODEL_NAME = "model.safetensors"
@@ -202,6 +205,87 @@ def refit_guard(
     return tensors, info
 
 
+def finetune_members(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    meta: dict,
+    cfg: AdaptConfig,
+    images: tuple[torch.Tensor, torch.Tensor],
+    samples: list[Sample],
+) -> list[list[dict]]:
+    """Fine-tune every member of `model` in place on `images` (site + replay); per-member
+    per-epoch figures. `interpolate` is applied here."""
+    x, y = images
+    empty = torch.empty((0, *x.shape[1:]), dtype=torch.uint8)
+    data = RunData(samples, [], {}, x, y, empty, torch.empty(0, dtype=torch.long))
+    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    history = []
+    for k, member in enumerate(members):
+        label = f"member {k + 1}/{len(members)}"
+        member_recipe = adapt_recipe(recipe, cfg, k, len(x))
+        source = {n: v.detach().clone() for n, v in member.state_dict().items()}
+        history.append(fit_member(member, member_recipe, data, meta, label))
+        interpolate_weights(member, source, cfg.interpolate)
+    model.eval()
+    return history
+
+
+def calibrate_on_site(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    meta: dict,
+    cfg: AdaptConfig,
+    site: list[Sample],
+    replay_images: tuple[torch.Tensor, torch.Tensor],
+    replay: list[Sample],
+) -> tuple[dict, torch.nn.Module, list[list[dict]]]:
+    """Fine-tune a copy of `model` without a held-out share of the site (whole near-copy
+    groups, stratified: data.splits.grouped_split) and fit the temperature on that share.
+    Returns (figures, the fine-tuned copy, its history)."""
+    from brainmri.data.splits import grouped_split
+    from brainmri.infer.core import predict_logits
+
+    fit, held, _ = grouped_split(site, cfg.calibration_share, cfg.seed)
+    size = int(meta["preprocessing"]["image_size"])
+    x_fit, y_fit = cache_samples(fit, size, desc="decode site (fit)")
+    x_held, y_held = cache_samples(held, size, desc="decode site (calibration)")
+    copy_ = copy.deepcopy(model)
+    images = (torch.cat([x_fit, replay_images[0]]), torch.cat([y_fit, replay_images[1]]))
+    history = finetune_members(copy_, recipe, meta, cfg, images, fit + replay)
+    intensity = meta["preprocessing"].get("intensity", "none")
+    logits = predict_logits(copy_, x_held, intensity=intensity)[1][0]
+    temperature = fit_temperature(logits, y_held)
+    figures = {
+        "temperature": temperature,
+        "source_temperature": float(meta.get("info", {}).get("temperature", 1.0)),
+        "fit_images": len(fit),
+        "held_out_images": len(held),
+        "held_out_accuracy": float((logits.argmax(1) == y_held).float().mean()),
+        "refit": cfg.calibration_refit,
+        "held_out_files": [str(s.path) for s in held],
+    }
+    return figures, copy_, history
+
+
+def fit_heads(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    site: tuple[torch.Tensor, torch.Tensor],
+    pool: tuple[torch.Tensor, torch.Tensor],
+    cfg: AdaptConfig,
+    meta: dict,
+    temperature: float,
+) -> tuple[torch.nn.Module, list[list[dict]]]:
+    """`method=probe|gated`: every member with its fitted head (train/probe_head.py)."""
+    mean, std = preprocessing_of(meta)
+    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    history = []
+    for k, member in enumerate(members):
+        members[k], fig = fit_linear_head(member, recipe, site, pool, cfg, mean, std, temperature)
+        history.append([fig])
+    return (EnsembleClassifier(members) if len(members) > 1 else members[0]), history
+
+
 def adapt(
     model_path: Path,
     site_dir: Path,
@@ -235,32 +319,31 @@ def adapt(
     replay, holdout = draw_replay(replay_pool, n_replay, cfg.guard_holdout, cfg.seed, weights)
     x_site, y_site = cache_samples(site, size, desc="decode site")
     x_rep, y_rep = cache_samples(replay, size, desc="decode replay")
-    x = torch.cat([x_site, x_rep])
-    y = torch.cat([y_site, y_rep])
-    empty = torch.empty((0, 1, size, size), dtype=torch.uint8)
-    data = RunData(site + replay, [], {}, x, y, empty, torch.empty(0, dtype=torch.long))
-    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    x, y = torch.cat([x_site, x_rep]), torch.cat([y_site, y_rep])
     mean, std = preprocessing_of(meta)
     fitted = cfg.method != "finetune"
+    if fitted and cfg.calibration_share > 0:
+        raise BrainMRIError("calibration_share applies to method=finetune only")
     pool = cache_samples(replay_pool, size, desc="decode benchmark") if fitted else None
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
-    history = []
-    for k, member in enumerate(members):
-        if pool is not None:
-            members[k], fig = fit_linear_head(
-                member, recipe, (x_site, y_site), pool, cfg, mean, std, temperature
-            )
-            history.append([fig])
-            continue
-        label = f"member {k + 1}/{len(members)}"
-        member_recipe = adapt_recipe(recipe, cfg, k, len(x))
-        source = {n: v.detach().clone() for n, v in member.state_dict().items()}
-        history.append(fit_member(member, member_recipe, data, meta, label))
-        interpolate_weights(member, source, cfg.interpolate)
-    adapted = EnsembleClassifier(members) if len(members) > 1 else members[0]
-    adapted.eval()
+    calibration, history = None, []
+    if pool is not None:
+        model, history = fit_heads(model, recipe, (x_site, y_site), pool, cfg, meta, temperature)
+    elif cfg.calibration_share > 0:
+        calibration, copy_, history = calibrate_on_site(
+            model, recipe, meta, cfg, site, (x_rep, y_rep), replay
+        )
+        temperature = calibration["temperature"]
+        if not cfg.calibration_refit:
+            model = copy_
+    if pool is None and (calibration is None or cfg.calibration_refit):
+        history = finetune_members(model, recipe, meta, cfg, (x, y), site + replay)
+    adapted = model.eval()
     summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
     info = dict(meta.get("info", {})) | {"adapted": summary}
+    if calibration is not None:
+        summary["calibration"] = calibration
+        info["temperature"] = temperature
     if pool is not None:  # the regressions' probabilities are their own: temperature 1
         gated = cfg.method == "gated"
         head, blocks = ("gated", cfg.gate_blocks) if gated else ("linear", [])
