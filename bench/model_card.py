@@ -446,6 +446,24 @@ def guard_lines(meta: dict) -> list[str]:
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
         "copies and non-MRI inputs: docs/RESULTS.md §16.4.",
         *guard_eval_lines(load_json(SHIPPED / "guard_eval.json")),
+        *guard_external_lines(load_json(SHIPPED / "external_guard.json")),
+    ]
+
+
+def guard_external_lines(ev: dict | None) -> list[str]:
+    """What the guard does on the independent collection (bench/external_guard.py's file)."""
+    if ev is None:
+        return []
+    a, curve = ev["all"], ev["curve_by_ood_score"]
+    low = next(c for c in curve if c["coverage"] >= 0.2)
+    return [
+        f"- On external-dev (`python bench/external_guard.py`, {ev['provenance']['date']}, "
+        f"`bench/results/shipped/external_guard.json`) it accepts {a['accepted']} of {a['n']} "
+        f"images ({pct(a['accepted_share'])}), of which {pct(a['accuracy_of_accepted'])} are "
+        "answered right: it refuses pictures that are not brain MRI, not brain MRI from an "
+        "unseen collection. Its score does not rank right answers there either (the "
+        f"{pct(low['coverage'], 0)} most benchmark-like images: {pct(low['accuracy'])} right; "
+        "docs/RESULTS.md §23).",
     ]
 
 
