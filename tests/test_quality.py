@@ -9,7 +9,13 @@ import pytest
 from conftest import synthetic_brain
 from PIL import Image
 
-from brainmri.data.quality import MIN_SIDE, check_header, check_image_bytes, check_plane
+from brainmri.data.quality import (
+    MIN_SIDE,
+    check_header,
+    check_image_bytes,
+    check_image_bytes_colour,
+    check_plane,
+)
 from brainmri.errors import BrainMRIError, RejectedInput
 
 
@@ -24,7 +30,8 @@ def test_a_good_image_comes_back_as_its_luminance_plane():
     img = synthetic_brain(96, seed=4)
     rgb = np.repeat(img[:, :, None], 3, axis=2)
     for data in (encode(img), encode(rgb), encode(rgb, "JPEG", quality=95)):
-        plane, colour = check_image_bytes(data)
+        plane, colour = check_image_bytes_colour(data)
+        assert np.array_equal(plane, check_image_bytes(data))
         assert plane.dtype == np.uint8 and plane.shape == (96, 96)
         assert np.abs(plane.astype(int) - img).mean() < 3  # JPEG: nearly; PNG: exactly
         assert colour < 1.0  # grey pixels in an RGB file are no colour
@@ -33,7 +40,7 @@ def test_a_good_image_comes_back_as_its_luminance_plane():
 def test_the_colour_difference_comes_from_the_same_decode():
     img = synthetic_brain(300, seed=5)
     tinted = np.stack([img, img // 2, np.zeros_like(img)], axis=2)  # a red-brown picture
-    plane, colour = check_image_bytes(encode(tinted))
+    plane, colour = check_image_bytes_colour(encode(tinted))
     assert plane.shape == (300, 300)
     rgb = tinted.astype(np.int16)
     full = (np.abs(rgb[..., 0] - rgb[..., 1]) + np.abs(rgb[..., 1] - rgb[..., 2])

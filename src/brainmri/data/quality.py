@@ -106,15 +106,24 @@ def raise_for(result: dict[str, Any]) -> None:
     raise RejectedInput(message, code=reason)
 
 
-def check_image_bytes(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> tuple[np.ndarray, float]:
-    """Apply every quarantine rule to one file's bytes; return its uint8 luminance plane and
-    its colour difference (images.colour_difference; 0 for grey-level files), from one decode.
+def check_image_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Apply every quarantine rule to one file's bytes; return its uint8 luminance plane.
 
     Raises RejectedInput (tiny, 16-bit, animated, over-pixel-limit, cmyk, unsupported-mode,
     blank) or BrainMRIError (zero-byte, not-an-image, corrupt, truncated).
     """
+    return _checked(data, max_pixels, chroma=False)[0]
+
+
+def check_image_bytes_colour(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, float]:
+    """`check_image_bytes` and the colour difference of the same decoded pixels
+    (images.colour_difference; 0 for grey-level files): the input guard needs both."""
+    return _checked(data, max_pixels, chroma=True)
+
+
+def _checked(data: bytes, max_pixels: int, chroma: bool) -> tuple[np.ndarray, float]:
     if not data:
         raise_for(bad("zero-byte", "empty file"))
     with warnings.catch_warnings():
@@ -122,7 +131,7 @@ def check_image_bytes(
         failed, _ = check_header(data, max_pixels)
         if failed is not None:
             raise_for(failed)
-        pair, failed = decode_with_chroma(data)
+        pair, failed = decode_with_chroma(data, chroma)
     if failed is not None or pair is None:
         raise_for(failed or bad("corrupt"))
     assert pair is not None

@@ -14,7 +14,12 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from brainmri.data.quality import DEFAULT_MAX_PIXELS, check_image_bytes, check_plane, raise_for
+from brainmri.data.quality import (
+    DEFAULT_MAX_PIXELS,
+    check_image_bytes_colour,
+    check_plane,
+    raise_for,
+)
 from brainmri.errors import BrainMRIError, RejectedInput
 from brainmri.infer.dicom import dicom_plane, is_dicom
 
@@ -79,7 +84,7 @@ def load_plane(data: bytes, name: str = "", max_pixels: int = DEFAULT_MAX_PIXELS
         if failed is not None:
             raise_for(failed)
     else:
-        plane, c = check_image_bytes(data, max_pixels)
+        plane, c = check_image_bytes_colour(data, max_pixels)
         if c > MAX_CHROMA:
             raise RejectedInput(
                 f"not a brain MRI (colour picture: chroma {c:.1f} > {MAX_CHROMA:.0f})",
