@@ -1,0 +1,129 @@
+"""The batch-level site check (infer/site_check.py): set its share on validation, then measure.
+
+--phase calibrate (validation images of the model's own split only):
+  the guard's OOD score of every validation file on the predict path (file bytes -> load_plane
+  -> auto crop -> model); their median is the reference the model file stores
+  (`guard.reference_median`); then the share of each perturbed copy set (bench/robustness.py's
+  perturbations, the guard's own acceptance set) above that median. The rule of
+  docs/RESULTS.md §24.1 turns the largest share into SHIFT_SHARE.
+--phase measure:
+  how often `site_shift` warns on random batches of 20, 50 and 200 files (and on the whole set)
+  of: clean validation files, each perturbed validation set, external-dev (and per sequence),
+  and with --test the official test split (a test-split run: it chooses nothing).
+
+    python bench/site_check.py --phase calibrate --out bench/results/shipped/site_check_fit.json
+    python bench/site_check.py --phase measure --test --out bench/results/shipped/site_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from external import DEFAULT_DATA, provenance, scan_external, write_json  # noqa: E402
+from guard_eval import Guarded  # noqa: E402
+from robustness import PERTURBATIONS  # noqa: E402
+
+from brainmri.data.folders import resolve_data_dir, scan_split  # noqa: E402
+from brainmri.errors import BrainMRIError  # noqa: E402
+from brainmri.infer.inputs import load_plane  # noqa: E402
+from brainmri.infer.site_check import reference_median, site_shift  # noqa: E402
+from brainmri.model.checkpoint import read_metadata, shipped_model_path  # noqa: E402
+from brainmri.train.data import model_split  # noqa: E402
+
+BATCHES = (20, 50, 200)
+DRAWS = 200
+
+
+def planes_of(paths: list[Path]) -> list[np.ndarray]:
+    out = []
+    for p in paths:
+        try:
+            out.append(load_plane(p.read_bytes(), p.name))
+        except BrainMRIError:
+            pass  # refused before the model: no score
+    return out
+
+
+def scores(g: Guarded, planes: list[np.ndarray]) -> np.ndarray:
+    return np.asarray(g.planes(planes)["score"], dtype=np.float64)
+
+
+def perturbed_scores(g: Guarded, planes: list[np.ndarray]) -> dict[str, np.ndarray]:
+    return {
+        p.name: scores(g, [p.fn(x, i) for i, x in enumerate(planes)])
+        for p in PERTURBATIONS
+        if p.name != "clean"
+    }
+
+
+def warn_rates(s: np.ndarray, median: float, seed: int = 0) -> dict:
+    """Share of random batches (without replacement) on which site_shift warns."""
+    rng = np.random.default_rng(seed)
+    out: dict = {"n": len(s), "share_above": float((s > median).mean())}
+    whole = site_shift(s.tolist(), median)
+    out["whole_set_warns"] = None if whole is None else whole["shifted"]
+    for b in BATCHES:
+        if b <= len(s):
+            hits = [site_shift(rng.choice(s, b, replace=False).tolist(), median)["shifted"]
+                    for _ in range(DRAWS)]  # fmt: skip
+            out[f"warns_batch{b}"] = float(np.mean(hits))
+    return out
+
+
+def calibrate(g: Guarded, val_planes: list[np.ndarray]) -> dict:
+    s = scores(g, val_planes)
+    median = float(np.median(s))
+    per = perturbed_scores(g, val_planes)
+    shares = {k: float((v > median).mean()) for k, v in per.items()}
+    return {"validation_n": len(s), "reference_median": median, "perturbed_share_above": shares,
+            "largest_perturbed_share": max(shares.values())}  # fmt: skip
+
+
+def measure(g: Guarded, val_planes, model: Path, data: Path, test: bool) -> dict:
+    median = reference_median(read_metadata(model))
+    if median is None:
+        raise BrainMRIError(f"{model} has no guard.reference_median: run --phase calibrate")
+    res: dict = {"reference_median": median, "validation": warn_rates(scores(g, val_planes), median)}
+    res["validation_perturbed"] = {
+        k: warn_rates(v, median) for k, v in perturbed_scores(g, val_planes).items()
+    }
+    ext = scan_external(DEFAULT_DATA)
+    ext_s = scores(g, planes_of([e.path for e in ext]))
+    res["external_dev"] = warn_rates(ext_s, median)
+    if test:
+        res["official_test"] = warn_rates(
+            scores(g, planes_of([s.path for s in scan_split(data, "Testing")])), median
+        )
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--data", type=Path, default=None)
+    p.add_argument("--phase", choices=["calibrate", "measure"], required=True)
+    p.add_argument("--test", action="store_true", help="measure: also the official test split")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    model = args.model or shipped_model_path()
+    data = resolve_data_dir(args.data)
+    g = Guarded(model)
+    _, val, _ = model_split(data, read_metadata(model))
+    val_planes = planes_of([s.path for s in val])
+    if args.phase == "calibrate":
+        res = calibrate(g, val_planes)
+    else:
+        res = measure(g, val_planes, model, data, args.test)
+    res |= {"model": str(model), "provenance": provenance()}
+    write_json(args.out, res)
+    print({k: v for k, v in res.items() if k != "provenance"})
+    return res
+
+
+if __name__ == "__main__":
+    main()
