@@ -88,7 +88,8 @@ def measure(g: Guarded, val_planes, model: Path, data: Path, test: bool) -> dict
     median = reference_median(read_metadata(model))
     if median is None:
         raise BrainMRIError(f"{model} has no guard.reference_median: run --phase calibrate")
-    res: dict = {"reference_median": median, "validation": warn_rates(scores(g, val_planes), median)}
+    res: dict = {"reference_median": median}
+    res["validation"] = warn_rates(scores(g, val_planes), median)
     res["validation_perturbed"] = {
         k: warn_rates(v, median) for k, v in perturbed_scores(g, val_planes).items()
     }
