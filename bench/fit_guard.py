@@ -134,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
         "augmented draws of each (the recipe's training augmentation)",
         "threshold_on": f"validation split, {len(val)} images, {args.accept:.2%} accepted",
         "val_accept_rate": round(float((s_va <= threshold).mean()), 5),
+        "reference_median": float(np.median(s_va)),  # infer/site_check.py
+        "reference_on": f"validation split, {len(val)} images",
         "fitted": time.strftime("%Y-%m-%d"),
     }
     report = {

@@ -42,6 +42,12 @@ def raw_dir() -> Path:
     return _need(shared_data_root() / "brain-tumor-mri-raw", "raw data brain-tumor-mri-raw/")
 
 
+@pytest.fixture(scope="session")
+def external_dir() -> Path:
+    """The independent collection (external-dev/: glioma, meningioma, notumor), measurement only."""
+    return _need(shared_data_root() / "external-dev", "independent collection external-dev/")
+
+
 def copy_subset(src: Path, dst: Path, per_class: int, splits=("Training", "Testing")) -> Path:
     """Copy the first `per_class` images of each class of each split into a temp dataset."""
     for split in splits:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from brainmri.data.folders import IMAGE_EXTENSIONS
 from brainmri.errors import BrainMRIError
 from brainmri.infer.core import Classifier
+from brainmri.infer.site_check import reference_median, shift_message, site_shift
 
 INPUT_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {".dcm", ".dicom"}
 
@@ -124,7 +125,9 @@ def run_predict(
     progress: bool | None = None,
     echo: Callable[[str, bool], None] | None = None,
 ) -> Counter:
-    """Classify `paths`, print one line each, stream records to the outputs; status counts."""
+    """Classify `paths`, print one line each, stream records to the outputs; status counts.
+    Ends with one warning line when the batch as a whole does not look like the images the
+    model was checked on (infer/site_check.py)."""
     extra = {"model_sha256": classifier.sha256, "runtime": classifier.runtime, "tta": tta,
              "crop": crop, "min_confidence": classifier.min_confidence}  # fmt: skip
     writer = RecordWriter(json_out, csv_out, classifier.class_names)
@@ -132,17 +135,24 @@ def run_predict(
     width = min(60, max(len(str(p)) for p in paths))
     disable = None if progress is None else not progress  # None: a bar only on a terminal
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=disable, leave=False)
+    def say(line: str, to_err: bool) -> None:
+        if echo is not None:
+            echo(line, to_err)
+        else:
+            bar.write(line, file=sys.stderr if to_err else sys.stdout)
+
+    scores: list[float | None] = []
     try:
         for rec in classifier.stream(paths, tta, crop, workers):
             rec.update(extra)
             writer.write(rec)
             counts[rec["status"]] += 1
-            line, to_err = format_record(rec, width)
-            if echo is not None:
-                echo(line, to_err)
-            else:
-                bar.write(line, file=sys.stderr if to_err else sys.stdout)
+            scores.append(rec.get("ood_score"))
+            say(*format_record(rec, width))
             bar.update(1)
+        site = site_shift(scores, reference_median(classifier.meta))
+        if site is not None and site["shifted"]:
+            say(shift_message(site), True)
     finally:
         bar.close()
         writer.close()

@@ -201,6 +201,8 @@ def refit_guard(
         f"(site + benchmark replay) and {AUGMENTED_COPIES} augmented draws of each",
         "threshold_on": f"{len(threshold_x)} images (benchmark hold-out + site), "
         f"{accept:.2%} accepted",
+        "reference_median": float(np.median(scores.numpy())),  # infer/site_check.py
+        "reference_on": f"the {len(threshold_x)} threshold images",
     }
     return tensors, info
 
