@@ -13,6 +13,8 @@
 
     python bench/site_check.py --phase calibrate --out bench/results/shipped/site_check_fit.json
     python bench/site_check.py --phase measure --test --out bench/results/shipped/site_check.json
+    python bench/site_check.py --phase measure --model RUN/model.safetensors --site SITE \
+        --out bench/results/adapt_variants/site_check_adapted.json
 """
 
 from __future__ import annotations
@@ -84,16 +86,21 @@ def calibrate(g: Guarded, val_planes: list[np.ndarray]) -> dict:
             "largest_perturbed_share": max(shares.values())}  # fmt: skip
 
 
-def measure(g: Guarded, val_planes, model: Path, data: Path, test: bool) -> dict:
+def measure(
+    g: Guarded, val_planes, model: Path, data: Path, test: bool, site: Path | None = None
+) -> dict:
     median = reference_median(read_metadata(model))
     if median is None:
         raise BrainMRIError(f"{model} has no guard.reference_median: run --phase calibrate")
-    res: dict = {"reference_median": median}
+    res: dict = {"reference_median": median, "site_excluded": None if site is None else str(site)}
     res["validation"] = warn_rates(scores(g, val_planes), median)
     res["validation_perturbed"] = {
         k: warn_rates(v, median) for k, v in perturbed_scores(g, val_planes).items()
     }
     ext = scan_external(DEFAULT_DATA)
+    if site is not None:  # an adapted model: only the images it was not adapted on
+        seen = {f.name for f in Path(site).rglob("*") if f.is_file()}
+        ext = [e for e in ext if e.path.name not in seen]
     ext_s = scores(g, planes_of([e.path for e in ext]))
     res["external_dev"] = warn_rates(ext_s, median)
     if test:
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--phase", choices=["calibrate", "measure"], required=True)
     p.add_argument("--test", action="store_true", help="measure: also the official test split")
+    p.add_argument("--site", type=Path, default=None,
+                   help="measure an adapted model: leave out the external-dev files of its site")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     model = args.model or shipped_model_path()
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.phase == "calibrate":
         res = calibrate(g, val_planes)
     else:
-        res = measure(g, val_planes, model, data, args.test)
+        res = measure(g, val_planes, model, data, args.test, args.site)
     res |= {"model": str(model), "provenance": provenance()}
     write_json(args.out, res)
     print({k: v for k, v in res.items() if k != "provenance"})

@@ -62,6 +62,8 @@ def test_adapt_writes_a_usable_model_with_a_refitted_guard(
     members = source["recipe"]["ensemble"]  # 24 images: 1 step per epoch, 2 steps per member
     assert [len(h) for h in adapted["history"]] == [2] * members
     assert meta["guard"]["ood_threshold"] != source["guard"]["ood_threshold"]
+    assert 0 < meta["guard"]["reference_median"] != source["guard"]["reference_median"]
+    assert "site images (12)" in meta["guard"]["reference_on"]
     new, old = load_file(str(model)), load_file(str(shipped_model_path()))
     key = next(k for k in old if k.endswith("backbone.conv_stem.weight"))  # first member's
     assert not torch.equal(new[key], old[key])  # the whole network trained

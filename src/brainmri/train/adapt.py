@@ -171,10 +171,14 @@ def refit_guard(
     meta: dict,
     fit_x: torch.Tensor,
     fit_y: torch.Tensor,
-    threshold_x: torch.Tensor,
+    threshold_sets: tuple[torch.Tensor, torch.Tensor],
     accept: float,
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """Guard statistics of the adapted model: (guard.* tensors, metadata `guard`)."""
+    """Guard statistics of the adapted model: (guard.* tensors, metadata `guard`).
+
+    threshold_sets: (benchmark hold-out, site images); the threshold accepts `accept` of both
+    together. The site check's reference median is the larger of the two sets' medians, so that
+    neither the benchmark nor the site the model was adapted to reads as shifted."""
     from brainmri.infer.guard import (
         AUGMENTED_COPIES,
         augmented_planes,
@@ -187,12 +191,14 @@ def refit_guard(
     augment = recipe_from_dict(meta["recipe"]).augment
     fit_x = torch.cat([fit_x, augmented_planes(fit_x, augment)])
     fit_y = fit_y.repeat(AUGMENTED_COPIES + 1)
+    threshold_x = torch.cat(threshold_sets)
     with torch.inference_mode():
         feats, _ = guard_features(model, fit_x, intensity)
         held, _ = guard_features(model, threshold_x, intensity)
         tensors, scorer = fit_depths(feats, fit_y, held, len(meta["class_names"]))
         scores = scorer(held)
     threshold = threshold_for(scores.numpy(), accept)
+    parts = np.split(scores.numpy(), [len(threshold_sets[0])])  # infer/site_check.py
     info = dict(meta.get("guard", {}))
     info |= {
         "ood_threshold": threshold,
@@ -201,8 +207,9 @@ def refit_guard(
         f"(site + benchmark replay) and {AUGMENTED_COPIES} augmented draws of each",
         "threshold_on": f"{len(threshold_x)} images (benchmark hold-out + site), "
         f"{accept:.2%} accepted",
-        "reference_median": float(np.median(scores.numpy())),  # infer/site_check.py
-        "reference_on": f"the {len(threshold_x)} threshold images",
+        "reference_median": max(float(np.median(part)) for part in parts if len(part)),
+        "reference_on": "the larger of the medians of the benchmark hold-out "
+        f"({len(threshold_sets[0])}) and of the site images ({len(threshold_sets[1])})",
     }
     return tensors, info
 
@@ -354,9 +361,7 @@ def adapt(
     path = save_model(out_dir / MODEL_NAME, adapted, recipe, info, mean=mean, std=std)
     if "guard" in meta and holdout:
         x_hold, _ = cache_samples(holdout, size, desc="decode guard hold-out")
-        tensors, guard = refit_guard(
-            adapted, meta, x, y, torch.cat([x_hold, x_site]), cfg.guard_accept
-        )
+        tensors, guard = refit_guard(adapted, meta, x, y, (x_hold, x_site), cfg.guard_accept)
         add_extra_tensors(path, tensors, {"guard": guard})
         summary["guard_threshold"] = guard["ood_threshold"]
     summary["seconds"] = round(time.time() - t0, 1)
