@@ -76,3 +76,16 @@ def test_predict_warns_on_another_collection_and_not_on_the_benchmark(
     loud = _predict(other, tmp_path)
     assert loud.exit_code in (0, 1), loud.output
     assert "warning: these" in loud.output and "do not look like" in loud.output, loud.output[-600:]
+
+
+def test_the_classifier_api_judges_its_own_records(benchmark_dir: Path):
+    from brainmri.infer.core import Classifier
+
+    files = [f for cls in ("glioma", "notumor") for f in
+             sorted((benchmark_dir / "Training" / cls).iterdir())[200:212]]  # fmt: skip
+    clf = Classifier(runtime="torch")
+    records = clf.predict(files)
+    res = clf.site_check(records)
+    assert res is not None and res["n"] == sum(r["ood_score"] is not None for r in records)
+    assert not res["shifted"]
+    assert clf.site_check(records[:5]) is None  # too few to judge

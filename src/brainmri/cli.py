@@ -365,7 +365,9 @@ def predict(
     Each file gets a status: ok, rejected (the input guard refused it, with the reason) or
     error (unreadable); the others are still classified and the exit code is 1 if any file was
     not ok. Records in --json/--csv carry the model sha256, runtime, TTA and crop mode.
-    Not for clinical use.
+    When 20 or more files were scored and most of them (75 %) score above the median of the
+    model's validation images, one warning line says the batch does not look like what the model
+    was checked on (docs/RESULTS.md section 24). Not for clinical use.
     """
     from brainmri.infer.core import Classifier
     from brainmri.infer.predict import check_outputs, expand_inputs, run_predict

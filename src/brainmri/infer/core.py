@@ -268,6 +268,13 @@ class Classifier(ModelMetadata):
 
         return ood_threshold(self.meta)
 
+    def site_check(self, records: Iterable[dict]) -> dict | None:
+        """Whether a batch of this classifier's records, as a whole, looks shifted from the
+        images the model was checked on (infer/site_check.py); None when not judged."""
+        from brainmri.infer.site_check import reference_median, site_shift
+
+        return site_shift((r.get("ood_score") for r in records), reference_median(self.meta))
+
     # planes -----------------------------------------------------------------------------
     def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:
         """uint8 planes (N, 1, S, S) -> logits (V, N, C) per TTA view, calibrated probs (N, C)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from brainmri.data.folders import IMAGE_EXTENSIONS
 from brainmri.errors import BrainMRIError
 from brainmri.infer.core import Classifier
-from brainmri.infer.site_check import reference_median, shift_message, site_shift
+from brainmri.infer.site_check import shift_message
 
 INPUT_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {".dcm", ".dicom"}
 
@@ -141,16 +141,16 @@ def run_predict(
         else:
             bar.write(line, file=sys.stderr if to_err else sys.stdout)
 
-    scores: list[float | None] = []
+    scored: list[dict] = []
     try:
         for rec in classifier.stream(paths, tta, crop, workers):
             rec.update(extra)
             writer.write(rec)
             counts[rec["status"]] += 1
-            scores.append(rec.get("ood_score"))
+            scored.append({"ood_score": rec.get("ood_score")})
             say(*format_record(rec, width))
             bar.update(1)
-        site = site_shift(scores, reference_median(classifier.meta))
+        site = classifier.site_check(scored)
         if site is not None and site["shifted"]:
             say(shift_message(site), True)
     finally:
