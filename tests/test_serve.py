@@ -375,3 +375,30 @@ def inprocess_server(limits, engine=None, **options) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def test_site_status_warns_after_uploads_from_another_collection(
+    tmp_path: Path, benchmark_dir: Path, external_dir: Path
+) -> None:
+    """/v1/site: nothing to judge at start; benchmark uploads read as the benchmark; uploads
+    from another collection then tip the window over (infer/site_check.py)."""
+    with running_server(tmp_path) as srv:
+        first = httpx.get(srv.url + "/v1/site").json()
+        assert first["scored"] == 0 and first["shifted"] is None
+        bench_files = [f for cls in CLASS_NAMES
+                       for f in sorted((benchmark_dir / "Training" / cls).iterdir())[300:306]]
+        other = [f for cls in ("glioma", "meningioma", "notumor")
+                 for f in sorted((external_dir / cls).iterdir())[::8][:30]]  # fmt: skip
+
+        def post(paths: list[Path]) -> None:
+            for i in range(0, len(paths), 12):
+                files = [("files", (p.name, p.read_bytes())) for p in paths[i : i + 12]]
+                assert httpx.post(srv.url + "/v1/predict", files=files).status_code == 200
+
+        post(bench_files)
+        quiet = httpx.get(srv.url + "/v1/site").json()
+        assert quiet["scored"] >= 20 and quiet["shifted"] is False, quiet
+        post(other)
+        loud = httpx.get(srv.url + "/v1/site").json()
+        assert loud["scored"] >= 100 and loud["shifted"] is True, loud
+        assert loud["share_above_reference"] > quiet["share_above_reference"] + 0.3, loud

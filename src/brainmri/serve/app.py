@@ -200,6 +200,12 @@ def create_app(
         return {**model_summary, "limits": {"max_body_bytes": limits.max_body_bytes,
                                             "max_files": limits.max_files}}  # fmt: skip
 
+    @app.get("/v1/site")
+    async def site() -> dict[str, Any]:
+        """Whether the last uploads, as a whole, look like the images the model was checked on
+        (at least 20 scored, most above its reference median): a warning, nothing refused."""
+        return engine.site_status()
+
     @app.post("/v1/predict", openapi_extra=MULTIPART_DOC)
     async def predict(request: Request) -> Any:
         """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""

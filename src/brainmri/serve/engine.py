@@ -9,6 +9,7 @@ inference core with a one-line change when that core changes.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from brainmri.infer.records import failed_record, prepare_bytes, scored_record
 
 Record = dict[str, Any]
 Prepared = tuple[str, "np.ndarray | None", bool, "Record | None"]
+SITE_WINDOW = 200
+"""Uploads the service's site check looks back over (`/v1/site`, infer/site_check.py)."""
 
 
 class Engine:
@@ -37,6 +40,7 @@ class Engine:
         self.runtime = self.classifier.runtime
         self._cam_model: Any = None
         self._cam_lock = threading.Lock()
+        self.recent: deque[dict] = deque(maxlen=SITE_WINDOW)  # OOD scores of the last uploads
 
     def prepare(self, name: str, data: bytes) -> Prepared:
         """Decode and check one upload: (name, plane, cropped, None), or (name, None, False,
@@ -66,7 +70,18 @@ class Engine:
                 )  # fmt: skip
         extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto",
                  "min_confidence": clf.min_confidence}  # fmt: skip
-        return [{**r, **extra} for r in records if r is not None]
+        out = [{**r, **extra} for r in records if r is not None]
+        self.recent.extend({"ood_score": r["ood_score"]} for r in out if r["ood_score"] is not None)
+        return out
+
+    def site_status(self) -> dict[str, Any]:
+        """The batch site check over the last SITE_WINDOW scored uploads: do they, as a whole,
+        look like the images the model was checked on? `shifted` is None until enough came."""
+        res = self.classifier.site_check(list(self.recent))
+        return {"window": SITE_WINDOW, "scored": len(self.recent),
+                "shifted": None if res is None else res["shifted"],
+                "share_above_reference": None if res is None else res["share"],
+                "p_value": None if res is None else res["p_value"]}  # fmt: skip
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[Record]:
         """Records for (name, bytes) uploads: `prepare` each, then `classify` them together."""
