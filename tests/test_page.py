@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -177,3 +178,24 @@ def test_openapi_page_renders_offline(server: RunningServer, browser) -> None:
     )
     paths = {e.text for e in browser.find_elements("css selector", ".opblock-summary-path")}
     assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz"} <= paths
+
+
+def test_page_says_when_the_uploads_look_like_another_collection(
+    server: RunningServer, browser, external_dir: Path, tmp_path: Path
+) -> None:
+    """After scans from an unseen collection the page shows the service's site check."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths = [f for cls in ("glioma", "meningioma", "notumor")
+             for f in sorted((external_dir / cls).iterdir())[::15][:10]]  # fmt: skip
+    open_page(browser, server.url)
+    assert not browser.find_element("id", "site").is_displayed()
+    upload(browser, paths)
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element("id", "site").is_displayed(), "no site warning shown"
+    )
+    text = browser.find_element("id", "site").text
+    assert "do not look like the images this model was checked on" in text
+    site = httpx.get(server.url + "/v1/site").json()  # each upload counted once (not explain)
+    assert f"The last {site['scored']} scans" in text and site["scored"] < 2 * len(paths)
+    browser.save_screenshot(str(tmp_path / "site.png"))  # kept in pytest's temporary folder

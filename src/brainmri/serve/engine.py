@@ -51,9 +51,10 @@ class Engine:
             return name, None, False, failed_record(name, exc)
         return name, plane, cropped, None
 
-    def classify(self, items: list[Prepared]) -> list[Record]:
+    def classify(self, items: list[Prepared], remember: bool = True) -> list[Record]:
         """One record per prepared upload, in order, the planes run as one batch: the same
-        records as `Classifier.predict_bytes` (and so `brainmri predict --json`)."""
+        records as `Classifier.predict_bytes` (and so `brainmri predict --json`). remember:
+        count their OOD scores in the site check's window (an explained upload counts once)."""
         clf = self.classifier
         records = [failed for _, _, _, failed in items]
         kept = [i for i, (_, plane, _, _) in enumerate(items) if plane is not None]
@@ -71,7 +72,9 @@ class Engine:
         extra = {"model_sha256": self.sha256, "runtime": self.runtime, "tta": 1, "crop": "auto",
                  "min_confidence": clf.min_confidence}  # fmt: skip
         out = [{**r, **extra} for r in records if r is not None]
-        self.recent.extend({"ood_score": r["ood_score"]} for r in out if r["ood_score"] is not None)
+        if remember:
+            scored = (r["ood_score"] for r in out if r["ood_score"] is not None)
+            self.recent.extend({"ood_score": score} for score in scored)
         return out
 
     def site_status(self) -> dict[str, Any]:
@@ -89,7 +92,7 @@ class Engine:
 
     def explain(self, name: str, data: bytes) -> tuple[Record, bytes | None]:
         """(record, Grad-CAM overlay PNG of the predicted class); no PNG unless status "ok"."""
-        (record,) = self.predict([(name, data)])
+        (record,) = self.classify([self.prepare(name, data)], remember=False)
         if record["status"] != "ok":
             return record, None
         plane, _ = prepare_bytes(data, name, self.classifier.image_size, "auto")

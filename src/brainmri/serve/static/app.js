@@ -135,6 +135,23 @@ async function classify(card, file) {
               (data && data.detail) || res.statusText);
 }
 
+async function checkSite() {
+  // the service's batch check over its last uploads (GET /v1/site): advisory, never a refusal
+  const box = $("site");
+  try {
+    const s = await (await fetch("/v1/site", { headers: headers() })).json();
+    box.hidden = !s.shifted;
+    if (s.shifted) {
+      box.textContent = `The last ${s.scored} scans, taken together, do not look like the ` +
+        `images this model was checked on (${Math.round(100 * s.share_above_reference)} % ` +
+        "score above its reference; about half would). Its benchmark figures do not apply " +
+        "to them: check it on labelled scans of this site first.";
+    }
+  } catch (err) {
+    box.hidden = true;
+  }
+}
+
 async function handle(files) {
   notice("");
   if (needsKey && !$("apikey").value) {
@@ -147,6 +164,7 @@ async function handle(files) {
   group.append(...cards);
   $("results").prepend(group);  // newest uploads first, each upload's files in their order
   for (let i = 0; i < list.length; i++) await classify(cards[i], list[i]);
+  await checkSite();
 }
 
 function setup() {
