@@ -31,6 +31,7 @@ from external import (  # noqa: E402
     DEFAULT_DATA,
     ROOT,
     SEQUENCES,
+    decode_external,
     pct,
     provenance,
     scan_external,
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> dict:
     clf = Classifier(args.model)
     recs = list(clf.stream([s.path for s in samples]))
     # the same files without the guard: the plain path of bench/external.py (no crop)
-    from external import decode_external
-
     plain = clf.run(decode_external(samples, clf.image_size))["probs"].numpy()
     res = summarize(samples, recs, plain, clf.ood_threshold)
     res |= {"model_sha256": clf.sha256, "runtime": clf.runtime, "provenance": provenance()}

@@ -8,8 +8,9 @@
   docs/RESULTS.md §24.1 turns the largest share into SHIFT_SHARE.
 --phase measure:
   how often `site_shift` warns on random batches of 20, 50 and 200 files (and on the whole set)
-  of: clean validation files, each perturbed validation set, external-dev (and per sequence),
-  and with --test the official test split (a test-split run: it chooses nothing).
+  of: clean validation files, each perturbed validation set, external-dev (with --site, less
+  the files an adapted model was adapted on), and with --test the official test split (a
+  test-split run: it chooses nothing).
 
     python bench/site_check.py --phase calibrate --out bench/results/shipped/site_check_fit.json
     python bench/site_check.py --phase measure --test --out bench/results/shipped/site_check.json

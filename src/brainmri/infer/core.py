@@ -268,12 +268,12 @@ class Classifier(ModelMetadata):
 
         return ood_threshold(self.meta)
 
-    def site_check(self, records: Iterable[dict]) -> dict | None:
-        """Whether a batch of this classifier's records, as a whole, looks shifted from the
-        images the model was checked on (infer/site_check.py); None when not judged."""
+    def site_check(self, scores: Iterable[float | None]) -> dict | None:
+        """Whether a batch, by the `ood_score`s of its records, looks as a whole shifted from
+        the images the model was checked on (infer/site_check.py); None when not judged."""
         from brainmri.infer.site_check import reference_median, site_shift
 
-        return site_shift((r.get("ood_score") for r in records), reference_median(self.meta))
+        return site_shift(scores, reference_median(self.meta))
 
     # planes -----------------------------------------------------------------------------
     def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:

@@ -141,16 +141,16 @@ def run_predict(
         else:
             bar.write(line, file=sys.stderr if to_err else sys.stdout)
 
-    scored: list[dict] = []
+    scores: list[float | None] = []  # one float per file: flat memory for any number of files
     try:
         for rec in classifier.stream(paths, tta, crop, workers):
             rec.update(extra)
             writer.write(rec)
             counts[rec["status"]] += 1
-            scored.append({"ood_score": rec.get("ood_score")})
+            scores.append(rec.get("ood_score"))
             say(*format_record(rec, width))
             bar.update(1)
-        site = classifier.site_check(scored)
+        site = classifier.site_check(scores)
         if site is not None and site["shifted"]:
             say(shift_message(site), True)
     finally:

@@ -40,7 +40,7 @@ class Engine:
         self.runtime = self.classifier.runtime
         self._cam_model: Any = None
         self._cam_lock = threading.Lock()
-        self.recent: deque[dict] = deque(maxlen=SITE_WINDOW)  # OOD scores of the last uploads
+        self.recent: deque[float] = deque(maxlen=SITE_WINDOW)  # OOD scores of the last uploads
 
     def prepare(self, name: str, data: bytes) -> Prepared:
         """Decode and check one upload: (name, plane, cropped, None), or (name, None, False,
@@ -73,14 +73,13 @@ class Engine:
                  "min_confidence": clf.min_confidence}  # fmt: skip
         out = [{**r, **extra} for r in records if r is not None]
         if remember:
-            scored = (r["ood_score"] for r in out if r["ood_score"] is not None)
-            self.recent.extend({"ood_score": score} for score in scored)
+            self.recent.extend(r["ood_score"] for r in out if r["ood_score"] is not None)
         return out
 
     def site_status(self) -> dict[str, Any]:
         """The batch site check over the last SITE_WINDOW scored uploads: do they, as a whole,
         look like the images the model was checked on? `shifted` is None until enough came."""
-        res = self.classifier.site_check(list(self.recent))
+        res = self.classifier.site_check(list(self.recent))  # a copy: uploads go on meanwhile
         return {"window": SITE_WINDOW, "scored": len(self.recent),
                 "shifted": None if res is None else res["shifted"],
                 "share_above_reference": None if res is None else res["share"],
