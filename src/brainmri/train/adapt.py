@@ -244,23 +244,24 @@ def calibrate_on_site(
     recipe: Recipe,
     meta: dict,
     cfg: AdaptConfig,
-    site: list[Sample],
-    replay_images: tuple[torch.Tensor, torch.Tensor],
-    replay: list[Sample],
+    site: tuple[list[Sample], torch.Tensor, torch.Tensor],
+    replay: tuple[list[Sample], torch.Tensor, torch.Tensor],
 ) -> tuple[dict, torch.nn.Module, list[list[dict]]]:
     """Fine-tune a copy of `model` without a held-out share of the site (whole near-copy
     groups, stratified: data.splits.grouped_split) and fit the temperature on that share.
-    Returns (figures, the fine-tuned copy, its history)."""
+    site, replay: (samples, decoded planes, labels). Returns (figures, the fine-tuned copy, its
+    history)."""
     from brainmri.data.splits import grouped_split
     from brainmri.infer.core import predict_logits
 
-    fit, held, _ = grouped_split(site, cfg.calibration_share, cfg.seed)
-    size = int(meta["preprocessing"]["image_size"])
-    x_fit, y_fit = cache_samples(fit, size, desc="decode site (fit)")
-    x_held, y_held = cache_samples(held, size, desc="decode site (calibration)")
+    samples, x_site, y_site = site
+    fit, held, _ = grouped_split(samples, cfg.calibration_share, cfg.seed)
+    row = {s.path: i for i, s in enumerate(samples)}  # the planes are decoded once, in adapt
+    fit_rows, held_rows = [row[s.path] for s in fit], [row[s.path] for s in held]
+    x_held, y_held = x_site[held_rows], y_site[held_rows]
     copy_ = copy.deepcopy(model)
-    images = (torch.cat([x_fit, replay_images[0]]), torch.cat([y_fit, replay_images[1]]))
-    history = finetune_members(copy_, recipe, meta, cfg, images, fit + replay)
+    images = (torch.cat([x_site[fit_rows], replay[1]]), torch.cat([y_site[fit_rows], replay[2]]))
+    history = finetune_members(copy_, recipe, meta, cfg, images, fit + replay[0])
     intensity = meta["preprocessing"].get("intensity", "none")
     logits = predict_logits(copy_, x_held, intensity=intensity)[1][0]
     temperature = fit_temperature(logits, y_held)
@@ -335,18 +336,19 @@ def adapt(
         raise BrainMRIError("calibration_share applies to method=finetune only")
     pool = cache_samples(replay_pool, size, desc="decode benchmark") if fitted else None
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
-    calibration, history = None, []
+    calibration = None
     if pool is not None:
         model, history = fit_heads(model, recipe, (x_site, y_site), pool, cfg, meta, temperature)
-    elif cfg.calibration_share > 0:
-        calibration, copy_, history = calibrate_on_site(
-            model, recipe, meta, cfg, site, (x_rep, y_rep), replay
-        )
-        temperature = calibration["temperature"]
-        if not cfg.calibration_refit:
-            model = copy_
-    if pool is None and (calibration is None or cfg.calibration_refit):
-        history = finetune_members(model, recipe, meta, cfg, (x, y), site + replay)
+    else:
+        if cfg.calibration_share > 0:
+            calibration, first, history = calibrate_on_site(
+                model, recipe, meta, cfg, (site, x_site, y_site), (replay, x_rep, y_rep)
+            )
+            temperature = calibration["temperature"]
+        if calibration is not None and not cfg.calibration_refit:
+            model = first  # the first fine-tune is the result
+        else:
+            history = finetune_members(model, recipe, meta, cfg, (x, y), site + replay)
     adapted = model.eval()
     summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
     info = dict(meta.get("info", {})) | {"adapted": summary}
