@@ -90,3 +90,32 @@ def test_the_classifier_api_judges_its_own_records(benchmark_dir: Path):
     assert res is not None and res["n"] == sum(s is not None for s in scores)
     assert not res["shifted"]
     assert clf.site_check(scores[:5]) is None  # too few to judge
+
+
+def test_evaluate_reports_the_guard_and_the_site_check(external_dir: Path, tmp_path: Path):
+    """`evaluate` on a folder of another collection: the site check runs on predict's path and
+    says SHIFTED; --no-site-check leaves it out."""
+    import json
+
+    from brainmri.evaluate.run import RESULTS_NAME
+
+    data = tmp_path / "site"
+    for cls in ("glioma", "meningioma", "notumor"):
+        (data / cls).mkdir(parents=True)
+        for f in sorted((external_dir / cls).iterdir())[3::25][:8]:
+            shutil.copy(f, data / cls / f.name)
+    n = sum(1 for _ in data.glob("*/*"))
+    common = ["evaluate", "--data", str(data), "--tta", "1", "--no-gallery", "--device", "cpu"]
+    out = tmp_path / "out"
+    res = CliRunner().invoke(app, [*common, "--out", str(out)])
+    assert res.exit_code == 0, res.output[-800:]
+    site = json.loads((out / RESULTS_NAME).read_text())["site_check"]
+    g = site["guard"]
+    assert g["ok"] + g["rejected"] + g["error"] == n and site["scored"] >= MIN_IMAGES
+    assert site["judged"] and site["shifted"] and site["share"] >= SHIFT_SHARE
+    assert "site check:" in res.output and "SHIFTED" in res.output
+    off = tmp_path / "off"
+    res = CliRunner().invoke(app, [*common, "--out", str(off), "--no-site-check"])
+    assert res.exit_code == 0, res.output[-800:]
+    assert json.loads((off / RESULTS_NAME).read_text())["site_check"] is None
+    assert "site check:" not in res.output

@@ -281,6 +281,14 @@ def evaluate(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite results already in --out.")
     ] = False,
+    site_check: Annotated[
+        bool,
+        typer.Option(
+            help="Also read the files as predict does: how many its input guard would refuse, "
+            "and whether the folder as a whole looks unlike the images the model was checked on "
+            "(one more plain pass; needs a model file with a guard reference)."
+        ),
+    ] = True,
 ) -> None:
     """Score a model on labelled images, plain and with TTA, all images and leak-free subset.
 
@@ -300,7 +308,7 @@ def evaluate(
         out = run_dir / "results" if (run_dir / "recipe.yaml").exists() else Path("results")
     run_evaluate(
         model, resolve_data_dir(data), out, tta, batch_size, device, leak_free,
-        force=force, gallery=gallery,
+        force=force, gallery=gallery, site_check=site_check,
     )  # fmt: skip
 
 

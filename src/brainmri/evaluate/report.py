@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from brainmri.evaluate.site import site_lines
+
 
 def pct(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f} %"
@@ -158,6 +160,7 @@ def format_report(results: dict) -> str:
         if p["leak_free"] is not None and results["n_leak_free"] != results["n_test"]:
             line += f", leak-free {pct(p['leak_free']['accuracy'])} ({p['leak_free']['errors']})"
         lines += ["", line]
-    lines += ["", format_errors(res["errors"])]
+    site = site_lines(results.get("site_check"))
+    lines += (["", *site] if site else []) + ["", format_errors(res["errors"])]
     text = "\n".join(lines)
     return text + ("\n" + WILSON_NOTE if "]*" in text else "")

@@ -28,6 +28,7 @@ from brainmri.data.folders import Sample, class_dirs, find_split_dir, is_image_f
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.bootstrap import N_RESAMPLES, SEED, bootstrap_intervals
 from brainmri.evaluate.metrics import compute_metrics
+from brainmri.evaluate.site import site_report
 from brainmri.infer.core import load_for_inference, tta_probs
 
 RESULTS_NAME = "test_results_final.json"
@@ -141,6 +142,7 @@ def evaluate(
     gallery: bool = True,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
+    site_check: bool = True,
 ) -> dict:
     """Score a model file on labelled images; write JSON (+ plots) into out_dir; print a report."""
     eval_set = find_eval_set(Path(data_dir))
@@ -208,6 +210,9 @@ def evaluate(
         results[name] = block
     headline = "tta" if "tta" in variants else "plain"
     results["headline"] = headline
+    results["site_check"] = (
+        site_report(model_path, [s.path for s in test], device, batch_size) if site_check else None
+    )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_NAME).write_text(json.dumps(results, indent=2))
