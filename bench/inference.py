@@ -117,6 +117,11 @@ def main() -> None:
     ap.add_argument("--latency-n", type=int, default=200)
     ap.add_argument("--e2e-repeats", type=int, default=3, help="end-to-end passes (median)")
     ap.add_argument("--threads", type=int, default=None, help="ORT/torch threads (default: cores)")
+    ap.add_argument(
+        "--torch-threads", type=int, default=None,
+        help="PyTorch intra-op threads when they should differ from --threads (ONNX runs use "
+        "PyTorch only for preprocessing)",
+    )  # fmt: skip
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "brainmri-onnx")
     ap.add_argument(
         "--runtimes",
@@ -133,7 +138,7 @@ def main() -> None:
     model = args.model or shipped_model_path()
     data = resolve_data_dir(args.data)
     threads = args.threads or len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(args.torch_threads or threads)
     test = scan_split(data, args.split)
     if args.limit:
         test = [test[i] for i in np.linspace(0, len(test) - 1, args.limit).astype(int)]
@@ -188,6 +193,7 @@ def main() -> None:
             "cpu_capability": cpu_capability(),
             "cores": len(os.sched_getaffinity(0)),
             "threads": threads,
+            "torch_threads": torch.get_num_threads(),
             "loadavg_start": load_start,
             "loadavg_end": os.getloadavg(),
         },  # fmt: skip
