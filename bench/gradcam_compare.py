@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--round 1|2] [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2|3] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ SECOND_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
 """§16.5's candidates (`--round 2`): the chosen map with the library's smoothing options, other
 gradient weightings at the same stage, and the stride-8 stage."""
 
+THIRD_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4": ("GradCAM", ("blocks.4",), {}),
+    "scorecam_stage4": ("ScoreCAM", ("blocks.4",), {}),
+    "ablationcam_stage4": ("AblationCAM", ("blocks.4",), {}),
+    "scorecam_stage2": ("ScoreCAM", ("blocks.2",), {}),
+    "eigengradcam_stage4": ("EigenGradCAM", ("blocks.4",), {}),
+    "shapleycam_stage4": ("ShapleyCAM", ("blocks.4",), {}),
+}
+"""§16.6's candidates (`--round 3`): channel weights from masked or ablated inputs instead of
+gradients, and the gradient methods not tried before."""
+
+ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND}
+
 
 def cam_maps(
     model, x: torch.Tensor, method: str, layers: tuple[str, ...], options: dict | None = None
@@ -67,6 +80,7 @@ def cam_maps(
     with torch.inference_mode(False), torch.enable_grad():
         xx = x.detach().clone().float().repeat(4, 1, 1, 1)
         with getattr(pytorch_grad_cam, method)(model=model, target_layers=targets) as cam:
+            cam.batch_size = 64  # ScoreCAM's masked inputs per forward (its default is 16)
             classes = [ClassifierOutputTarget(c) for c in range(4)]
             return cam(input_tensor=xx, targets=classes, **(options or {}))
 
@@ -84,8 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument(
-        "--round", type=int, choices=(1, 2), default=1,
-        help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8)",
+        "--round", type=int, choices=(1, 2, 3), default=1,
+        help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8); "
+        "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)
@@ -95,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = lo.model.eval()
     _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
     images = pick_images(val, args.per_class)
-    candidates = CANDIDATES if args.round == 1 else SECOND_ROUND
+    candidates = ROUNDS[args.round]
+    seconds = dict.fromkeys(candidates, 0.0)
     rows: dict[str, list[dict]] = {k: [] for k in candidates}
     for s in images:
         plane = check_image_bytes(s.path.read_bytes())
@@ -104,7 +120,9 @@ def main(argv: list[str] | None = None) -> dict:
             k = int(model(x).argmax())
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))
         for name, (method, layers, options) in candidates.items():
+            t1 = time.perf_counter()
             maps = cam_maps(model, x, method, layers, options)
+            seconds[name] += time.perf_counter() - t1
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]
             rows[name].append(
@@ -124,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             "images_with_80pct_inside": int(sum(r["inside"] >= 0.8 for r in rs)),
             "move_mean": round(float(np.mean([r["move"] for r in rs])), 4),
             "images_moving_over_0.03": int(sum(r["move"] > 0.03 for r in rs)),
+            "seconds_per_image_4_classes": round(seconds[name] / len(rs), 3),
         }
         for name, rs in rows.items()
     }
