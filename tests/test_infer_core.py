@@ -10,7 +10,12 @@ import torch
 from brainmri import CLASS_NAMES, Classifier
 from brainmri.data.cache import decode_images
 from brainmri.errors import BrainMRIError
-from brainmri.infer.core import load_for_inference, resolve_device, resolve_runtime
+from brainmri.infer.core import (
+    load_for_inference,
+    resolve_device,
+    resolve_runtime,
+    torch_threads,
+)
 from brainmri.infer.records import decode_stream
 from brainmri.model.checkpoint import add_extra_tensors, load_model, shipped_model_path
 
@@ -70,6 +75,39 @@ def test_run_matches_the_evaluation_path(small_benchmark: Path, runtimes):
         assert out["logits"].shape == (3, len(paths), len(CLASS_NAMES))
         assert out["features"].shape[0] == len(paths)
         torch.testing.assert_close(out["probs"], want, atol=1e-5, rtol=0)
+
+
+def test_torch_threads_is_scoped():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+        with torch_threads(1):  # nested: nothing to change, nothing to restore
+            pass
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored on the way out")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+
+
+def test_onnx_runtime_preprocesses_on_one_torch_thread(small_benchmark: Path, runtimes):
+    """ONNX Runtime has the cores; PyTorch's preprocessing runs on one thread meanwhile and
+    the process's own setting is back afterwards. The PyTorch runtime keeps its threads."""
+    seen = []
+    paths = [p for p, _ in _test_paths(small_benchmark, 1)]
+    images = decode_images(paths, runtimes[0].image_size, workers=1)
+    before = torch.get_num_threads()
+    for clf in runtimes:
+        backend = clf.backend
+        clf.backend = lambda x, b=backend: (seen.append(torch.get_num_threads()), b(x))[1]
+        try:
+            clf.run(images)
+        finally:
+            clf.backend = backend
+        assert torch.get_num_threads() == before
+    assert seen == [1, before]
 
 
 def test_predict_single_path_bytes_and_failures(small_benchmark: Path, runtimes, tmp_path: Path):
