@@ -108,6 +108,19 @@ def agreement(a: np.ndarray, b: np.ndarray) -> dict:
             "max_abs_dprob": float(np.abs(a[both] - b[both]).max()) if both.any() else None}
 
 
+def machine_info(threads: int, load_start: tuple[float, float, float]) -> dict:
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": cpu_capability(),
+        "cores": len(os.sched_getaffinity(0)),
+        "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": load_start,
+        "loadavg_end": os.getloadavg(),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=None)
@@ -187,16 +200,7 @@ def main() -> None:
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "commit": commit,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_model": cpu_model(),
-            "cpu_capability": cpu_capability(),
-            "cores": len(os.sched_getaffinity(0)),
-            "threads": threads,
-            "torch_threads": torch.get_num_threads(),
-            "loadavg_start": load_start,
-            "loadavg_end": os.getloadavg(),
-        },  # fmt: skip
+        "machine": machine_info(threads, load_start),
         "model": str(model),
         "model_sha256": model_sha,
         "classes": list(CLASS_NAMES),
