@@ -6,7 +6,9 @@ group (seeded); each half in turn is the unlabelled pool and the other half is a
 rest image is answered by a head that never saw it. Heads, over the shipped model's pooled
 features (as bench/probe_curve.py): S0 the labelled probe alone (C 0.01); ST scikit-learn's
 SelfTrainingClassifier around it (threshold 0.75); LS LabelSpreading (kNN kernel, 10 neighbours,
-alpha 0.2) on standardized features reduced to 50 principal components. External-dev only.
+alpha 0.2) on standardized features reduced to 50 principal components. Also: what that space
+groups together (each image's nearest neighbours from other scan groups: same class? same
+sequence?). External-dev only.
 
     python bench/semi_probe.py [--ks 5,10,25,50] [--draws 0,1,2] \
         [--out bench/results/external/semi_probe.json]
@@ -67,6 +69,32 @@ def label_spreading(x_site, y_site, x_pool, x_answer) -> np.ndarray:
 HEADS = {"S0": s0, "ST": self_training, "LS": label_spreading}
 
 
+def neighbour_agreement(feats, labels, sequences, groups) -> dict:
+    """What the feature space groups together: of each image's NEIGHBOURS nearest images from
+    other scan groups (LS's space: standardized, 50 components), the share of the same class and
+    of the same MRI sequence, beside what random neighbours would share."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z = make_pipeline(StandardScaler(), PCA(COMPONENTS, random_state=0)).fit_transform(feats)
+    _, idx = NearestNeighbors(n_neighbors=60).fit(z).kneighbors(z)
+    same_class, same_seq = [], []
+    for i, row in enumerate(idx):
+        nn = [j for j in row[1:] if groups[j] != groups[i]][:NEIGHBOURS]
+        same_class.append(np.mean(labels[nn] == labels[i]))
+        same_seq.append(np.mean(sequences[nn] == sequences[i]))
+
+    def chance(v: np.ndarray) -> float:
+        return float(sum((np.mean(v == u)) ** 2 for u in np.unique(v)))
+
+    return {
+        "same_class": float(np.mean(same_class)), "same_class_chance": chance(labels),
+        "same_sequence": float(np.mean(same_seq)), "same_sequence_chance": chance(sequences),
+    }  # fmt: skip
+
+
 def answers(feats, labels, site, rest, half) -> dict[str, np.ndarray]:
     """Each head's answer for every rest image, from the pool of the other half."""
     out = {name: np.empty(len(rest), int) for name in HEADS}
@@ -93,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     groups = scan_groups([s.path for s in samples])
     half = halves(groups, args.seed)
     feats = model_features(args.model, samples)
+    neighbours = neighbour_agreement(feats, labels, np.array([s.sequence for s in samples]), groups)
+    print("neighbours:", neighbours, flush=True)
     runs, right = [], {}
     for k in (int(v) for v in args.ks.split(",")):
         for draw in (int(v) for v in args.draws.split(",")):
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": {"C": C, "self_training_threshold": SELF_TRAINING_THRESHOLD,
                      "neighbours": NEIGHBOURS, "alpha": ALPHA, "components": COMPONENTS,
                      "halves_seed": args.seed},  # fmt: skip
+        "neighbours": neighbours,
         "runs": runs,
         "pooled_by_k": pooled,
         "seconds": round(time.time() - t0, 1),
