@@ -72,6 +72,14 @@ def test_top_level_help_lists_subcommands():
         assert name in res.output
 
 
+def test_command_help_paragraphs_reflow():
+    """Each paragraph of a command's help is one line, so the terminal wraps it, not the
+    docstring's 100-column source lines."""
+    for info in typer.main.get_command(app).commands.values():
+        paragraphs = (info.help or "").split("\n\n")
+        assert paragraphs[0] and all("\n" not in p for p in paragraphs), info.name
+
+
 def test_no_arguments_shows_help():
     res = invoke()
     assert "train" in res.output and "evaluate" in res.output

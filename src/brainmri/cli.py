@@ -569,9 +569,11 @@ def explain(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
 ) -> None:
-    """Grad-CAM: where the model looked. Writes OUT/<name>_gradcam.png (input | overlay, class
-    and probability written on it). An ensemble shows the mean of its members' maps. Inputs the
-    guard refuses are listed and skipped; the exit code is 1 if any file was not explained."""
+    """Grad-CAM: where the model looked, as one PNG overlay per input.
+
+    Writes OUT/<name>_gradcam.png (input | overlay, class and probability written on it). An
+    ensemble shows the mean of its members' maps. Inputs the guard refuses are listed and
+    skipped; the exit code is 1 if any file was not explained."""
     from brainmri.infer.gradcam import explain_files
     from brainmri.infer.inputs import CROP_MODES
 
@@ -592,6 +594,20 @@ def explain(
             typer.echo(f"{r['status']}: {r['path']}: {r['reason']}", err=True)
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
+
+
+def _reflow_help() -> None:
+    """Each command's --help from its docstring with every paragraph on one line: Typer's rich
+    help keeps the docstring's line breaks, which on a terminal narrower than the source's
+    100 columns leaves every line broken in two."""
+    import inspect
+
+    for info in app.registered_commands:
+        doc = inspect.getdoc(info.callback) or ""
+        info.help = info.help or "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+
+
+_reflow_help()
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
