@@ -9,8 +9,9 @@
 --phase measure:
   how often `site_shift` warns on random batches of 20, 50 and 200 files (and on the whole set)
   of: clean validation files, each perturbed validation set, external-dev (with --site, less
-  the files an adapted model was adapted on), and with --test the official test split (a
-  test-split run: it chooses nothing).
+  the files an adapted model was adapted on), with --test the official test split (a
+  test-split run: it chooses nothing), and with --raw the raw, uncropped originals of the
+  validation files (the same collection seen through predict's auto crop).
 
     python bench/site_check.py --phase calibrate --out bench/results/shipped/site_check_fit.json
     python bench/site_check.py --phase measure --test --out bench/results/shipped/site_check.json
@@ -87,6 +88,13 @@ def calibrate(g: Guarded, val_planes: list[np.ndarray]) -> dict:
             "largest_perturbed_share": max(shares.values())}  # fmt: skip
 
 
+def raw_originals(val: list, raw: Path) -> list[Path]:
+    """The uncropped originals (brain-tumor-mri-raw/Training/<class>/, same file names) of the
+    model's validation files, where the raw folder has them."""
+    paths = [raw / "Training" / s.class_name / s.path.name for s in val]
+    return [p for p in paths if p.is_file()]
+
+
 def measure(
     g: Guarded, val_planes, model: Path, data: Path, test: bool, site: Path | None = None
 ) -> dict:
@@ -119,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--test", action="store_true", help="measure: also the official test split")
     p.add_argument("--site", type=Path, default=None,
                    help="measure an adapted model: leave out the external-dev files of its site")
+    p.add_argument("--raw", type=Path, default=None,
+                   help="measure: also the raw, uncropped originals of the validation files "
+                   "(e.g. ../shared/data/brain-tumor-mri-raw): same collection, other framing")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     model = args.model or shipped_model_path()
@@ -130,6 +141,11 @@ def main(argv: list[str] | None = None) -> dict:
         res = calibrate(g, val_planes)
     else:
         res = measure(g, val_planes, model, data, args.test, args.site)
+        if args.raw is not None:
+            raw = raw_originals(val, args.raw)
+            res["validation_raw_originals"] = warn_rates(
+                scores(g, planes_of(raw)), res["reference_median"]
+            ) | {"files": len(raw)}
     res |= {"model": str(model), "provenance": provenance()}
     write_json(args.out, res)
     print({k: v for k, v in res.items() if k != "provenance"})
