@@ -287,6 +287,26 @@ def probe_lines(probe: dict | None) -> list[str]:
     ]
 
 
+def semi_probe_lines(semi: dict | None) -> list[str]:
+    """Unlabelled site images beside the labelled ones (bench/semi_probe.py)."""
+    if not semi:
+        return []
+    at = semi["pooled_by_k"].get("25")
+    if at is None:
+        return []
+    return [
+        "",
+        "Unlabelled site images do not stand in for labels: with the other scan groups of the "
+        "site as an unlabelled pool, at k = 25 self-training gives "
+        f"{pct(at['ST']['accuracy'], 1)} and label spreading {pct(at['LS']['accuracy'], 1)} "
+        f"against {pct(at['S0']['accuracy'], 1)} from the labelled images alone. The features "
+        "group a site's images by MRI sequence before class: of each image's nearest neighbours "
+        f"from other scans, {pct(semi['neighbours']['same_sequence'], 0)} share its sequence and "
+        f"{pct(semi['neighbours']['same_class'], 0)} its class (`python bench/semi_probe.py`, "
+        "docs/RESULTS.md §26).",
+    ]
+
+
 def adapt_lines(curve: list | None) -> list[str]:
     """The `brainmri adapt` learning curve on external-dev (bench/adapt_curve.py)."""
     if not curve:
@@ -447,20 +467,26 @@ def guard_lines(meta: dict) -> list[str]:
         "copies and non-MRI inputs: docs/RESULTS.md §16.4.",
         *guard_eval_lines(load_json(SHIPPED / "guard_eval.json")),
         *guard_external_lines(load_json(SHIPPED / "external_guard.json")),
-        *site_check_lines(meta, load_json(SHIPPED / "site_check.json")),
+        *site_check_lines(meta, load_json(SHIPPED / "site_check.json"),
+                          load_json(SHIPPED / "site_check_raw.json")),  # fmt: skip
     ]
 
 
-def site_check_lines(meta: dict, ev: dict | None) -> list[str]:
+def site_check_lines(meta: dict, ev: dict | None, raw_ev: dict | None = None) -> list[str]:
     """The batch-level site check: the stored reference and how often it warns."""
     median = meta.get("guard", {}).get("reference_median")
     if ev is None or median is None:
         return []
     ext, val, test = ev["external_dev"], ev["validation"], ev.get("official_test")
     seen = (f"; official test split: {pct(test['warns_batch50'], 0)}" if test else "")
+    raw = (raw_ev or {}).get("validation_raw_originals")
+    if raw:
+        seen += (f"; the raw, uncropped originals of the validation files (§24.6): "
+                 f"{pct(raw['warns_batch50'], 0)}")  # fmt: skip
     return [
         f"- Site check: the file stores the median score of its validation images ({median:.3f}); "
-        "`predict` warns once when 20 or more scored files sit mostly (≥ 75 %) above it. Batches "
+        "`predict` warns once when 20 or more scored files sit mostly (≥ 75 %) above it, and "
+        "`evaluate` reports the same check for a labelled folder. Batches "
         f"of 50 warned: external-dev {pct(ext['warns_batch50'], 0)}, clean validation "
         f"{pct(val['warns_batch50'], 0)}{seen} "
         "(`python bench/site_check.py`, `bench/results/shipped/site_check.json`, "
@@ -658,6 +684,7 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
                        load_json(EXTERNAL / "ceiling_features_of_model.json")),  # fmt: skip
         "",
         *probe_lines(load_json(EXTERNAL / "probe_curve.json")),
+        *semi_probe_lines(load_json(EXTERNAL / "semi_probe.json")),
         "",
         "### Adapting it to a site",
         "",
