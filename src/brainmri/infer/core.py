@@ -44,7 +44,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     With ONNX Runtime doing the model's work on every core, PyTorch only preprocesses (a table
     lookup, a concatenation): spread over two threads those small ops cost more than they save,
     and the pool's threads keep spinning after them, on the cores ONNX Runtime then needs
-    (docs/RESULTS.md §17.7: 26 % less CPU per image, p95 latency 2.5 ms lower on 2 cores).
+    (docs/RESULTS.md §17.7: a quarter less CPU per image, median latency 1–1.5 ms lower on 2
+    cores).
     Only the caller that changed the count restores it, so overlapping calls from several
     threads leave it as they found it.
     """
