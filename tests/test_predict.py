@@ -43,6 +43,8 @@ def test_predict_streams_records_to_json_and_csv(folder: Path, tmp_path: Path, o
     records = json.loads(out_json.read_text())
     assert len(records) == 8 + 3
     ok = [r for r in records if r["status"] == "ok"]
+    summary = f"11 files: {len(ok)} ok, {8 - len(ok)} rejected, 3 error; records in {out_json}"
+    assert summary in result.output
     assert len(ok) >= 7  # the input guard may refuse one benchmark image (it accepts ~99 %)
     for r in ok:  # file names start with the true class
         assert r["label"] == Path(r["path"]).name.split("_")[0]

@@ -114,6 +114,14 @@ def format_record(rec: dict[str, Any], width: int) -> tuple[str, bool]:
     return f"{rec['status']}: {where}{reason}", True
 
 
+def summary_line(counts: Counter, outputs: list[Path]) -> str:
+    """'11 files: 8 ok, 1 rejected, 2 error; records in pred.json': the end of a batch."""
+    line = f"{sum(counts.values())} files: " + ", ".join(
+        f"{counts[s]} {s}" for s in ("ok", "rejected", "error")
+    )
+    return line + (f"; records in {', '.join(map(str, outputs))}" if outputs else "")
+
+
 def run_predict(
     classifier: Classifier,
     paths: list[Path],
@@ -126,8 +134,9 @@ def run_predict(
     echo: Callable[[str, bool], None] | None = None,
 ) -> Counter:
     """Classify `paths`, print one line each, stream records to the outputs; status counts.
-    Ends with one warning line when the batch as a whole does not look like the images the
-    model was checked on (infer/site_check.py)."""
+    Several files end with a line of status counts (stderr), and with one warning line when the
+    batch as a whole does not look like the images the model was checked on
+    (infer/site_check.py)."""
     extra = {"model_sha256": classifier.sha256, "runtime": classifier.runtime, "tta": tta,
              "crop": crop, "min_confidence": classifier.min_confidence}  # fmt: skip
     writer = RecordWriter(json_out, csv_out, classifier.class_names)
@@ -150,6 +159,8 @@ def run_predict(
             scores.append(rec.get("ood_score"))
             say(*format_record(rec, width))
             bar.update(1)
+        if len(scores) > 1:
+            say(summary_line(counts, [o for o in (json_out, csv_out) if o is not None]), True)
         site = classifier.site_check(scores)
         if site is not None and site["shifted"]:
             say(shift_message(site), True)
