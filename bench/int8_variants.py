@@ -8,6 +8,7 @@ answers, and the model-only speed at batch 32 (best of 3 rounds). docs/RESULTS.m
 the rule that picks one; this script picks nothing itself.
 
     python bench/int8_variants.py --out bench/results/int8_variants.json
+    python bench/int8_variants.py --round 2 --out bench/results/int8_variants2.json
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ VARIANTS: dict[str, dict] = {
 Dense layers and the guard's distances stay fp32), with 8-bit weights (this CPU has VNNI, so no
 u8s8 saturation) or percentile calibration."""
 
+SECOND_ROUND: dict[str, dict] = {
+    "Q0_all_7bit_minmax": {},
+    "Q4_all_but_guard_7bit_minmax": {"guard_fp32": True},
+}
+"""§17.8 (`--round 2`): Q0 again, and Q0 with the nodes only `ood_score` depends on in fp32."""
+
 
 def outcomes(clf: Classifier, planes: torch.Tensor) -> np.ndarray:
     """Per file: -1 when the OOD score refuses it, else the predicted class."""
@@ -64,6 +71,8 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--data", type=Path, default=None)
     ap.add_argument("--calibration", type=int, default=256)
+    ap.add_argument("--round", type=int, choices=(1, 2), default=1,
+                    help="1: §17.2's variants; 2: §17.8's (the guard's nodes in fp32)")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "brainmri-int8")
     ap.add_argument("--out", type=Path, default=Path("bench/results/int8_variants.json"))
     args = ap.parse_args()
@@ -86,7 +95,7 @@ def main() -> None:
     ref = outcomes(fp32, planes)
     result: dict = {"fp32": {"right": int((ref == labels).sum()), "refused": int((ref < 0).sum()),
                              "batch32_img_per_s": batch32_rate(fp32, size)}}  # fmt: skip
-    for name, options in VARIANTS.items():
+    for name, options in (VARIANTS if args.round == 1 else SECOND_ROUND).items():
         path = args.work / f"{name}.onnx"
         t0 = time.perf_counter()
         export_onnx(model, path, int8=True, calibration=calibration, int8_options=options)

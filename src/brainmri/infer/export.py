@@ -123,6 +123,27 @@ def export_onnx(
             "int8": int8, "exporter": EXPORTER}  # fmt: skip
 
 
+def guard_only_nodes(model) -> list[str]:
+    """Names of the nodes of an ONNX graph that only its `ood_score` output depends on."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.input)
+        return seen
+
+    outputs = [o.name for o in model.graph.output]
+    if "ood_score" not in outputs:
+        return []
+    others = set().union(*(ancestors(o) for o in outputs if o != "ood_score"))
+    return sorted(ancestors("ood_score") - others)
+
+
 def quantize_static_int8(
     src: Path,
     dst: Path,
@@ -131,10 +152,14 @@ def quantize_static_int8(
     reduce_range: bool = REDUCE_RANGE,
     op_types: list[str] | None = None,
     method: str = "minmax",
+    guard_fp32: bool = False,
 ) -> None:
     """ONNX Runtime static QDQ quantization calibrated on `pixels` (N, 1, S, S) float32.
     `op_types`: the operator types to quantize (None: every one ONNX Runtime can); `method`:
-    the activation-range calibration, "minmax" or "percentile" (ONNX Runtime's 99.999)."""
+    the activation-range calibration, "minmax" or "percentile" (ONNX Runtime's 99.999);
+    `guard_fp32`: leave the nodes only `ood_score` depends on (the guard's pooling and
+    distances) in fp32."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -159,11 +184,12 @@ def quantize_static_int8(
     pre = dst.with_name(dst.name + ".pre.onnx")
     try:
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        exclude = guard_only_nodes(onnx.load(str(pre))) if guard_fp32 else None
         quantize_static(
             str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             reduce_range=reduce_range, op_types_to_quantize=op_types,
-            calibrate_method=methods[method],
+            calibrate_method=methods[method], nodes_to_exclude=exclude,
         )  # fmt: skip
     finally:
         if pre.exists():
