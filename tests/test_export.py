@@ -112,3 +112,21 @@ def test_int8_options_reach_the_quantizer(tmp_path: Path, exported: Path):
     assert dense & int8_readers()  # all operators: the head and the guard's matmuls too
     conv_only = int8_readers(op_types=["Conv"])
     assert "Conv" in conv_only and not dense & conv_only
+
+
+def test_guard_only_nodes_are_what_only_ood_score_needs(exported: Path):
+    """The guard's pooling and distance products feed `ood_score` alone; nothing the logits or
+    the features need is among them (docs/RESULTS.md §17.8)."""
+    import onnx
+
+    from brainmri.infer.export import guard_only_nodes
+
+    model = onnx.load(str(exported))
+    names = set(guard_only_nodes(model))
+    by_name = {n.name: n for n in model.graph.node}
+    assert names and {by_name[n].op_type for n in names} >= {"MatMul", "ReduceMean"}
+    consumed_elsewhere = {
+        i for n in model.graph.node if n.name not in names for i in n.input
+    } | {o.name for o in model.graph.output if o.name != "ood_score"}
+    produced = {o for n in names for o in by_name[n].output}
+    assert not produced & consumed_elsewhere
