@@ -9,7 +9,8 @@
 --phase measure:
   how often `site_shift` warns on random batches of 20, 50 and 200 files (and on the whole set)
   of: clean validation files, each perturbed validation set, external-dev (with --site, less
-  the files an adapted model was adapted on), with --test the official test split (a
+  the files an adapted model was adapted on), batches of 50 mixing external-dev and validation
+  files in set shares, with --test the official test split (a
   test-split run: it chooses nothing), and with --raw the raw, uncropped originals of the
   validation files (the same collection seen through predict's auto crop).
 
@@ -41,6 +42,7 @@ from brainmri.train.data import model_split  # noqa: E402
 
 BATCHES = (20, 50, 200)
 DRAWS = 200
+MIXTURES = (0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 
 def planes_of(paths: list[Path]) -> list[np.ndarray]:
@@ -79,6 +81,25 @@ def warn_rates(s: np.ndarray, median: float, seed: int = 0) -> dict:
     return out
 
 
+def mixture_rates(
+    val: np.ndarray, ext: np.ndarray, median: float, batch: int = 50, seed: int = 0
+) -> dict:
+    """Warn rate on batches of `batch` holding a share of external-dev images and validation
+    images for the rest: how much of a batch must come from another collection to be flagged."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for share in MIXTURES:
+        k = round(share * batch)
+        hits = [
+            site_shift(np.concatenate([rng.choice(ext, k, replace=False),
+                                       rng.choice(val, batch - k, replace=False)]).tolist(),
+                       median)["shifted"]
+            for _ in range(DRAWS)
+        ]  # fmt: skip
+        out[f"{share:.2f}"] = float(np.mean(hits))
+    return out
+
+
 def calibrate(g: Guarded, val_planes: list[np.ndarray]) -> dict:
     s = scores(g, val_planes)
     median = float(np.median(s))
@@ -102,7 +123,8 @@ def measure(
     if median is None:
         raise BrainMRIError(f"{model} has no guard.reference_median: run --phase calibrate")
     res: dict = {"reference_median": median, "site_excluded": None if site is None else str(site)}
-    res["validation"] = warn_rates(scores(g, val_planes), median)
+    val_s = scores(g, val_planes)
+    res["validation"] = warn_rates(val_s, median)
     res["validation_perturbed"] = {
         k: warn_rates(v, median) for k, v in perturbed_scores(g, val_planes).items()
     }
@@ -112,6 +134,7 @@ def measure(
         ext = [e for e in ext if e.path.name not in seen]
     ext_s = scores(g, planes_of([e.path for e in ext]))
     res["external_dev"] = warn_rates(ext_s, median)
+    res["mixed_batches_of_50"] = mixture_rates(val_s, ext_s, median)
     if test:
         res["official_test"] = warn_rates(
             scores(g, planes_of([s.path for s in scan_split(data, "Testing")])), median
