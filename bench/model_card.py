@@ -483,6 +483,10 @@ def site_check_lines(meta: dict, ev: dict | None, raw_ev: dict | None = None) ->
     if raw:
         seen += (f"; the raw, uncropped originals of the validation files (§24.6): "
                  f"{pct(raw['warns_batch50'], 0)}")  # fmt: skip
+    mix = (raw_ev or {}).get("mixed_batches_of_50")
+    if mix:
+        seen += (f"; half external-dev, half validation: {pct(mix['0.50'], 1)}; 70 % "
+                 f"external-dev: {pct(mix['0.70'], 1)}")  # fmt: skip
     return [
         f"- Site check: the file stores the median score of its validation images ({median:.3f}); "
         "`predict` warns once when 20 or more scored files sit mostly (≥ 75 %) above it, and "
