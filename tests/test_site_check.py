@@ -119,3 +119,18 @@ def test_evaluate_reports_the_guard_and_the_site_check(external_dir: Path, tmp_p
     assert res.exit_code == 0, res.output[-800:]
     assert json.loads((off / RESULTS_NAME).read_text())["site_check"] is None
     assert "site check:" not in res.output
+
+
+def test_a_failing_site_check_does_not_lose_the_evaluation(monkeypatch, tmp_path: Path):
+    """The extra pass runs after the metrics: if it fails, evaluate reports why and goes on."""
+    import brainmri.infer.core as core
+    from brainmri.errors import BrainMRIError
+    from brainmri.evaluate.site import site_lines, site_report
+
+    def broken(*args, **kwargs):
+        raise BrainMRIError("cache folder not writable")
+
+    monkeypatch.setattr(core, "Classifier", broken)
+    res = site_report(shipped_model_path(), [tmp_path / "x.jpg"] * 30)
+    assert res["error"] == "BrainMRIError: cache folder not writable"
+    assert site_lines(res) == ["site check: not run (BrainMRIError: cache folder not writable)"]

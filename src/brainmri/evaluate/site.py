@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from brainmri.errors import BrainMRIError
+
 
 def site_report(
     model_path: Path, paths: list[Path], device: str | None = None, batch_size: int = 64
@@ -28,15 +30,18 @@ def site_report(
     if median is None:
         return None
     t0 = time.time()
-    clf = Classifier(model_path, device=device, batch_size=batch_size, min_confidence=0)
     scores: list[float | None] = []
     status: Counter[str] = Counter()
-    with tqdm(total=len(paths), desc="site check", unit="img", leave=False,
-              mininterval=1.0) as bar:  # fmt: skip
-        for rec in clf.stream(paths):
-            scores.append(rec.get("ood_score"))
-            status[rec["status"]] += 1
-            bar.update()
+    try:  # the metrics are already computed: a failure here must not lose them
+        clf = Classifier(model_path, device=device, batch_size=batch_size, min_confidence=0)
+        with tqdm(total=len(paths), desc="site check", unit="img", leave=False,
+                  mininterval=1.0) as bar:  # fmt: skip
+            for rec in clf.stream(paths):
+                scores.append(rec.get("ood_score"))
+                status[rec["status"]] += 1
+                bar.update()
+    except (BrainMRIError, OSError, RuntimeError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "reference_median": median}
     shift = clf.site_check(scores)
     return {
         "runtime": clf.runtime,
@@ -54,6 +59,8 @@ def site_lines(site: dict | None) -> list[str]:
     """The report's lines for `site_report`'s result (none when it did not run)."""
     if site is None:
         return []
+    if "error" in site:
+        return [f"site check: not run ({site['error']})"]
     g = site["guard"]
     lines = [
         f"input guard (as predict reads these files): {g['ok']} accepted, {g['rejected']} "
