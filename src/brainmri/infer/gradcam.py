@@ -25,13 +25,7 @@ from torch import nn
 
 from brainmri.data.images import resize_square
 from brainmri.data.transforms import normalize_planes, to_model_input
-
-
-def members_of(model: nn.Module) -> list[nn.Module]:
-    """The classifiers whose maps are averaged (one for a single model)."""
-    members = getattr(model, "members", None)
-    return list(members) if members is not None else [model]
-
+from brainmri.model.ensemble import members_of
 
 TARGET_REDUCTION = 16
 """Stride of the stage Grad-CAM reads (see module doc)."""

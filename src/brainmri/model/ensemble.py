@@ -6,6 +6,12 @@ import torch
 from torch import nn
 
 
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """An ensemble's member classifiers, or [model] for a single one."""
+    members = getattr(model, "members", None)
+    return list(members) if members is not None else [model]
+
+
 class EnsembleClassifier(nn.Module):
     """Averages member logits; a model file stores it with keys `members.<k>.<param>`."""
 

@@ -48,7 +48,7 @@ from brainmri.model.checkpoint import (
     preprocessing_of,
     save_model,
 )
-from brainmri.model.ensemble import EnsembleClassifier
+from brainmri.model.ensemble import EnsembleClassifier, members_of
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
@@ -227,7 +227,7 @@ def finetune_members(
     x, y = images
     empty = torch.empty((0, *x.shape[1:]), dtype=torch.uint8)
     data = RunData(samples, [], {}, x, y, empty, torch.empty(0, dtype=torch.long))
-    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    members = members_of(model)
     history = []
     for k, member in enumerate(members):
         label = f"member {k + 1}/{len(members)}"
@@ -288,7 +288,7 @@ def fit_heads(
 ) -> tuple[torch.nn.Module, list[list[dict]]]:
     """`method=probe|gated`: every member with its fitted head (train/probe_head.py)."""
     mean, std = preprocessing_of(meta)
-    members = list(model.members) if isinstance(model, EnsembleClassifier) else [model]
+    members = members_of(model)
     history = []
     for k, member in enumerate(members):
         members[k], fig = fit_linear_head(member, recipe, site, pool, cfg, mean, std, temperature)
