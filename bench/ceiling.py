@@ -57,6 +57,7 @@ from external import (  # noqa: E402
 from brainmri.config import AugmentConfig, ModelConfig, load_recipe  # noqa: E402
 from brainmri.data.dedupe import UnionFind, compute_features, near_pairs, stack_vectors  # noqa: E402
 from brainmri.data.transforms import BatchAugment, to_model_input  # noqa: E402
+from brainmri.train.probe_head import logistic_pipeline  # noqa: E402
 
 CLASSES = ["glioma", "meningioma", "notumor"]
 GROUP_THRESHOLD = 0.97
@@ -111,10 +112,7 @@ def linear_probe(
     x: np.ndarray, y: np.ndarray, groups: np.ndarray, splits
 ) -> tuple[np.ndarray, list]:
     """Out-of-fold probabilities of a standardized logistic regression (C by inner grouped CV)."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     probs = np.zeros((len(y), len(CLASSES)))
     chosen = []
@@ -122,11 +120,11 @@ def linear_probe(
         inner = StratifiedGroupKFold(3, shuffle=True, random_state=1)
         best_c, best = None, -1.0
         for c in (0.001, 0.01, 0.1):
-            pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+            pipe = logistic_pipeline(c)
             s = cross_val_score(pipe, x[tr], y[tr], groups=groups[tr], cv=inner).mean()
             if s > best:
                 best_c, best = c, s
-        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=best_c, max_iter=3000))
+        pipe = logistic_pipeline(best_c)
         probs[te] = pipe.fit(x[tr], y[tr]).predict_proba(x[te])
         chosen.append(best_c)
     return probs, chosen
@@ -336,9 +334,6 @@ def features_of_model(args) -> dict:
 
 def transfer_probe(ext_feats: np.ndarray, n: int, size: int, seed: int) -> np.ndarray:
     """4-class probabilities on external-dev of an LR trained on benchmark features."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from brainmri.data.cache import decode_images
     from brainmri.data.folders import scan_split, stratified_split
@@ -349,7 +344,7 @@ def transfer_probe(ext_feats: np.ndarray, n: int, size: int, seed: int) -> np.nd
     chosen = [train[i] for i in pick]
     x = imagenet_features(decode_images([s.path for s in chosen], size, desc="benchmark"))
     y = np.array([s.label for s in chosen])
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=3000))
+    pipe = logistic_pipeline(0.01)
     return pipe.fit(x, y).predict_proba(ext_feats)
 
 

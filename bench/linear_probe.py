@@ -33,6 +33,7 @@ from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.splits import grouped_split
 from brainmri.data.transforms import IMAGENET_MEAN, IMAGENET_STD, to_model_input
 from brainmri.model.backbones import create_backbone
+from brainmri.train.probe_head import logistic_pipeline
 
 NORMS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
@@ -60,11 +61,7 @@ def pooled_features(backbone: torch.nn.Module, x: torch.Tensor, mean, std) -> np
 
 
 def probe(f_train, y_train, f_val, y_val) -> dict:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000))
+    clf = logistic_pipeline(0.1)
     clf.fit(f_train, y_train)
     p = clf.predict_proba(f_val)
     nll = float(-np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, 1)).mean())

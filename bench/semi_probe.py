@@ -29,7 +29,7 @@ from adapt_curve import SHIPPED, draw_site  # noqa: E402
 from ceiling import model_features, scan_groups  # noqa: E402
 from external import DEFAULT_DATA, ROOT, mcnemar_p, provenance, scan_external, write_json  # noqa: E402
 
-from brainmri.train.probe_head import fit_logistic  # noqa: E402
+from brainmri.train.probe_head import fit_logistic, logistic_pipeline  # noqa: E402
 
 C = 0.01
 SELF_TRAINING_THRESHOLD = 0.75
@@ -41,26 +41,28 @@ def s0(x_site, y_site, x_pool, x_answer) -> np.ndarray:
 
 
 def self_training(x_site, y_site, x_pool, x_answer) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.semi_supervised import SelfTrainingClassifier
 
-    base = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000))
-    model = SelfTrainingClassifier(base, threshold=SELF_TRAINING_THRESHOLD)
+    model = SelfTrainingClassifier(logistic_pipeline(C), threshold=SELF_TRAINING_THRESHOLD)
     x = np.concatenate([x_site, x_pool])
     y = np.concatenate([y_site, -np.ones(len(x_pool), int)])
     return model.fit(x, y).predict(x_answer)
 
 
-def label_spreading(x_site, y_site, x_pool, x_answer) -> np.ndarray:
+def reducer():
+    """LS's space: standardized features, COMPONENTS principal components (unfitted)."""
     from sklearn.decomposition import PCA
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), PCA(COMPONENTS, random_state=0))
+
+
+def label_spreading(x_site, y_site, x_pool, x_answer) -> np.ndarray:
     from sklearn.semi_supervised import LabelSpreading
 
     x = np.concatenate([x_site, x_pool])
-    reduce = make_pipeline(StandardScaler(), PCA(COMPONENTS, random_state=0)).fit(x)
+    reduce = reducer().fit(x)
     y = np.concatenate([y_site, -np.ones(len(x_pool), int)])
     model = LabelSpreading(kernel="knn", n_neighbors=NEIGHBOURS, alpha=ALPHA, max_iter=100)
     return model.fit(reduce.transform(x), y).predict(reduce.transform(x_answer))
@@ -73,12 +75,9 @@ def neighbour_agreement(feats, labels, sequences, groups) -> dict:
     """What the feature space groups together: of each image's NEIGHBOURS nearest images from
     other scan groups (LS's space: standardized, 50 components), the share of the same class and
     of the same MRI sequence, beside what random neighbours would share."""
-    from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
-    z = make_pipeline(StandardScaler(), PCA(COMPONENTS, random_state=0)).fit_transform(feats)
+    z = reducer().fit_transform(feats)
     _, idx = NearestNeighbors(n_neighbors=60).fit(z).kneighbors(z)
     same_class, same_seq = [], []
     for i, row in enumerate(idx):

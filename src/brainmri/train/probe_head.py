@@ -60,14 +60,19 @@ def pooled_features(
     return view_logits(net, x, recipe, torch.device("cpu"), mean, std)[0].numpy()
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, c: float):
-    """Standardizer + L2 logistic regression (scikit-learn pipeline), sample-weighted."""
+def logistic_pipeline(c: float):
+    """Standardizer + L2 logistic regression at inverse strength `c` (an unfitted scikit-learn
+    pipeline): the probe head of adapt and of the bench probes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
-    return pipe.fit(x, y, logisticregression__sample_weight=weight)
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=3000))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray | None, c: float):
+    """`logistic_pipeline(c)` fitted, sample-weighted."""
+    return logistic_pipeline(c).fit(x, y, logisticregression__sample_weight=weight)
 
 
 def fit_gate(site_x: np.ndarray, pool_x: np.ndarray, c: float):
