@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--round 1|2|3] [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2|3|4] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from robustness import machine
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
+from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import head_mask, model_input
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
@@ -65,7 +67,35 @@ THIRD_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
 """§16.6's candidates (`--round 3`): channel weights from masked or ablated inputs instead of
 gradients, and the gradient methods not tried before."""
 
-ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND}
+FOURTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4": ("GradCAM", ("blocks.4",), {}),
+    "gradcam_stage4_pad16": ("GradCAM", ("blocks.4",), {"pad": 16}),
+    "gradcam_stage4_pad32": ("GradCAM", ("blocks.4",), {"pad": 32}),
+    "gradcam_last_pad32": ("GradCAM", ("bn2",), {"pad": 32}),
+}
+"""§16.7's candidates (`--round 4`): the shipped map computed on the input surrounded by `pad`
+black pixels per side, so that the convolutions' zero-padded border lies outside the image; the
+map is cut back to the image and rescaled to [0, 1]."""
+
+ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND}
+
+
+def padded_input(plane: np.ndarray, lo, pad: int) -> torch.Tensor:
+    """The model input of a plane with `pad` black pixels added on each side after the
+    intensity normalization (which maps black to 0), so the image itself reads as predict has
+    it."""
+    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), lo.image_size)))
+    x = normalize_planes(x[None, None], lo.intensity)
+    return to_model_input(F.pad(x, (pad,) * 4, value=0.0), lo.channels_last)
+
+
+def cut_back(maps: np.ndarray, pad: int) -> np.ndarray:
+    """Maps of a padded input cut to the image and rescaled to [0, 1] per class."""
+    if pad == 0:
+        return maps
+    m = maps[:, pad:-pad, pad:-pad]
+    m = m - m.min(axis=(1, 2), keepdims=True)
+    return m / (m.max(axis=(1, 2), keepdims=True) + 1e-7)
 
 
 def cam_maps(
@@ -98,9 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument(
-        "--round", type=int, choices=(1, 2, 3), default=1,
+        "--round", type=int, choices=(1, 2, 3, 4), default=1,
         help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8); "
-        "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM)",
+        "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM); "
+        "4: §16.7's (the input padded with black)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)
@@ -120,8 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
             k = int(model(x).argmax())
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))
         for name, (method, layers, options) in candidates.items():
+            pad = options.get("pad", 0)
+            x_in = padded_input(plane, lo, pad) if pad else x
+            with torch.inference_mode():
+                same = int(model(x_in).argmax()) == k
             t1 = time.perf_counter()
-            maps = cam_maps(model, x, method, layers, options)
+            call = {o: v for o, v in options.items() if o != "pad"}
+            maps = cut_back(cam_maps(model, x_in, method, layers, call), pad)
             seconds[name] += time.perf_counter() - t1
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]
@@ -131,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "inside": float((maps[k] * mask).sum() / total) if total > 0 else 0.0,
                     "area": float(mask.mean()),
                     "move": min(moved),
+                    "same_class": same,
                 }
             )
     summary = {
@@ -142,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
             "images_with_80pct_inside": int(sum(r["inside"] >= 0.8 for r in rs)),
             "move_mean": round(float(np.mean([r["move"] for r in rs])), 4),
             "images_moving_over_0.03": int(sum(r["move"] > 0.03 for r in rs)),
+            "images_same_class_as_unpadded": int(sum(r["same_class"] for r in rs)),
             "seconds_per_image_4_classes": round(seconds[name] / len(rs), 3),
         }
         for name, rs in rows.items()
