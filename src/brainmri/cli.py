@@ -19,11 +19,16 @@ app = typer.Typer(
         "Train, evaluate and ship a 4-class brain MRI tumor classifier "
         "(glioma, meningioma, notumor, pituitary).\n\n"
         "Pipeline: clean (raw folder -> cleaned copy + report) -> train (recipe -> run dir) "
-        "-> evaluate (checkpoint + test split -> metrics JSON and plots)."
+        "-> evaluate (checkpoint + test split -> metrics JSON and plots).\n\n"
+        "Use a model: predict (classes behind an input guard), explain (Grad-CAM overlays), "
+        "export (ONNX), serve (HTTP API and page), adapt (fine-tune to a new site)."
     ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # click's plain help: paragraphs rewrapped to the terminal and each option's help in one
+    # wide column (rich's boxed table left it ~20 characters wide on an 80-column terminal)
+    rich_markup_mode=None,
 )
 
 
@@ -594,20 +599,6 @@ def explain(
             typer.echo(f"{r['status']}: {r['path']}: {r['reason']}", err=True)
     if any(r["status"] != "ok" for r in records):
         raise typer.Exit(1)
-
-
-def _reflow_help() -> None:
-    """Each command's --help from its docstring with every paragraph on one line: Typer's rich
-    help keeps the docstring's line breaks, which on a terminal narrower than the source's
-    100 columns leaves every line broken in two."""
-    import inspect
-
-    for info in app.registered_commands:
-        doc = inspect.getdoc(info.callback) or ""
-        info.help = info.help or "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
-
-
-_reflow_help()
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m brainmri`
