@@ -21,15 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from robustness import machine
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
-from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.infer.core import load_for_inference
-from brainmri.infer.gradcam import head_mask, model_input
+from brainmri.infer.gradcam import cut_border, head_mask, model_input
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
 
@@ -78,24 +76,6 @@ black pixels per side, so that the convolutions' zero-padded border lies outside
 map is cut back to the image and rescaled to [0, 1]."""
 
 ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND}
-
-
-def padded_input(plane: np.ndarray, lo, pad: int) -> torch.Tensor:
-    """The model input of a plane with `pad` black pixels added on each side after the
-    intensity normalization (which maps black to 0), so the image itself reads as predict has
-    it."""
-    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), lo.image_size)))
-    x = normalize_planes(x[None, None], lo.intensity)
-    return to_model_input(F.pad(x, (pad,) * 4, value=0.0), lo.channels_last)
-
-
-def cut_back(maps: np.ndarray, pad: int) -> np.ndarray:
-    """Maps of a padded input cut to the image and rescaled to [0, 1] per class."""
-    if pad == 0:
-        return maps
-    m = maps[:, pad:-pad, pad:-pad]
-    m = m - m.min(axis=(1, 2), keepdims=True)
-    return m / (m.max(axis=(1, 2), keepdims=True) + 1e-7)
 
 
 def cam_maps(
@@ -152,12 +132,12 @@ def main(argv: list[str] | None = None) -> dict:
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))
         for name, (method, layers, options) in candidates.items():
             pad = options.get("pad", 0)
-            x_in = padded_input(plane, lo, pad) if pad else x
+            x_in = model_input(plane, lo.image_size, lo.intensity, lo.channels_last, pad)
             with torch.inference_mode():
                 same = int(model(x_in).argmax()) == k
             t1 = time.perf_counter()
             call = {o: v for o, v in options.items() if o != "pad"}
-            maps = cut_back(cam_maps(model, x_in, method, layers, call), pad)
+            maps = cut_border(cam_maps(model, x_in, method, layers, call), pad)
             seconds[name] += time.perf_counter() - t1
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]

@@ -227,13 +227,15 @@ def eval_dicom(g: Guarded, test: list) -> dict:
 def eval_gradcam(g: Guarded, test: list) -> dict:
     """Per test image: share of the predicted class's map inside the head mask (and the mask's
     share of the image), and how far the map moves for each other class (mean |difference|)."""
-    from brainmri.infer.gradcam import gradcam_maps, head_mask, model_input
+    from brainmri.infer.gradcam import head_mask, model_input, plane_maps
 
     lo, rows = g.loaded, []
     for s in test:
         plane = check_image_bytes(s.path.read_bytes())  # explained whatever the guard says
         x = model_input(plane, lo.image_size, lo.intensity, lo.channels_last)
-        maps = gradcam_maps(lo.model, x.repeat(4, 1, 1, 1), [0, 1, 2, 3])
+        maps = plane_maps(
+            lo.model, plane, lo.image_size, [0, 1, 2, 3], lo.intensity, lo.channels_last
+        )
         with torch.inference_mode():
             k = int(lo.model(x).argmax())
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))

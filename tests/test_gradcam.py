@@ -14,7 +14,15 @@ from typer.testing import CliRunner
 
 from brainmri.cli import app
 from brainmri.config import load_recipe
-from brainmri.infer.gradcam import gradcam_maps, head_mask, model_input, render_png
+from brainmri.infer.gradcam import (
+    border_for,
+    cut_border,
+    gradcam_maps,
+    head_mask,
+    model_input,
+    plane_maps,
+    render_png,
+)
 from brainmri.model.checkpoint import save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.model.ensemble import EnsembleClassifier
@@ -34,6 +42,37 @@ def test_maps_have_the_input_size_and_unit_range():
     assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
     with pytest.raises(ValueError):
         gradcam_maps(small(0), x, [0, 1, 2])
+
+
+def test_border_is_black_around_the_unchanged_image():
+    """The padded input holds the image exactly as predict reads it, inside black (0 after the
+    intensity normalization, then ImageNet mean/std)."""
+    plane = synthetic_brain(80, seed=5)
+    b = border_for(64)
+    assert b == round(64 / 6)
+    plain = model_input(plane, 64, "percentile")
+    padded = model_input(plane, 64, "percentile", border=b)
+    assert padded.shape == (1, 3, 64 + 2 * b, 64 + 2 * b)
+    torch.testing.assert_close(padded[..., b:-b, b:-b], plain)
+    black = model_input(np.zeros((80, 80), np.uint8), 64, "percentile")[0, :, 0, 0]
+    torch.testing.assert_close(padded[0, :, 0, 0], black)
+    torch.testing.assert_close(padded[0, :, -1, b + 5], black)
+
+
+def test_cut_border_keeps_the_image_and_rescales():
+    maps = np.zeros((2, 20, 20), np.float32)
+    maps[:, 5:15, 5:15] = np.linspace(0.2, 0.6, 100, dtype=np.float32).reshape(10, 10)
+    maps[:, 0, 0] = 1.0  # a hot spot on the border, cut away
+    out = cut_border(maps, 5)
+    assert out.shape == (2, 10, 10)
+    assert out.min() == 0.0 and out.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(cut_border(maps, 0), maps)
+
+
+def test_plane_maps_have_the_image_size():
+    maps = plane_maps(small(0), synthetic_brain(80, seed=6), 64, [0, 2])
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1
 
 
 def test_ensemble_map_is_the_mean_of_its_members_maps():
@@ -105,7 +144,9 @@ def test_real_maps_follow_the_class_and_sit_on_the_head(shipped, benchmark_dir):
     for f in (f for c in names for f in sorted((benchmark_dir / "Testing" / c).iterdir())[:3]):
         g = load_gray(f)
         x = model_input(g, size, shipped.intensity, shipped.channels_last)
-        maps = gradcam_maps(shipped.model, x.repeat(4, 1, 1, 1), [0, 1, 2, 3])
+        maps = plane_maps(
+            shipped.model, g, size, [0, 1, 2, 3], shipped.intensity, shipped.channels_last
+        )
         k = int(shipped.model(x).argmax())
         moved = max(np.abs(maps[k] - maps[j]).mean() for j in range(4) if j != k)
         assert moved > 0.03, (f.name, moved)

@@ -8,6 +8,12 @@ gradient of the chosen class logit. docs/RESULTS.md §16.2 compares it with the 
 map at its own layer (the gradient of the mean logit through a member is that member's, up to
 the 1/K factor the normalization removes) and the maps are averaged. Maps are upsampled to the
 input size and scaled to [0, 1] per image.
+
+The map is computed on the input surrounded by black (a sixth of its side on each side, after
+the intensity normalization, which maps black to 0) and cut back to the image: without it the
+convolutions' zero-padded border lies on the image's own edges and draws hot spots there, off
+the head (docs/RESULTS.md §16.7). The probabilities shown come from the unpadded input, as
+predict computes them.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ from brainmri.model.ensemble import members_of
 
 TARGET_REDUCTION = 16
 """Stride of the stage Grad-CAM reads (see module doc)."""
+BORDER_SHARE = 1 / 6
+"""Black border added on each side before Grad-CAM, as a share of the input side (32 px at
+192; module doc)."""
+
+
+def border_for(size: int) -> int:
+    """Black border (pixels per side) for an input of `size` pixels."""
+    return round(size * BORDER_SHARE)
 
 
 def target_layer(member: nn.Module) -> nn.Module:
@@ -53,10 +67,11 @@ def target_layer(member: nn.Module) -> nn.Module:
 
 
 def gradcam_maps(
-    model: nn.Module, x_input: torch.Tensor, class_idx: int | Sequence[int]
+    model: nn.Module, x_input: torch.Tensor, class_idx: int | Sequence[int], border: int = 0
 ) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] for a model input batch (N, 3, H, W) (normalized, as
-    the model takes it) and one class index, or one per image; ensemble: mean of members."""
+    the model takes it) and one class index, or one per image; ensemble: mean of members.
+    `border`: pixels of added black on each side of the input, cut off the maps again."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -77,16 +92,49 @@ def gradcam_maps(
                     )
     finally:
         model.train(was_training)
-    return np.clip(np.mean(maps, axis=0), 0.0, 1.0).astype(np.float32)
+    return cut_border(np.clip(np.mean(maps, axis=0), 0.0, 1.0), border).astype(np.float32)
+
+
+def cut_border(maps: np.ndarray, border: int) -> np.ndarray:
+    """Maps (N, H, W) without `border` pixels on each side, rescaled to [0, 1] per map."""
+    if border <= 0:
+        return maps
+    m = maps[:, border:-border, border:-border]
+    m = m - m.min(axis=(1, 2), keepdims=True)
+    return m / np.maximum(m.max(axis=(1, 2), keepdims=True), 1e-7)
 
 
 def model_input(
-    plane: np.ndarray, size: int, intensity: str = "none", channels_last: bool = False
+    plane: np.ndarray,
+    size: int,
+    intensity: str = "none",
+    channels_last: bool = False,
+    border: int = 0,
 ) -> torch.Tensor:
-    """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does."""
+    """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does; with
+    `border`, that many black pixels added on each side after the intensity normalization."""
     x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
     x = normalize_planes(x, intensity)
+    if border > 0:
+        x = torch.nn.functional.pad(x, (border,) * 4, value=0.0)
     return to_model_input(x, channels_last)
+
+
+def plane_maps(
+    model: nn.Module,
+    plane: np.ndarray,
+    size: int,
+    class_idx: int | Sequence[int],
+    intensity: str = "none",
+    channels_last: bool = False,
+) -> np.ndarray:
+    """Maps (N, size, size) of one uint8 plane for each class index asked, the input
+    surrounded by black as explain computes them (module doc)."""
+    border = border_for(size)
+    x = model_input(plane, size, intensity, channels_last, border)
+    x = x.to(next(model.parameters()).device)
+    n = 1 if isinstance(class_idx, int) else len(class_idx)
+    return gradcam_maps(model, x.repeat(n, 1, 1, 1), class_idx, border)
 
 
 def head_mask(plane: np.ndarray) -> np.ndarray:
@@ -149,18 +197,15 @@ def explain_plane(
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
-    x = model_input(
-        plane,
-        size,
-        rec["data"].get("intensity", "none"),
-        bool(rec["model"].get("channels_last", False)),
-    ).to(next(model.parameters()).device)
+    intensity = rec["data"].get("intensity", "none")
+    channels_last = bool(rec["model"].get("channels_last", False))
+    x = model_input(plane, size, intensity, channels_last).to(next(model.parameters()).device)
     with torch.inference_mode():
         logits = model(x).float().cpu()[0]
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
     probs = torch.softmax(logits / temperature, dim=0).numpy()
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
-    return gradcam_maps(model, x, k)[0], probs, k
+    return plane_maps(model, plane, size, k, intensity, channels_last)[0], probs, k
 
 
 def explain_png(
