@@ -17,6 +17,7 @@ from brainmri.config import load_recipe
 from brainmri.infer.gradcam import (
     border_for,
     cut_border,
+    explain_files,
     gradcam_maps,
     head_mask,
     model_input,
@@ -122,6 +123,29 @@ def test_explain_command_writes_pngs_and_reports_bad_files(tmp_path):
     assert res.exit_code == 0 and "pituitary" in res.output
     res = CliRunner().invoke(app, ["explain", str(good), "--out", str(out), "--crop", "x"])
     assert res.exit_code == 1 and "--crop" in res.output
+
+
+def test_explain_refuses_a_score_just_over_the_threshold(tmp_path, monkeypatch):
+    """explain decides on the unrounded OOD score, as predict does: 1.0849 is over 1.0828 even
+    though it rounds to 1.08."""
+    import brainmri.infer.guard as guard
+
+    class Scorer:
+        source = "depths"
+
+        def __call__(self, feats):
+            return torch.tensor([1.0849])
+
+    recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
+    model = save_model(tmp_path / "m.safetensors", small(0), recipe, {"temperature": 1.0})
+    good = tmp_path / "scan.png"
+    Image.fromarray(synthetic_brain(96, seed=6)).save(good)
+    monkeypatch.setattr(guard, "load_guard", lambda path: (Scorer(), 1.0828))
+    monkeypatch.setattr(guard, "guard_features", lambda *a, **k: ([torch.zeros(1, 4)], None))
+    (rec,) = explain_files([good], tmp_path / "cams", model)
+    assert rec["status"] == "rejected" and rec["ood_score"] == 1.085
+    assert "1.085 > 1.083" in rec["reason"]
+    assert not (tmp_path / "cams" / "scan_gradcam.png").exists()
 
 
 @pytest.fixture(scope="module")

@@ -254,8 +254,9 @@ def explain_files(
                     loaded.model, x[None, None], loaded.intensity, loaded.channels_last,
                     source=scorer.source,
                 )  # fmt: skip
-                rec["ood_score"] = round(float(scorer(feats)[0]), 2)
-                reason = ood_reason(rec["ood_score"], threshold)
+                score = float(scorer(feats)[0])
+                rec["ood_score"] = round(score, 3)
+                reason = ood_reason(score, threshold)  # the unrounded score, as predict
                 if reason is not None:
                     raise RejectedInput(reason, code="ood")
             k = None if class_name is None else names.index(class_name)

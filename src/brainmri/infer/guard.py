@@ -201,7 +201,18 @@ def ood_reason(score: float | None, threshold: float | None) -> str | None:
         return f"not a brain MRI (OOD score {score})"
     if score <= threshold:
         return None
-    return f"not a brain MRI (OOD score {score:.0f} > {threshold:.0f})"
+    a, b = _distinct(score, threshold)
+    return f"not a brain MRI (OOD score {a} > {b})"
+
+
+def _distinct(a: float, b: float) -> tuple[str, str]:
+    """a and b with 3 significant digits, or more until they read differently (a score just
+    over a threshold of about 1 must not read "1 > 1")."""
+    for digits in range(3, 8):
+        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
+        if sa != sb:
+            break
+    return sa, sb
 
 
 def check_ood(score: float | None, threshold: float | None) -> None:
