@@ -1,0 +1,92 @@
+"""Does the model need what lies outside the head? Validation images with everything outside
+the head mask set to black, against the images as they are.
+
+For the shipped model's grouped validation split (never the test split): accuracy and the
+share of unchanged predictions when the outside of the head (infer/gradcam.head_mask: the
+largest bright region, holes filled) is blacked out, and, for contrast, when the inside is
+(the head replaced by black, only the background and the image edges left). The Grad-CAM maps
+of §16 put about a third of their mass outside the head; this says whether the model's
+answers depend on that part of the image. No choice is made from it.
+
+    python bench/background_reliance.py [--model M] \
+        [--out bench/results/shipped/background_reliance.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from robustness import machine
+
+from brainmri.data.cache import cache_samples
+from brainmri.data.folders import resolve_data_dir
+from brainmri.data.transforms import normalize_planes, to_model_input
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.gradcam import head_mask
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
+
+
+@torch.inference_mode()
+def predict(lo, planes: torch.Tensor, batch: int = 64) -> np.ndarray:
+    out = []
+    for s in range(0, len(planes), batch):
+        x = to_model_input(normalize_planes(planes[s : s + batch], lo.intensity), lo.channels_last)
+        out.append(lo.model(x).argmax(dim=1).numpy())
+    return np.concatenate(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument(
+        "--out", type=Path, default=Path("bench/results/shipped/background_reliance.json")
+    )
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    lo = load_for_inference(path, "cpu")
+    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    planes, labels = cache_samples(val, lo.image_size, "val")
+    masks = torch.from_numpy(np.stack([head_mask(p[0].numpy()) for p in planes]))[:, None]
+    variants = {
+        "as is": planes,
+        "outside the head black": planes * masks,
+        "head black (only outside left)": planes * ~masks,
+    }
+    y = labels.numpy()
+    preds = {name: predict(lo, v) for name, v in variants.items()}
+    base = preds["as is"]
+    rows = {
+        name: {
+            "accuracy": round(float((p == y).mean()), 4),
+            "same_prediction_as_is": round(float((p == base).mean()), 4),
+            "errors": int((p != y).sum()),
+        }
+        for name, p in preds.items()
+    }
+    report = {
+        "benchmark": "background_reliance",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
+        "machine": machine(lo.device),
+        "model": str(path),
+        "split": split | {"val": len(val)},
+        "head_area_mean": round(float(masks.float().mean()), 4),
+        "variants": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report["variants"], indent=1), "head area", report["head_area_mean"])
+    return report
+
+
+if __name__ == "__main__":
+    main()
