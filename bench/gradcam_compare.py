@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--round 1|2|3|4] [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2|3|4|5] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import cut_border, head_mask, model_input
+from brainmri.infer.occlusion import occlusion_maps
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
 
@@ -75,16 +76,26 @@ FOURTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
 black pixels per side, so that the convolutions' zero-padded border lies outside the image; the
 map is cut back to the image and rescaled to [0, 1]."""
 
-ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND}
+FIFTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4_pad32": ("GradCAM", ("blocks.4",), {"pad": 32}),
+    "occlusion": ("Occlusion", (), {}),
+}
+"""§16.8's candidates (`--round 5`): the shipped map (since §16.7) and occlusion sensitivity
+(infer/occlusion.py: a black 32-px window, stride 16, Captum)."""
+
+ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND, 5: FIFTH_ROUND}
 
 
 def cam_maps(
     model, x: torch.Tensor, method: str, layers: tuple[str, ...], options: dict | None = None
 ) -> np.ndarray:
-    """Maps (4, S, S) of one model input for every class, with a pytorch-grad-cam method."""
+    """Maps (4, S, S) of one model input for every class, with a pytorch-grad-cam method (or
+    "Occlusion": infer/occlusion.py)."""
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if method == "Occlusion":
+        return occlusion_maps(model, x.repeat(4, 1, 1, 1), [0, 1, 2, 3])
     modules = dict(model.backbone.named_modules())
     targets = [modules[name] for name in layers]
     with torch.inference_mode(False), torch.enable_grad():
@@ -108,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument(
-        "--round", type=int, choices=(1, 2, 3, 4), default=1,
+        "--round", type=int, choices=(1, 2, 3, 4, 5), default=1,
         help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8); "
         "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM); "
-        "4: §16.7's (the input padded with black)",
+        "4: §16.7's (the input padded with black); 5: §16.8's (occlusion)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)

@@ -1,0 +1,69 @@
+"""Occlusion sensitivity (Zeiler and Fergus, 2014) with Captum: what in the image the answer
+depends on.
+
+A black window (a sixth of the input's side, stride half the window: 32 px and 16 px at 192)
+is slid over the model input; each pixel's value is the mean drop of the explained class's logit
+over the windows that cover it. The positive part, scaled to [0, 1], is the map. Unlike
+Grad-CAM it reads no layer, so an ensemble is explained as one model, and covering black
+background with black changes nothing, so background gets no weight unless removing it changes
+the answer. It costs about (side / stride)^2 forward passes per map (121 at 192 px);
+docs/RESULTS.md §16.8 compares it with Grad-CAM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+WINDOW_SHARE = 1 / 6
+"""Window side as a share of the input side; the stride is half the window."""
+
+
+def black_input() -> torch.Tensor:
+    """The model input of a black pixel, (3,): black is 0 after the intensity normalization."""
+    from brainmri.data.transforms import to_model_input
+
+    return to_model_input(torch.zeros(1, 1, 1, 1))[0, :, 0, 0]
+
+
+def window_for(size: int) -> tuple[int, int]:
+    """(window, stride) in pixels for an input of `size` pixels."""
+    window = max(2, round(size * WINDOW_SHARE))
+    return window, max(1, window // 2)
+
+
+@torch.no_grad()
+def occlusion_maps(
+    model: nn.Module,
+    x_input: torch.Tensor,
+    class_idx: int | Sequence[int],
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Maps (N, H, W) in [0, 1] for a model input batch (N, C, H, W) (normalized, as the model
+    takes it) and one class index, or one per image; black windows occlude."""
+    from captum.attr import Occlusion
+
+    n, c, h, _ = x_input.shape
+    idx = [int(class_idx)] * n if isinstance(class_idx, int) else [int(k) for k in class_idx]
+    if len(idx) != n:
+        raise ValueError(f"{len(idx)} class indices for {n} images")
+    window, stride = window_for(h)
+    was_training = model.training
+    model.eval()
+    try:
+        attr = Occlusion(model).attribute(
+            x_input.float(),
+            sliding_window_shapes=(c, window, window),
+            strides=(c, stride, stride),
+            target=idx,
+            baselines=black_input().reshape(1, c, 1, 1).to(x_input.device),
+            perturbations_per_eval=batch_size,
+        )
+    finally:
+        model.train(was_training)
+    maps = attr[:, 0].clamp_min(0.0).cpu().numpy()  # every channel is covered alike
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(peak > 0, maps / np.maximum(peak, 1e-12), 0.0).astype(np.float32)
