@@ -224,18 +224,20 @@ def eval_dicom(g: Guarded, test: list) -> dict:
     return {"bundled": {"counts": dict(status), "files": files}, "benchmark_copies": copies}
 
 
-def eval_gradcam(g: Guarded, test: list) -> dict:
+def eval_gradcam(g: Guarded, test: list, method: str = "gradcam") -> dict:
     """Per test image: share of the predicted class's map inside the head mask (and the mask's
     share of the image), and how far the map moves for each other class (mean |difference|)."""
     from brainmri.infer.gradcam import head_mask, model_input, plane_maps
 
-    lo, rows = g.loaded, []
+    lo, rows, seconds = g.loaded, [], 0.0
     for s in test:
         plane = check_image_bytes(s.path.read_bytes())  # explained whatever the guard says
         x = model_input(plane, lo.image_size, lo.intensity, lo.channels_last)
+        t1 = time.perf_counter()
         maps = plane_maps(
-            lo.model, plane, lo.image_size, [0, 1, 2, 3], lo.intensity, lo.channels_last
+            lo.model, plane, lo.image_size, [0, 1, 2, 3], lo.intensity, lo.channels_last, method
         )
+        seconds += time.perf_counter() - t1
         with torch.inference_mode():
             k = int(lo.model(x).argmax())
         mask = head_mask(np.array(resize_square(plane, lo.image_size)))
@@ -253,7 +255,9 @@ def eval_gradcam(g: Guarded, test: list) -> dict:
         )
     inside = np.array([r["mass_inside_head"] for r in rows])
     return {
+        "method": method,
         "n": len(rows),
+        "seconds_per_image_4_classes": round(seconds / max(1, len(rows)), 3),
         "mass_inside_head_mean": round(float(inside.mean()), 4),
         "mass_inside_head_median": round(float(np.median(inside)), 4),
         "images_with_80pct_inside": int((inside >= 0.8).sum()),
@@ -272,6 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dicom-limit", type=int, default=48, help="test images copied as DICOM")
     ap.add_argument("--perturbed-limit", type=int, default=None, help="test images perturbed")
     ap.add_argument("--gradcam-limit", type=int, default=48, help="test images explained")
+    ap.add_argument("--method", default="gradcam", help="explain's map: gradcam or occlusion")
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_eval.json"))
     args = ap.parse_args(argv)
     sections = args.only.split(",")
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  dicom: {report['dicom']['bundled']['counts']}", flush=True)
     if "gradcam" in sections:
         torch.set_grad_enabled(True)
-        report["gradcam"] = eval_gradcam(g, pick(test, args.gradcam_limit))
+        report["gradcam"] = eval_gradcam(g, pick(test, args.gradcam_limit), args.method)
         print(f"  gradcam: {report['gradcam']['mass_inside_head_mean']} of the mass inside")
     report["threshold"] = g.threshold
     report["seconds"] = round(time.time() - t0, 1)

@@ -557,7 +557,7 @@ def explain(
         list[Path],
         typer.Argument(help="Image or DICOM files and/or folders (searched recursively)."),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the Grad-CAM PNGs.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the PNG overlays.")],
     model: Annotated[
         Path | None,
         typer.Option(
@@ -573,12 +573,21 @@ def explain(
         typer.Option("--class", help="Explain this class instead of the predicted one."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="gradcam: Grad-CAM of the stride-16 stage (fast); occlusion: the drop of the "
+            "class score when each region is blacked out (about 3 s per image on 2 cores; "
+            "weighs only what changes the answer)."
+        ),
+    ] = "gradcam",
 ) -> None:
-    """Grad-CAM: where the model looked, as one PNG overlay per input.
+    """Grad-CAM or occlusion map: where the model looked, as one PNG overlay per input.
 
-    Writes OUT/<name>_gradcam.png (input | overlay, class and probability written on it). An
-    ensemble shows the mean of its members' maps. Inputs the guard refuses are listed and
-    skipped; the exit code is 1 if any file was not explained."""
+    Writes OUT/<name>_<method>.png (input | overlay, class and probability written on it). An
+    ensemble shows the mean of its members' Grad-CAM maps. Inputs the guard refuses are listed
+    and skipped; the exit code is 1 if any file was not explained. How much of each map lies
+    on the head: docs/RESULTS.md sections 16.7-16.8."""
     from brainmri.infer.gradcam import explain_files
     from brainmri.infer.inputs import CROP_MODES
 
@@ -591,7 +600,7 @@ def explain(
     ]
     if not paths:
         raise BrainMRIError("no files found in the given inputs")
-    records = explain_files(paths, out, model, crop, class_name, device)
+    records = explain_files(paths, out, model, crop, class_name, device, method)
     for r in records:
         if r["status"] == "ok":
             typer.echo(f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}")

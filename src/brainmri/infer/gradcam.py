@@ -14,6 +14,9 @@ the intensity normalization, which maps black to 0) and cut back to the image: w
 convolutions' zero-padded border lies on the image's own edges and draws hot spots there, off
 the head (docs/RESULTS.md §16.7). The probabilities shown come from the unpadded input, as
 predict computes them.
+
+`method="occlusion"` draws an occlusion-sensitivity map instead (infer/occlusion.py): slower
+(121 forward passes at 192 px), but it weighs only what changes the answer (§16.8).
 """
 
 from __future__ import annotations
@@ -31,8 +34,11 @@ from torch import nn
 
 from brainmri.data.images import resize_square
 from brainmri.data.transforms import normalize_planes, to_model_input
+from brainmri.errors import BrainMRIError
 from brainmri.model.ensemble import members_of
 
+METHODS = ("gradcam", "occlusion")
+"""What `explain` can draw (module doc)."""
 TARGET_REDUCTION = 16
 """Stride of the stage Grad-CAM reads (see module doc)."""
 BORDER_SHARE = 1 / 6
@@ -127,13 +133,20 @@ def plane_maps(
     class_idx: int | Sequence[int],
     intensity: str = "none",
     channels_last: bool = False,
+    method: str = "gradcam",
 ) -> np.ndarray:
-    """Maps (N, size, size) of one uint8 plane for each class index asked, the input
-    surrounded by black as explain computes them (module doc)."""
-    border = border_for(size)
+    """Maps (N, size, size) of one uint8 plane for each class index asked, as explain computes
+    them: Grad-CAM on the input surrounded by black, or occlusion (module doc)."""
+    if method not in METHODS:
+        raise BrainMRIError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    border = border_for(size) if method == "gradcam" else 0
     x = model_input(plane, size, intensity, channels_last, border)
     x = x.to(next(model.parameters()).device)
     n = 1 if isinstance(class_idx, int) else len(class_idx)
+    if method == "occlusion":
+        from brainmri.infer.occlusion import occlusion_maps
+
+        return occlusion_maps(model, x.repeat(n, 1, 1, 1), class_idx)
     return gradcam_maps(model, x.repeat(n, 1, 1, 1), class_idx, border)
 
 
@@ -190,10 +203,10 @@ def _torch_parts(classifier: Any) -> tuple[nn.Module, dict]:
 
 
 def explain_plane(
-    classifier: Any, plane: np.ndarray, class_idx: int | None = None
+    classifier: Any, plane: np.ndarray, class_idx: int | None = None, method: str = "gradcam"
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
-    uint8 plane; the predicted class unless class_idx is given."""
+    uint8 plane; the predicted class unless class_idx is given; `method`: one of METHODS."""
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
@@ -205,15 +218,19 @@ def explain_plane(
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
     probs = torch.softmax(logits / temperature, dim=0).numpy()
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
-    return plane_maps(model, plane, size, k, intensity, channels_last)[0], probs, k
+    return plane_maps(model, plane, size, k, intensity, channels_last, method)[0], probs, k
 
 
 def explain_png(
-    classifier: Any, plane: np.ndarray, class_idx: int | None = None, title: str = ""
+    classifier: Any,
+    plane: np.ndarray,
+    class_idx: int | None = None,
+    title: str = "",
+    method: str = "gradcam",
 ) -> bytes:
-    """Overlay PNG (input | Grad-CAM) with the class and its probability written on it."""
+    """Overlay PNG (input | map) with the class and its probability written on it."""
     _, meta = _torch_parts(classifier)
-    cam, probs, k = explain_plane(classifier, plane, class_idx)
+    cam, probs, k = explain_plane(classifier, plane, class_idx, method)
     names = list(meta["class_names"])
     caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
     return render_png(plane, cam, caption)
@@ -226,10 +243,11 @@ def explain_files(
     crop: str = "auto",
     class_name: str | None = None,
     device: str | None = None,
+    method: str = "gradcam",
 ) -> list[dict[str, Any]]:
-    """Write OUT/<stem>_gradcam.png for each file; one record per file (status ok / rejected /
+    """Write OUT/<stem>_<method>.png for each file; one record per file (status ok / rejected /
     error with a reason, like predict) with the class explained and the PNG written."""
-    from brainmri.errors import BrainMRIError, RejectedInput
+    from brainmri.errors import RejectedInput
     from brainmri.infer.core import load_for_inference
     from brainmri.infer.guard import guard_features, load_guard, ood_reason
     from brainmri.infer.inputs import auto_crop, load_plane
@@ -241,6 +259,8 @@ def explain_files(
     names = loaded.class_names
     if class_name is not None and class_name not in names:
         raise BrainMRIError(f"unknown class {class_name!r} (one of {', '.join(names)})")
+    if method not in METHODS:
+        raise BrainMRIError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for path in paths:
@@ -260,8 +280,8 @@ def explain_files(
                 if reason is not None:
                     raise RejectedInput(reason, code="ood")
             k = None if class_name is None else names.index(class_name)
-            cam, probs, k = explain_plane(loaded, plane, k)
-            target = out_dir / f"{Path(path).stem}_gradcam.png"
+            cam, probs, k = explain_plane(loaded, plane, k, method)
+            target = out_dir / f"{Path(path).stem}_{method}.png"
             target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
             rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}
             rec |= {"png": str(target)}
