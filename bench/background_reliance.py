@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import machine
+from robustness import report_head
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
@@ -73,10 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, p in preds.items()
     }
     report = {
-        "benchmark": "background_reliance",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(lo.device),
+        **report_head("background_reliance", __file__, argv, lo.device),
         "model": str(path),
         "split": split | {"val": len(val)},
         "head_area_mean": round(float(masks.float().mean()), 4),

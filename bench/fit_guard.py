@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import machine
+from robustness import report_head
 from safetensors.torch import load_file
 
 from brainmri.config import recipe_from_dict
@@ -139,10 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "fitted": time.strftime("%Y-%m-%d"),
     }
     report = {
-        "benchmark": "guard_fit",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(loaded.device),
+        **report_head("guard_fit", __file__, argv, loaded.device),
         "model": str(path),
         "data": str(data_dir),
         "split": split | {"train": len(train), "val": len(val)},

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import machine, pick
+from robustness import pick, report_head
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.images import load_gray, resize_square
@@ -97,10 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:<24} {results[name]['right']:>3}/{len(samples)} right, "
               f"{results[name]['cropped']} cropped")  # fmt: skip
     report = {
-        "benchmark": "framed",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(loaded.device),
+        **report_head("framed", __file__, argv, loaded.device),
         "model": str(path),
         "split": args.split,
         "images": [str(s.path.relative_to(data_dir)) for s in samples],

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import machine
+from robustness import report_head
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
@@ -176,10 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         for name, rs in rows.items()
     }
     report = {
-        "benchmark": "gradcam_compare",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(lo.device),
+        **report_head("gradcam_compare", __file__, argv, lo.device),
         "model": str(path),
         "split": split | {"images": len(images)},
         "head_area_mean": round(float(np.mean([r["area"] for r in next(iter(rows.values()))])), 4),

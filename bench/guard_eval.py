@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 import pydicom
 import torch
 from ood_set import ood_items
-from robustness import PERTURBATIONS, machine, pick
+from robustness import PERTURBATIONS, pick, report_head
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.images import resize_square
@@ -288,10 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     data_dir = resolve_data_dir(args.data)
     test = pick(scan_split(data_dir, "Testing"), args.limit)
     report: dict = {
-        "benchmark": "guard_eval",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(g.loaded.device),
+        **report_head("guard_eval", __file__, argv, g.loaded.device),
         "model": str(path),
         "n_test": len(test),
     }

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from ood_dev import dev_items
-from robustness import PERTURBATIONS, machine
+from robustness import PERTURBATIONS, report_head
 
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
@@ -214,10 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                 },
             }
     report = {
-        "benchmark": "guard_score_compare",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(loaded.device),
+        **report_head("guard_score_compare", __file__, argv, loaded.device),
         "model": str(path),
         "split": split | {"train": len(train), "val": len(val)},
         "val_refused_by_rules": sorted(refused_val),

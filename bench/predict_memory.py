@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from robustness import machine
+from robustness import report_head
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 
@@ -125,10 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(recs)
     rss = {f"{int(q * 100)}%": round(at_share(samples, n, q), 1) for q in (0.01, 0.1, 0.5, 1.0)}
     report = {
-        "benchmark": "predict_memory",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(torch.device("cpu")),
+        **report_head("predict_memory", __file__, argv, torch.device("cpu")),
         "files": args.files,
         "records": n,
         "exit_code": rc,

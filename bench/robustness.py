@@ -155,6 +155,17 @@ def perturbed_batch(
     return torch.from_numpy(np.stack(planes)[:, None])
 
 
+def report_head(name: str, script: str, argv: list[str] | None, device: torch.device) -> dict:
+    """The first keys of every bench result file: which benchmark, when, the command that
+    reproduces it (`script` with `argv`, or this process's own arguments) and the machine."""
+    return {
+        "benchmark": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join(["python", *(sys.argv if argv is None else [script, *argv])]),
+        "machine": machine(device),
+    }
+
+
 def machine(device: torch.device) -> dict:
     info = {
         "platform": platform.platform(),
@@ -237,10 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["delta_accuracy"] = r["accuracy"] - results["clean"]["accuracy"]
 
     report = {
-        "benchmark": "robustness",
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "command": shlex.join(["python", *(sys.argv if argv is None else [__file__, *argv])]),
-        "machine": machine(dev),
+        **report_head("robustness", __file__, argv, dev),
         "model": str(args.model),
         "model_info": loaded.meta["info"],
         "data": str(data_dir),
