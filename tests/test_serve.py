@@ -187,6 +187,14 @@ def test_explain_returns_overlay_png(server: RunningServer, benchmark_dir: Path)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(r.content)) as im:
         assert im.format == "PNG" and im.width > im.height > 100  # input | overlay
+    r = httpx.post(
+        server.url + "/v1/explain?method=occlusion",
+        files={"file": (path.name, path.read_bytes())},
+        timeout=300,
+    )
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    r = httpx.post(server.url + "/v1/explain?method=lime", files={"file": ("a.png", b"x")})
+    assert "method must be one of" in assert_json_error(r.status_code, r.content, 400)["detail"]
     r = httpx.post(server.url + "/v1/explain", files={"file": ("dot.png", bench.png_bytes(
         np.zeros((1, 1), np.uint8)))})  # fmt: skip
     body = assert_json_error(r.status_code, r.content, 422)

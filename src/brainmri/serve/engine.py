@@ -89,8 +89,11 @@ class Engine:
         """Records for (name, bytes) uploads: `prepare` each, then `classify` them together."""
         return self.classify([self.prepare(name, data) for name, data in items])
 
-    def explain(self, name: str, data: bytes) -> tuple[Record, bytes | None]:
-        """(record, Grad-CAM overlay PNG of the predicted class); no PNG unless status "ok"."""
+    def explain(
+        self, name: str, data: bytes, method: str = "gradcam"
+    ) -> tuple[Record, bytes | None]:
+        """(record, overlay PNG of the predicted class: Grad-CAM or occlusion); no PNG unless
+        status "ok"."""
         (record,) = self.classify([self.prepare(name, data)], remember=False)
         if record["status"] != "ok":
             return record, None
@@ -98,7 +101,8 @@ class Engine:
         with self._cam_lock:
             if self._cam_model is None:  # Grad-CAM needs gradients: the PyTorch model
                 self._cam_model = load_for_inference(self.path, "cpu")
-            png = explain_png(self._cam_model, plane, self.class_names.index(record["label"]))
+            k = self.class_names.index(record["label"])
+            png = explain_png(self._cam_model, plane, k, method=method)
         return record, png
 
     def describe(self) -> dict[str, Any]:
