@@ -20,8 +20,8 @@ app = typer.Typer(
         "(glioma, meningioma, notumor, pituitary).\n\n"
         "Pipeline: clean (raw folder -> cleaned copy + report) -> train (recipe -> run dir) "
         "-> evaluate (checkpoint + test split -> metrics JSON and plots).\n\n"
-        "Use a model: predict (classes behind an input guard), explain (Grad-CAM overlays), "
-        "export (ONNX), serve (HTTP API and page), adapt (fine-tune to a new site)."
+        "Use a model: predict (classes behind an input guard), explain (Grad-CAM or occlusion "
+        "maps), export (ONNX), serve (HTTP API and page), adapt (fine-tune to a new site)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -577,8 +577,8 @@ def explain(
         str,
         typer.Option(
             help="gradcam: Grad-CAM of the stride-16 stage (fast); occlusion: the drop of the "
-            "class score when each region is blacked out (about 3 s per image on 2 cores; "
-            "weighs only what changes the answer)."
+            "class score when each region is blacked out (about 2 s more per image on 2 "
+            "cores; weighs only what changes the answer)."
         ),
     ] = "gradcam",
 ) -> None:
