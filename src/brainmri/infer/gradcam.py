@@ -203,10 +203,16 @@ def _torch_parts(classifier: Any) -> tuple[nn.Module, dict]:
 
 
 def explain_plane(
-    classifier: Any, plane: np.ndarray, class_idx: int | None = None, method: str = "gradcam"
+    classifier: Any,
+    plane: np.ndarray,
+    class_idx: int | None = None,
+    method: str = "gradcam",
+    backend: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
-    uint8 plane; the predicted class unless class_idx is given; `method`: one of METHODS."""
+    uint8 plane; the predicted class unless class_idx is given; `method`: one of METHODS.
+    `backend`: an ONNX Runtime backend of the same model (Classifier.backend) that the
+    occlusion map's forward passes then run on (infer/occlusion.pixel_maps)."""
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
@@ -218,6 +224,10 @@ def explain_plane(
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
     probs = torch.softmax(logits / temperature, dim=0).numpy()
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
+    if method == "occlusion" and getattr(backend, "name", None) == "onnx":
+        from brainmri.infer.occlusion import pixel_maps
+
+        return pixel_maps(backend, plane, size, k, intensity)[0], probs, k
     return plane_maps(model, plane, size, k, intensity, channels_last, method)[0], probs, k
 
 
@@ -227,10 +237,11 @@ def explain_png(
     class_idx: int | None = None,
     title: str = "",
     method: str = "gradcam",
+    backend: Any = None,
 ) -> bytes:
     """Overlay PNG (input | map) with the class and its probability written on it."""
     _, meta = _torch_parts(classifier)
-    cam, probs, k = explain_plane(classifier, plane, class_idx, method)
+    cam, probs, k = explain_plane(classifier, plane, class_idx, method, backend)
     names = list(meta["class_names"])
     caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
     return render_png(plane, cam, caption)
@@ -261,6 +272,11 @@ def explain_files(
         raise BrainMRIError(f"unknown class {class_name!r} (one of {', '.join(names)})")
     if method not in METHODS:
         raise BrainMRIError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    backend = None
+    if method == "occlusion" and loaded.device.type == "cpu":  # its 121 passes on ONNX Runtime
+        from brainmri.infer.core import Classifier
+
+        backend = Classifier(model_path, runtime="onnx").backend
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for path in paths:
@@ -280,7 +296,7 @@ def explain_files(
                 if reason is not None:
                     raise RejectedInput(reason, code="ood")
             k = None if class_name is None else names.index(class_name)
-            cam, probs, k = explain_plane(loaded, plane, k, method)
+            cam, probs, k = explain_plane(loaded, plane, k, method, backend)
             target = out_dir / f"{Path(path).stem}_{method}.png"
             target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
             rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}

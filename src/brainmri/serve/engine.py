@@ -102,7 +102,8 @@ class Engine:
             if self._cam_model is None:  # Grad-CAM needs gradients: the PyTorch model
                 self._cam_model = load_for_inference(self.path, "cpu")
             k = self.class_names.index(record["label"])
-            png = explain_png(self._cam_model, plane, k, method=method)
+            backend = self.classifier.backend  # occlusion runs on it when it is ONNX Runtime
+            png = explain_png(self._cam_model, plane, k, method=method, backend=backend)
         return record, png
 
     def describe(self) -> dict[str, Any]:
