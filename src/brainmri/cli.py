@@ -577,7 +577,7 @@ def explain(
         str,
         typer.Option(
             help="gradcam: Grad-CAM of the stride-16 stage (fast); occlusion: the drop of the "
-            "class score when each region is blacked out (about 2 s more per image on 2 "
+            "class score when each region is blacked out (under a second more per image on 2 "
             "cores; weighs only what changes the answer)."
         ),
     ] = "gradcam",
