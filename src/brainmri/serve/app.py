@@ -231,7 +231,7 @@ def create_app(
     )
     async def explain(request: Request, method: str = "gradcam") -> Response:
         """Overlay PNG for one scan (field `file`), class and probability written on it.
-        `?method=gradcam` (default) or `occlusion` (about 2 s more on 2 CPU cores)."""
+        `?method=gradcam` (default) or `occlusion` (under a second more on 2 CPU cores)."""
         if method not in METHODS:
             detail = f"method must be one of {', '.join(METHODS)}, got {method!r}"
             return JSONResponse(error_body("bad-request", detail), status_code=400)
