@@ -127,6 +127,14 @@ def test_page_classifies_a_benchmark_image(
     assert [b.get_attribute("data-class") for b in bars] == list(CLASS_NAMES)
     overlay = card.find_element("css selector", "img.overlay")
     assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
+    assert overlay.get_attribute("alt").startswith("Grad-CAM overlay")
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "method")).select_by_value("occlusion")
+    cards = upload(browser, [path])
+    overlay = cards[0].find_element("css selector", "img.overlay")  # newest first
+    assert overlay.get_attribute("alt").startswith("Occlusion map")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
 
 
 def test_page_shows_errors_and_warnings_and_saves_screenshot(

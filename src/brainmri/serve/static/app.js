@@ -1,5 +1,6 @@
 // brainmri page: send each scan to /v1/predict, show class + probability bars, then fetch the
-// Grad-CAM overlay from /v1/explain. No external resources: everything is served by the API.
+// Grad-CAM or occlusion overlay from /v1/explain. No external resources: everything is served
+// by the API.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -88,17 +89,20 @@ function showRecord(card, rec) {
 async function explain(card, file) {
   const form = new FormData();
   form.append("file", file, file.name);
-  const holder = el("p", "pending", "Grad-CAM overlay…");
+  const method = $("method").value;  // gradcam or occlusion (POST /v1/explain?method=)
+  const name = method === "occlusion" ? "Occlusion map" : "Grad-CAM overlay";
+  const holder = el("p", "pending", `${name}…`);
   card.querySelector(".body").append(holder);
   try {
-    const res = await fetch("/v1/explain", { method: "POST", body: form, headers: headers() });
+    const res = await fetch(`/v1/explain?method=${encodeURIComponent(method)}`,
+                            { method: "POST", body: form, headers: headers() });
     if (!res.ok) {
       const err = await res.json().catch(() => ({}));
       holder.textContent = `No overlay: ${err.detail || res.status}`;
       return;
     }
     const img = el("img", "overlay");
-    img.alt = `Grad-CAM overlay for ${file.name}`;
+    img.alt = `${name} for ${file.name}`;
     img.src = URL.createObjectURL(await res.blob());
     holder.replaceWith(img);
   } catch (err) {
