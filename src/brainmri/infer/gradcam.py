@@ -110,6 +110,18 @@ def cut_border(maps: np.ndarray, border: int) -> np.ndarray:
     return m / np.maximum(m.max(axis=(1, 2), keepdims=True), 1e-7)
 
 
+def plane_pixels(
+    plane: np.ndarray, size: int, intensity: str = "none", border: int = 0
+) -> torch.Tensor:
+    """HxW uint8 plane -> (1, 1, size, size) pixels in [0, 1], resized and intensity-normalized
+    as predict does; with `border`, that many black (0) pixels added on each side."""
+    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
+    x = normalize_planes(x, intensity)
+    if border > 0:
+        x = torch.nn.functional.pad(x, (border,) * 4, value=0.0)
+    return x
+
+
 def model_input(
     plane: np.ndarray,
     size: int,
@@ -119,11 +131,7 @@ def model_input(
 ) -> torch.Tensor:
     """HxW uint8 plane -> (1, 3, size, size) model input, preprocessed as predict does; with
     `border`, that many black pixels added on each side after the intensity normalization."""
-    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
-    x = normalize_planes(x, intensity)
-    if border > 0:
-        x = torch.nn.functional.pad(x, (border,) * 4, value=0.0)
-    return to_model_input(x, channels_last)
+    return to_model_input(plane_pixels(plane, size, intensity, border), channels_last)
 
 
 def plane_maps(
@@ -134,19 +142,26 @@ def plane_maps(
     intensity: str = "none",
     channels_last: bool = False,
     method: str = "gradcam",
+    backend: Any = None,
 ) -> np.ndarray:
     """Maps (N, size, size) of one uint8 plane for each class index asked, as explain computes
-    them: Grad-CAM on the input surrounded by black, or occlusion (module doc)."""
+    them: Grad-CAM on the input surrounded by black, or occlusion (module doc). `backend`: an
+    ONNX Runtime backend of the same model (Classifier.backend) that the occlusion map's
+    forward passes then run on (infer/occlusion.pixel_maps)."""
     if method not in METHODS:
         raise BrainMRIError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    border = border_for(size) if method == "gradcam" else 0
-    x = model_input(plane, size, intensity, channels_last, border)
-    x = x.to(next(model.parameters()).device)
     n = 1 if isinstance(class_idx, int) else len(class_idx)
+    device = next(model.parameters()).device
     if method == "occlusion":
-        from brainmri.infer.occlusion import occlusion_maps
+        from brainmri.infer.occlusion import occlusion_maps, pixel_maps
 
+        if getattr(backend, "name", None) == "onnx":
+            pixels = plane_pixels(plane, size, intensity)
+            return pixel_maps(backend, pixels.repeat(n, 1, 1, 1), class_idx)
+        x = model_input(plane, size, intensity, channels_last).to(device)
         return occlusion_maps(model, x.repeat(n, 1, 1, 1), class_idx)
+    border = border_for(size)
+    x = model_input(plane, size, intensity, channels_last, border).to(device)
     return gradcam_maps(model, x.repeat(n, 1, 1, 1), class_idx, border)
 
 
@@ -210,9 +225,8 @@ def explain_plane(
     backend: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
-    uint8 plane; the predicted class unless class_idx is given; `method`: one of METHODS.
-    `backend`: an ONNX Runtime backend of the same model (Classifier.backend) that the
-    occlusion map's forward passes then run on (infer/occlusion.pixel_maps)."""
+    uint8 plane; the predicted class unless class_idx is given; `method` and `backend` as
+    plane_maps takes them."""
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
@@ -224,11 +238,8 @@ def explain_plane(
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
     probs = torch.softmax(logits / temperature, dim=0).numpy()
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
-    if method == "occlusion" and getattr(backend, "name", None) == "onnx":
-        from brainmri.infer.occlusion import pixel_maps
-
-        return pixel_maps(backend, plane, size, k, intensity)[0], probs, k
-    return plane_maps(model, plane, size, k, intensity, channels_last, method)[0], probs, k
+    maps = plane_maps(model, plane, size, k, intensity, channels_last, method, backend)
+    return maps[0], probs, k
 
 
 def explain_png(

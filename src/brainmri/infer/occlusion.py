@@ -77,20 +77,13 @@ def occlusion_maps(
 
 def pixel_maps(
     backend: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    plane: np.ndarray,
-    size: int,
-    class_idx: int,
-    intensity: str = "none",
+    pixels: torch.Tensor,
+    class_idx: int | Sequence[int],
 ) -> np.ndarray:
-    """The occlusion map (1, size, size) of one uint8 plane through an inference backend that
-    takes the intensity-normalized pixels (N, 1, S, S) and returns {"logits": ...}: an ONNX
-    Runtime backend runs the 121 occluded copies about three times faster than PyTorch eager
-    on 2 CPU cores, with the same map (docs/RESULTS.md §16.8)."""
-    from brainmri.data.images import resize_square
-    from brainmri.data.transforms import normalize_planes
-
-    x = torch.from_numpy(np.array(resize_square(np.ascontiguousarray(plane), size)))[None, None]
-    pixels = normalize_planes(x, intensity)
+    """Occlusion maps (N, S, S) through an inference backend that takes the intensity-normalized
+    pixels (N, 1, S, S) in [0, 1] and returns {"logits": ...}; black is 0 there. An ONNX Runtime
+    backend runs the 121 occluded copies about three times faster than PyTorch eager on 2 CPU
+    cores, with the same map (docs/RESULTS.md §16.8)."""
     return occlusion_maps(
         lambda v: backend(v)["logits"], pixels, class_idx, black=torch.zeros(1), batch_size=32
     )
