@@ -147,6 +147,14 @@ def refusal(record: Record) -> JSONResponse:
     )
 
 
+def unknown_method(method: str) -> JSONResponse | None:
+    """400 for a /v1/explain method that is not one of infer.gradcam.METHODS, else None."""
+    if method in METHODS:
+        return None
+    detail = f"method must be one of {', '.join(METHODS)}, got {method!r}"
+    return JSONResponse(error_body("bad-request", detail), status_code=400)
+
+
 def create_app(
     engine: Engine,
     limits: Limits | None = None,
@@ -232,9 +240,8 @@ def create_app(
     async def explain(request: Request, method: str = "gradcam") -> Response:
         """Overlay PNG for one scan (field `file`), class and probability written on it.
         `?method=gradcam` (default) or `occlusion` (under a second more on 2 CPU cores)."""
-        if method not in METHODS:
-            detail = f"method must be one of {', '.join(METHODS)}, got {method!r}"
-            return JSONResponse(error_body("bad-request", detail), status_code=400)
+        if (bad := unknown_method(method)) is not None:
+            return bad
         ((name, data),), _ = await read_uploads(request, limits, one=True)
         loop = asyncio.get_running_loop()
         record, png = await loop.run_in_executor(explainer, engine.explain, name, data, method)
