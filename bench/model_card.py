@@ -459,12 +459,12 @@ def guard_lines(meta: dict) -> list[str]:
         f"{fit['guard']['features']} — class means and a shared covariance of the training "
         "images' features and of augmented copies, and a scale) and a threshold of "
         f"{float(threshold):.3f} on the largest scaled Mahalanobis distance, set on the "
-        f"validation split to accept {_accepted(fit)} of it "
-        "(`bench/fit_guard.py`, `bench/results/shipped/guard_fit.json`). `predict`, `explain` "
-        "and the web "
+        f"validation split to accept {_accepted(meta, fit)} of it "
+        "(statistics: `bench/fit_guard.py`, `bench/results/shipped/guard_fit.json`; level: "
+        f"{_level_source(meta)}). `predict`, `explain` and the web "
         "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
-        "copies and non-MRI inputs: docs/RESULTS.md §16.4.",
+        "copies and non-MRI inputs: docs/RESULTS.md §16.4 and §16.11.",
         *guard_eval_lines(load_json(SHIPPED / "guard_eval.json")),
         *guard_external_lines(load_json(SHIPPED / "external_guard.json")),
         *site_check_lines(meta, load_json(SHIPPED / "site_check.json"),
@@ -532,9 +532,21 @@ def guard_eval_lines(ev: dict | None) -> list[str]:
     ]
 
 
-def _accepted(fit: dict) -> str:
-    """'99.51 %': the validation share the stored threshold accepts (guard_fit.json)."""
-    return pct(fit["guard"]["val_accept_rate"])
+def _accepted(meta: dict, fit: dict) -> str:
+    """'99.88 %': the validation share the stored threshold accepts (the model file's guard
+    metadata, else guard_fit.json)."""
+    return pct(meta.get("guard", {}).get("val_accept_rate", fit["guard"]["val_accept_rate"]))
+
+
+def _level_source(meta: dict) -> str:
+    """Where the stored threshold was chosen: bench/guard_level.py (§16.10) or the fit."""
+    level = load_json(SHIPPED / "guard_level.json")
+    threshold = meta.get("guard", {}).get("ood_threshold")
+    if level is not None and threshold == level.get("chosen_threshold"):
+        return (f"{level['chosen_k']} validation score left above it, by the rule of "
+                "docs/RESULTS.md §16.10 (`bench/guard_level.py`, "
+                "`bench/results/shipped/guard_level.json`)")  # fmt: skip
+    return "the fit's own quantile"
 
 
 def _test_score(path: Path) -> str:
