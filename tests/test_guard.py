@@ -161,6 +161,49 @@ def test_shipped_guard_accepts_test_images(guarded, benchmark_dir):
     assert sum(r["status"] == "ok" for r in recs) >= len(files) - 1, recs
 
 
+
+def test_level_leaves_k_scores_above_and_reproduces_the_fit_quantile():
+    level = _bench("guard_level")
+    s = np.random.default_rng(3).gamma(9.0, 0.1, 816)
+    for k in (0, 1, 4, 8):
+        assert int((s > level.threshold_leaving(s, k)).sum()) == k
+    assert level.threshold_leaving(s, 4) == threshold_for(s, 0.995)  # bench/fit_guard.py's level
+
+
+def test_level_rule_keeps_refused_ood_items_and_the_perturbed_bars():
+    level = _bench("guard_level")
+    shipped = {"dev_refused_by_score": ["a", "b"]}
+
+    def row(refused, overall, worst):
+        return {"dev_refused_by_score": refused, "perturbed_accepted": overall,
+                "perturbed_by_kind": {"blur": worst, "jpeg30": 0.999}}  # fmt: skip
+
+    assert level.passes_rule(row(["a", "b", "c"], 0.99, 0.96), shipped)
+    assert not level.passes_rule(row(["a"], 0.99, 0.96), shipped)  # an OOD item slips through
+    assert not level.passes_rule(row(["a", "b"], 0.98, 0.96), shipped)  # under 98.5 % overall
+    assert not level.passes_rule(row(["a", "b"], 0.99, 0.94), shipped)  # one kind under 95 %
+
+
+def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
+    level = _bench("guard_level")
+    fit = _bench("fit_guard")
+    recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
+    torch.manual_seed(0)
+    path = save_model(tmp_path / "m.safetensors", TumorClassifier(recipe.model, pretrained=False),
+                      recipe, {"temperature": 1.0})  # fmt: skip
+    x, y = clusters(200, recipe.model.dense_units, 1)
+    t = fit_statistics(np.concatenate([x, x[:4] + 1]), np.r_[y, [3, 3, 3, 3]], 4)
+    add_extra_tensors(path, t, {"guard": {"ood_threshold": 3.0, "reference_median": 1.0}})
+    before = (load_file(str(path)), fit.weights_digest(path))
+    out = level.write_level(path, {"k": 1, "threshold": 3.5, "val_accepted": 0.99877}, 816)
+    assert load_guard(path)[1] == 3.5 and out["weights_sha256"] == before[1]
+    after = load_file(str(path))
+    assert set(after) == set(before[0])
+    assert all(torch.equal(after[k], v) for k, v in before[0].items())
+    guard = load_model(path)[1]["guard"]
+    assert guard["reference_median"] == 1.0 and "1 left above" in guard["threshold_on"]
+
+
 NOT_NAMED = ("mri_non_brain",)
 """OOD kinds of bench/ood_set.py that are MR images (an abdominal slice): not among the kinds
 the guard's goal names (blank, noise, gradients, photographs, documents, non-MRI medical)."""
