@@ -1,0 +1,114 @@
+"""Compare auto-crop candidates on framed validation images (docs/RESULTS.md §16.12).
+
+Each candidate cuts a framed plane to its content box (infer/inputs.content_box) plus a margin
+per side, the box either as it is ("box") or first widened to a square about its centre
+("square"). It is applied only where `--crop auto` crops (has_wide_frame). Inputs: the model's
+validation images pasted into bench/framed.py's 512-px frame, centred and off-centre, and the
+unframed validation images that auto already crops. Reported per candidate: right answers on
+the framed copies and on those unframed images (plain prediction, the predict path). The test
+split is not read here.
+
+    python bench/crop_compare.py [--model M] [--data DIR] \
+        [--out bench/results/guard_compare/crop_compare.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from framed import framed
+from robustness import report_head
+
+from brainmri.data.folders import resolve_data_dir
+from brainmri.data.images import load_gray, resize_square
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.inputs import CROP_MARGIN, auto_crop, content_box, has_wide_frame
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
+
+MARGINS = (0.0, 0.03, 0.06, 0.10, 0.15)
+SHAPES = ("box", "square")
+
+
+def candidate_crop(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
+    """The plane cut to its content box (a square about its centre for "square") + margin."""
+    box = content_box(gray)
+    if box is None:
+        return gray
+    x0, y0, x1, y1 = box
+    if shape == "square":
+        side = max(x1 - x0, y1 - y0)
+        x0, y0 = (x0 + x1 - side) // 2, (y0 + y1 - side) // 2
+        x1, y1 = x0 + side, y0 + side
+    h, w = gray.shape
+    dx, dy = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
+    return gray[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)]
+
+
+def right_answers(loaded, planes: list[np.ndarray], labels: np.ndarray) -> int:
+    x = np.stack([resize_square(np.ascontiguousarray(p), loaded.image_size) for p in planes])
+    with torch.inference_mode():
+        pred = torch.cat([loaded.probs(torch.from_numpy(x[s : s + 64, None])).argmax(dim=1)
+                          for s in range(0, len(x), 64)]).numpy()  # fmt: skip
+    return int((pred == labels).sum())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument(
+        "--out", type=Path, default=Path("bench/results/guard_compare/crop_compare.json")
+    )
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    loaded = load_for_inference(path, "cpu")
+    val = model_split(resolve_data_dir(args.data), read_metadata(path))[1]
+    originals = [load_gray(s.path) for s in val]
+    labels = np.array([s.label for s in val])
+    copies = [framed(g) for g in originals] + [framed(g, "corner") for g in originals]
+    copy_labels = np.concatenate([labels, labels])
+    unframed = [i for i, g in enumerate(originals) if has_wide_frame(g)]
+    assert all(has_wide_frame(g) for g in copies), "every framed copy is cropped by auto"
+    for g in copies[:5] + [originals[i] for i in unframed]:  # the shipped crop, reproduced
+        assert np.array_equal(auto_crop(g, "auto")[0], candidate_crop(g, CROP_MARGIN, "box"))
+    rows = []
+    for shape in SHAPES:
+        for margin in MARGINS:
+            framed_right = right_answers(
+                loaded, [candidate_crop(g, margin, shape) for g in copies], copy_labels
+            )
+            plain_right = right_answers(
+                loaded, [candidate_crop(originals[i], margin, shape) for i in unframed],
+                labels[unframed],
+            )  # fmt: skip
+            rows.append({"shape": shape, "margin": margin, "framed_right": framed_right,
+                         "unframed_cropped_right": plain_right})  # fmt: skip
+            print(f"{shape:6s} margin {margin:.2f}: framed {framed_right}/{len(copies)}, "
+                  f"unframed cropped {plain_right}/{len(unframed)}")  # fmt: skip
+    report = {
+        **report_head("crop_compare", __file__, argv, loaded.device),
+        "model": str(path),
+        "val": len(val),
+        "framed_copies": len(copies),
+        "unframed_cropped": [val[i].path.name for i in unframed],
+        "unframed_right_without_crop": right_answers(
+            loaded, [originals[i] for i in unframed], labels[unframed]
+        ),
+        "candidates": rows,
+        "seconds": round(time.time() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
