@@ -4,11 +4,12 @@ Each candidate cuts a framed plane to its content box (infer/inputs.content_box)
 per side, the box either as it is ("box") or first widened to a square about its centre
 ("square"). It is applied only where `--crop auto` crops (has_wide_frame). Inputs: the model's
 validation images pasted into bench/framed.py's 512-px frame, centred and off-centre, and the
-unframed validation images that auto already crops. Reported per candidate: right answers on
-the framed copies and on those unframed images (plain prediction, the predict path). The test
-split is not read here.
+unframed validation images that auto already crops; with --raw also the raw, uncropped
+originals of the validation files (brain-tumor-mri-raw/Training, same file names; §16.13), each
+cropped by the candidate where auto crops and taken as it is elsewhere. Reported per candidate:
+right answers on each set (plain prediction, the predict path). The test split is not read here.
 
-    python bench/crop_compare.py [--model M] [--data DIR] \
+    python bench/crop_compare.py [--model M] [--data DIR] [--raw RAW_DIR] \
         [--out bench/results/guard_compare/crop_compare.json]
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from framed import framed
 from robustness import report_head
+from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import load_gray, resize_square
@@ -50,6 +52,11 @@ def candidate_crop(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
     return gray[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)]
 
 
+def auto_with(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
+    """What `--crop auto` would give with this candidate's crop."""
+    return candidate_crop(gray, margin, shape) if has_wide_frame(gray) else gray
+
+
 def right_answers(loaded, planes: list[np.ndarray], labels: np.ndarray) -> int:
     x = np.stack([resize_square(np.ascontiguousarray(p), loaded.image_size) for p in planes])
     with torch.inference_mode():
@@ -62,6 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    ap.add_argument("--raw", type=Path, default=None, help="raw benchmark folder (§16.13)")
     ap.add_argument(
         "--out", type=Path, default=Path("bench/results/guard_compare/crop_compare.json")
     )
@@ -76,8 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
     copy_labels = np.concatenate([labels, labels])
     unframed = [i for i, g in enumerate(originals) if has_wide_frame(g)]
     assert all(has_wide_frame(g) for g in copies), "every framed copy is cropped by auto"
-    for g in copies[:5] + [originals[i] for i in unframed]:  # the shipped crop, reproduced
-        assert np.array_equal(auto_crop(g, "auto")[0], candidate_crop(g, CROP_MARGIN, "box"))
+    raw = raw_originals(val, args.raw) if args.raw is not None else []
+    raw_planes = [load_gray(p) for p in raw]
+    raw_labels = np.array([loaded.class_names.index(p.parent.name) for p in raw], dtype=int)
+    for g in copies[:5] + [originals[i] for i in unframed] + raw_planes[:20]:  # shipped crop
+        assert np.array_equal(auto_crop(g, "auto")[0], auto_with(g, CROP_MARGIN, "box"))
     rows = []
     for shape in SHAPES:
         for margin in MARGINS:
@@ -88,10 +99,16 @@ def main(argv: list[str] | None = None) -> dict:
                 loaded, [candidate_crop(originals[i], margin, shape) for i in unframed],
                 labels[unframed],
             )  # fmt: skip
-            rows.append({"shape": shape, "margin": margin, "framed_right": framed_right,
-                         "unframed_cropped_right": plain_right})  # fmt: skip
+            row = {"shape": shape, "margin": margin, "framed_right": framed_right,
+                   "unframed_cropped_right": plain_right}  # fmt: skip
+            if raw:
+                row["raw_right"] = right_answers(
+                    loaded, [auto_with(g, margin, shape) for g in raw_planes], raw_labels
+                )
+            rows.append(row)
             print(f"{shape:6s} margin {margin:.2f}: framed {framed_right}/{len(copies)}, "
-                  f"unframed cropped {plain_right}/{len(unframed)}")  # fmt: skip
+                  f"unframed cropped {plain_right}/{len(unframed)}"
+                  + (f", raw originals {row['raw_right']}/{len(raw)}" if raw else ""))  # fmt: skip
     report = {
         **report_head("crop_compare", __file__, argv, loaded.device),
         "model": str(path),
@@ -100,6 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
         "unframed_cropped": [val[i].path.name for i in unframed],
         "unframed_right_without_crop": right_answers(
             loaded, [originals[i] for i in unframed], labels[unframed]
+        ),
+        "raw_originals": len(raw),
+        "raw_cropped_by_auto": sum(has_wide_frame(g) for g in raw_planes),
+        "raw_right_without_crop": (
+            right_answers(loaded, raw_planes, raw_labels) if raw else None
         ),
         "candidates": rows,
         "seconds": round(time.time() - t0, 1),
