@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import report_head
+from robustness import model_data_args, report_head
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
@@ -42,8 +42,7 @@ def predict(lo, planes: torch.Tensor, batch: int = 64) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument(
         "--out", type=Path, default=Path("bench/results/shipped/background_reliance.json")
     )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from framed import framed
-from robustness import report_head
+from robustness import model_data_args, report_head
 from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir
@@ -67,8 +67,7 @@ def right_answers(loaded, planes: list[np.ndarray], labels: np.ndarray) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument("--raw", type=Path, default=None, help="raw benchmark folder (§16.13)")
     ap.add_argument(
         "--out", type=Path, default=Path("bench/results/guard_compare/crop_compare.json")

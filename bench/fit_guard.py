@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import report_head
+from robustness import model_data_args, report_head
 from safetensors.torch import load_file
 
 from brainmri.config import recipe_from_dict
@@ -59,8 +59,7 @@ def weights_digest(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument("--accept", type=float, default=0.995, help="validation share accepted")
     ap.add_argument("--out", type=Path, default=Path("bench/results/shipped/guard_fit.json"))
     ap.add_argument(

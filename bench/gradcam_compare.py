@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import report_head
+from robustness import model_data_args, report_head
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
@@ -113,8 +113,7 @@ def pick_images(val: list, per_class: int) -> list:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument(
         "--round", type=int, choices=(1, 2, 3, 4, 5), default=1,

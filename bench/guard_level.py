@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from fit_guard import weights_digest
 from guard_score_compare import dev_planes, perturbed_val
-from robustness import report_head
+from robustness import model_data_args, report_head
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
@@ -93,8 +93,7 @@ def write_level(path: Path, row: dict, n_val: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument("--k", type=int, default=1, help="validation scores left above (rule start)")
     ap.add_argument("--write", action="store_true", help="store the chosen threshold")
     ap.add_argument("--out", type=Path, default=Path("bench/results/shipped/guard_level.json"))

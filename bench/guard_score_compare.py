@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ood_dev import dev_items
-from robustness import PERTURBATIONS, report_head
+from robustness import PERTURBATIONS, model_data_args, report_head
 
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
@@ -175,8 +175,7 @@ def candidate_scores(
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    model_data_args(ap)
     ap.add_argument("--accept", default="0.99,0.995", help="validation shares accepted")
     ap.add_argument("--copies", type=int, default=2, help="augmented draws per training image")
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/compare.json"))

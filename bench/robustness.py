@@ -155,6 +155,13 @@ def perturbed_batch(
     return torch.from_numpy(np.stack(planes)[:, None])
 
 
+def model_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--model and --data, as every bench script that reads the model's own split takes them."""
+    ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
+    return ap
+
+
 def report_head(name: str, script: str, argv: list[str] | None, device: torch.device) -> dict:
     """The first keys of every bench result file: which benchmark, when, the command that
     reproduces it (`script` with `argv`, or this process's own arguments) and the machine."""
