@@ -223,18 +223,21 @@ def explain_plane(
     class_idx: int | None = None,
     method: str = "gradcam",
     backend: Any = None,
+    logits: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
     uint8 plane; the predicted class unless class_idx is given; `method` and `backend` as
-    plane_maps takes them."""
+    plane_maps takes them; `logits` (C,): the plane's, when the caller already ran the model
+    (explain_files gets them beside the guard's features)."""
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
     intensity = rec["data"].get("intensity", "none")
     channels_last = bool(rec["model"].get("channels_last", False))
-    x = model_input(plane, size, intensity, channels_last).to(next(model.parameters()).device)
-    with torch.inference_mode():
-        logits = model(x).float().cpu()[0]
+    if logits is None:
+        x = model_input(plane, size, intensity, channels_last)
+        with torch.inference_mode():
+            logits = model(x.to(next(model.parameters()).device)).float().cpu()[0]
     temperature = float(meta.get("info", {}).get("temperature", 1.0))
     probs = torch.softmax(logits / temperature, dim=0).numpy()
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
@@ -295,9 +298,10 @@ def explain_files(
         try:
             plane, cropped = auto_crop(load_plane(Path(path).read_bytes(), Path(path).name), crop)
             rec["cropped"] = cropped
+            logits = None
             if scorer is not None:
                 x = torch.from_numpy(np.array(resize_square(plane, loaded.image_size)))
-                feats, _ = guard_features(
+                feats, logits = guard_features(
                     loaded.model, x[None, None], loaded.intensity, loaded.channels_last,
                     source=scorer.source,
                 )  # fmt: skip
@@ -307,7 +311,9 @@ def explain_files(
                 if reason is not None:
                     raise RejectedInput(reason, code="ood")
             k = None if class_name is None else names.index(class_name)
-            cam, probs, k = explain_plane(loaded, plane, k, method, backend)
+            cam, probs, k = explain_plane(
+                loaded, plane, k, method, backend, None if logits is None else logits[0]
+            )
             target = out_dir / f"{Path(path).stem}_{method}.png"
             target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
             rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}
