@@ -161,7 +161,6 @@ def test_shipped_guard_accepts_test_images(guarded, benchmark_dir):
     assert sum(r["status"] == "ok" for r in recs) >= len(files) - 1, recs
 
 
-
 def test_level_leaves_k_scores_above_and_reproduces_the_fit_quantile():
     level = _bench("guard_level")
     s = np.random.default_rng(3).gamma(9.0, 0.1, 816)

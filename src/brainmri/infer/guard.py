@@ -13,9 +13,10 @@ mu and Sigma are fitted on the training split together with augmented copies of 
 recipe's own training augmentation: blur, low resolution, contrast, gamma, geometry), so that
 such variation counts as in-distribution (Sigma: Ledoit-Wolf shrinkage of the within-class
 scatter); the threshold is the quantile of the validation split's scores that accepts the asked
-share. docs/RESULTS.md §16 compares this with the penultimate features alone (fewer non-MRI
-images refused), with more depths and with a fit on unaugmented images (blurred scans refused),
-and says how it was chosen.
+share (bench/fit_guard.py), or, in the shipped file, the score that leaves one validation image
+above it (bench/guard_level.py, docs/RESULTS.md §16.10). docs/RESULTS.md §16 compares this
+with the penultimate features alone (fewer non-MRI images refused), with more depths and with a
+fit on unaugmented images (blurred scans refused), and says how it was chosen.
 
 In the model file: tensors `guard.depth<j>.class_means` (C, F_j), `guard.depth<j>.precision`
 (F_j, F_j), `guard.depth<j>.scale` (1,), metadata meta["guard"]["ood_threshold"]. Files written
