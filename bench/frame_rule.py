@@ -1,0 +1,108 @@
+"""When should `--crop auto` crop? The frame rule on either axis against both (RESULTS §16.15).
+
+`auto` crops a plane when its content box (infer/inputs.content_box) spans under WIDE_FRAME of
+the side: on either axis (the rule until §16.15) or on both. For each rule this reports how many
+benchmark Training images and validation images it crops (already cropped: the issue asks that
+they be left as they are), how many of the validation images framed by bench/framed.py
+(centred and off-centre) it crops and answers right, and the same for the raw, uncropped
+originals of the validation files. The crop itself is infer/inputs.frame_crop either way. The
+test split is not read here.
+
+    python bench/frame_rule.py [--model M] [--data DIR] [--raw RAW_DIR] \
+        [--out bench/results/guard_compare/frame_rule.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from crop_compare import right_answers
+from framed import framed
+from robustness import model_data_args, report_head
+from site_check import raw_originals
+
+from brainmri.data.folders import resolve_data_dir, scan_split
+from brainmri.data.images import load_gray
+from brainmri.infer.core import load_for_inference
+from brainmri.infer.inputs import WIDE_FRAME, content_box, frame_crop
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
+from brainmri.train.data import model_split
+
+
+def spans(gray: np.ndarray) -> tuple[float, float]:
+    """(width share, height share) of the content box; (1, 1) when there is none."""
+    box = content_box(gray)
+    if box is None:
+        return 1.0, 1.0
+    x0, y0, x1, y1 = box
+    h, w = gray.shape
+    return (x1 - x0) / w, (y1 - y0) / h
+
+
+RULES: dict[str, Callable[[tuple[float, float]], bool]] = {
+    "either": lambda s: min(s) < WIDE_FRAME,
+    "both": lambda s: max(s) < WIDE_FRAME,
+}
+
+
+def measure(loaded, rule: Callable, planes: list[np.ndarray], labels: np.ndarray | None) -> dict:
+    """How many planes the rule crops, and (with labels) how many are answered right."""
+    crops = [rule(spans(g)) for g in planes]
+    out = {"n": len(planes), "cropped": int(sum(crops))}
+    if labels is not None:
+        ready = [frame_crop(g) if c else g for g, c in zip(planes, crops, strict=True)]
+        out["right"] = right_answers(loaded, ready, labels)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = model_data_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    ap.add_argument("--raw", type=Path, default=Path("../shared/data/brain-tumor-mri-raw"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/frame_rule.json"))
+    args = ap.parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    loaded = load_for_inference(path, "cpu")
+    data_dir = resolve_data_dir(args.data)
+    val = model_split(data_dir, read_metadata(path))[1]
+    originals = [load_gray(s.path) for s in val]
+    labels = np.array([s.label for s in val])
+    raw = raw_originals(val, args.raw)
+    sets = {
+        "training": ([load_gray(s.path) for s in scan_split(data_dir, "Training")], None),
+        "validation": (originals, labels),
+        "framed_validation": (
+            [framed(g) for g in originals] + [framed(g, "corner") for g in originals],
+            np.concatenate([labels, labels]),
+        ),
+        "raw_originals": (
+            [load_gray(p) for p in raw],
+            np.array([loaded.class_names.index(p.parent.name) for p in raw], dtype=int),
+        ),
+    }
+    result = {
+        name: {part: measure(loaded, rule, planes, y) for part, (planes, y) in sets.items()}
+        for name, rule in RULES.items()
+    }
+    for name, parts in result.items():
+        print(name, json.dumps(parts))
+    report = {
+        **report_head("frame_rule", __file__, argv, loaded.device),
+        "model": str(path),
+        "wide_frame": WIDE_FRAME,
+        "rules": result,
+        "seconds": round(time.time() - t0, 1),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
