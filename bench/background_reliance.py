@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import model_data_args, report_head
+from robustness import model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         "head_area_mean": round(float(masks.float().mean()), 4),
         "variants": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     print(json.dumps(report["variants"], indent=1), "head area", report["head_area_mean"])
     return report
 

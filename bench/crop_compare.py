@@ -16,14 +16,13 @@ right answers on each set (plain prediction, the predict path). The test split i
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from framed import framed
-from robustness import model_data_args, report_head
+from robustness import model_data_args, report_head, write_report
 from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir
@@ -125,9 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
         "candidates": rows,
         "seconds": round(time.time() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return report
 
 

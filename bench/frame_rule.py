@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from crop_compare import right_answers
 from framed import framed
-from robustness import model_data_args, report_head
+from robustness import model_data_args, report_head, write_report
 from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir, scan_split
@@ -98,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rules": result,
         "seconds": round(time.time() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return report
 
 

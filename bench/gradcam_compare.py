@@ -13,13 +13,12 @@ classes). docs/RESULTS.md §16 has the rule that picks.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import model_data_args, report_head
+from robustness import model_data_args, report_head, write_report
 
 from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
@@ -181,8 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": rows,
         "seconds": round(time.time() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     for name, v in summary.items():
         print(name, v)
     return report

@@ -17,7 +17,6 @@ the reported OOD set are not read here.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from fit_guard import weights_digest
 from guard_score_compare import dev_planes, perturbed_val
-from robustness import model_data_args, report_head
+from robustness import model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
@@ -133,8 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         if ood_threshold(read_metadata(path)) != chosen["threshold"]:
             raise SystemExit("the written threshold does not read back")
     report["seconds"] = round(time.time() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     for r in rows:
         worst = min(r["perturbed_by_kind"].values())
         print(
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['perturbed_accepted']:.4f} (worst {worst:.4f}) dev refused by score "
             f"{len(r['dev_refused_by_score'])} of {len(dev_names)}"
         )
-    print(f"chosen k={chosen['k']} threshold {chosen['threshold']:.4f}; wrote {args.out}")
+    print(f"chosen k={chosen['k']} threshold {chosen['threshold']:.4f}")
     return report
 
 

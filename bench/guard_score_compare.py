@@ -22,14 +22,13 @@ candidate refuses. The reported OOD set (bench/ood_set.py) and the test split ar
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from ood_dev import dev_items
-from robustness import PERTURBATIONS, model_data_args, report_head
+from robustness import PERTURBATIONS, model_data_args, report_head, write_report
 
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
@@ -220,8 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
         "candidates": result,
         "seconds": round(time.time() - t0, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     for k, v in result.items():
         worst = min(v["val_perturbed_accept_by_kind"].values())
         print(

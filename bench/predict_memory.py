@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from robustness import report_head
+from robustness import report_head, write_report
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         "stderr_tail": err_tail,
         "samples": samples,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    write_report(args.out, report)
     plot(samples, args.out.with_suffix(".png"),
          f"brainmri predict over {n:,} files: resident memory")  # fmt: skip
     print(json.dumps({k: v for k, v in report.items() if k != "samples"}, indent=1))

@@ -162,6 +162,13 @@ def model_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return ap
 
 
+def write_report(path: Path, report: dict) -> None:
+    """A bench result file: the report as indented JSON, its folder made when missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def report_head(name: str, script: str, argv: list[str] | None, device: torch.device) -> dict:
     """The first keys of every bench result file: which benchmark, when, the command that
     reproduces it (`script` with `argv`, or this process's own arguments) and the machine."""
