@@ -446,6 +446,22 @@ def training_lines(run: dict) -> list[str]:
     ]
 
 
+def crop_sentence() -> str:
+    """' predict crops a scan in a wide black frame ...' from the measured framed-image and
+    guard files (bench/framed.py, bench/guard_eval.py), or '' when they are missing."""
+    fr, ev = load_json(SHIPPED / "framed_test.json"), load_json(SHIPPED / "guard_eval.json")
+    if fr is None or ev is None:
+        return ""
+    res, test = fr["results"], ev["test"]
+    return (
+        " `predict`, `explain` and the service crop a scan in a wide black frame first "
+        f"(`--crop auto`): {res['framed/auto']['right']} of {res['framed/auto']['n']} test "
+        f"images in a 512-px frame are answered right ({res['original/off']['right']} without "
+        f"the frame), and {test['auto_cropped']} of the {test['n']:,} test images as they come "
+        "are cropped (`bench/framed.py`, `bench/guard_eval.py`, docs/RESULTS.md §16.16)."
+    )
+
+
 def guard_lines(meta: dict) -> list[str]:
     """The input guard stored in the model file and what it accepts (bench/results)."""
     fit = load_json(SHIPPED / "guard_fit.json")
@@ -636,7 +652,7 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         f"{run['cpu']['gflop']:.3f} GFLOP per image.",
         f"- Input: {res['image_size']}×{res['image_size']}, luminance repeated to 3 channels, "
         f"intensity mode `{recipe['data'].get('intensity', 'none')}`, ImageNet mean/std; the "
-        "images are expected cropped to the brain like the benchmark's.",
+        "images are expected cropped to the brain like the benchmark's." + crop_sentence(),
         f"- File: `src/brainmri/weights/lite0_cpu.safetensors` "
         f"({ship.get('shipped_dtype', meta.get('dtype'))}: {ship.get('note', '')}), "
         "self-describing (recipe, classes, preprocessing, input-guard statistics in the file).",
