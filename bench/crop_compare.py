@@ -20,15 +20,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from framed import framed
+from framed import classify, framed
 from robustness import model_data_args, report_head, write_report
 from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir
-from brainmri.data.images import load_gray, resize_square
+from brainmri.data.images import load_gray
 from brainmri.infer.core import load_for_inference
-from brainmri.infer.inputs import CROP_MARGIN, auto_crop, content_box, has_wide_frame
+from brainmri.infer.inputs import (
+    CROP_MARGIN,
+    auto_crop,
+    box_crop,
+    content_box,
+    has_wide_frame,
+)
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
 
@@ -41,14 +46,12 @@ def candidate_crop(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
     box = content_box(gray)
     if box is None:
         return gray
-    x0, y0, x1, y1 = box
     if shape == "square":
+        x0, y0, x1, y1 = box
         side = max(x1 - x0, y1 - y0)
         x0, y0 = (x0 + x1 - side) // 2, (y0 + y1 - side) // 2
-        x1, y1 = x0 + side, y0 + side
-    h, w = gray.shape
-    dx, dy = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
-    return gray[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)]
+        box = (x0, y0, x0 + side, y0 + side)
+    return box_crop(gray, box, margin)
 
 
 def auto_with(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
@@ -57,11 +60,8 @@ def auto_with(gray: np.ndarray, margin: float, shape: str) -> np.ndarray:
 
 
 def right_answers(loaded, planes: list[np.ndarray], labels: np.ndarray) -> int:
-    x = np.stack([resize_square(np.ascontiguousarray(p), loaded.image_size) for p in planes])
-    with torch.inference_mode():
-        pred = torch.cat([loaded.probs(torch.from_numpy(x[s : s + 64, None])).argmax(dim=1)
-                          for s in range(0, len(x), 64)]).numpy()  # fmt: skip
-    return int((pred == labels).sum())
+    """Planes answered right as they are (bench/framed.py's path with the crop off)."""
+    return int((classify(loaded, planes, "off")[0] == labels).sum())
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,6 +1,6 @@
 """When should `--crop auto` crop? The frame rule on either axis against both (RESULTS §16.15).
 
-`auto` crops a plane when its content box (infer/inputs.content_box) spans under WIDE_FRAME of
+`auto` crops a plane when its content box (infer/inputs.content_spans) spans under WIDE_FRAME of
 the side: on either axis (the rule until §16.15) or on both. For each rule this reports how many
 benchmark Training images and validation images it crops (already cropped: the issue asks that
 they be left as they are), how many of the validation images framed by bench/framed.py
@@ -29,20 +29,9 @@ from site_check import raw_originals
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.images import load_gray
 from brainmri.infer.core import load_for_inference
-from brainmri.infer.inputs import WIDE_FRAME, content_box, frame_crop
+from brainmri.infer.inputs import WIDE_FRAME, content_spans, frame_crop
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
-
-
-def spans(gray: np.ndarray) -> tuple[float, float]:
-    """(width share, height share) of the content box; (1, 1) when there is none."""
-    box = content_box(gray)
-    if box is None:
-        return 1.0, 1.0
-    x0, y0, x1, y1 = box
-    h, w = gray.shape
-    return (x1 - x0) / w, (y1 - y0) / h
-
 
 RULES: dict[str, Callable[[tuple[float, float]], bool]] = {
     "either": lambda s: min(s) < WIDE_FRAME,
@@ -52,7 +41,7 @@ RULES: dict[str, Callable[[tuple[float, float]], bool]] = {
 
 def measure(loaded, rule: Callable, planes: list[np.ndarray], labels: np.ndarray | None) -> dict:
     """How many planes the rule crops, and (with labels) how many are answered right."""
-    crops = [rule(spans(g)) for g in planes]
+    crops = [rule(content_spans(g)) for g in planes]
     out = {"n": len(planes), "cropped": int(sum(crops))}
     if labels is not None:
         ready = [frame_crop(g) if c else g for g, c in zip(planes, crops, strict=True)]

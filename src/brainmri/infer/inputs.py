@@ -108,26 +108,37 @@ def content_box(gray: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def content_spans(gray: np.ndarray) -> tuple[float, float]:
+    """(width share, height share) of the content box; (1, 1) when there is no content."""
+    box = content_box(gray)
+    if box is None:
+        return 1.0, 1.0
+    x0, y0, x1, y1 = box
+    h, w = gray.shape
+    return (x1 - x0) / w, (y1 - y0) / h
+
+
 def has_wide_frame(gray: np.ndarray) -> bool:
     """True when a black frame leaves the content under WIDE_FRAME of the width and of the
     height (a slice narrow on one axis only is an already-cropped image, not a framed one)."""
-    box = content_box(gray)
-    if box is None:
-        return False
+    return max(content_spans(gray)) < WIDE_FRAME
+
+
+def box_crop(
+    gray: np.ndarray, box: tuple[int, int, int, int], margin: float = CROP_MARGIN
+) -> np.ndarray:
+    """The plane cut to `box` (x0, y0, x1, y1) plus `margin` of the box's own size on each
+    side (clipped to the image); a view."""
     x0, y0, x1, y1 = box
     h, w = gray.shape
-    return (x1 - x0) < WIDE_FRAME * w and (y1 - y0) < WIDE_FRAME * h
+    dx, dy = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
+    return gray[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)]
 
 
 def frame_crop(gray: np.ndarray, margin: float = CROP_MARGIN) -> np.ndarray:
     """The plane cut to its content box plus `margin` (clipped to the image); a view."""
     box = content_box(gray)
-    if box is None:
-        return gray
-    x0, y0, x1, y1 = box
-    h, w = gray.shape
-    dx, dy = int(round(margin * (x1 - x0))), int(round(margin * (y1 - y0)))
-    return gray[max(0, y0 - dy) : min(h, y1 + dy), max(0, x0 - dx) : min(w, x1 + dx)]
+    return gray if box is None else box_crop(gray, box, margin)
 
 
 def auto_crop(gray: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, bool]:
