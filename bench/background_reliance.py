@@ -24,20 +24,10 @@ from robustness import model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
-from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import head_mask
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.train.data import model_split
-
-
-@torch.inference_mode()
-def predict(lo, planes: torch.Tensor, batch: int = 64) -> np.ndarray:
-    out = []
-    for s in range(0, len(planes), batch):
-        x = to_model_input(normalize_planes(planes[s : s + batch], lo.intensity), lo.channels_last)
-        out.append(lo.model(x).argmax(dim=1).numpy())
-    return np.concatenate(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         "head black (only outside left)": planes * ~masks,
     }
     y = labels.numpy()
-    preds = {name: predict(lo, v) for name, v in variants.items()}
+    preds = {name: lo.probs(v).argmax(dim=1).numpy() for name, v in variants.items()}
     base = preds["as is"]
     rows = {
         name: {
