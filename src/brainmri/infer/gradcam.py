@@ -217,29 +217,34 @@ def _torch_parts(classifier: Any) -> tuple[nn.Module, dict]:
     raise TypeError(f"{type(classifier).__name__} holds no PyTorch model for Grad-CAM")
 
 
+def calibrated(logits: torch.Tensor, meta: dict) -> np.ndarray:
+    """Calibrated probabilities (C,) of one plane's logits: softmax at the model's temperature."""
+    temperature = float(meta.get("info", {}).get("temperature", 1.0))
+    return torch.softmax(logits.float() / temperature, dim=0).numpy()
+
+
 def explain_plane(
     classifier: Any,
     plane: np.ndarray,
     class_idx: int | None = None,
     method: str = "gradcam",
     backend: Any = None,
-    logits: torch.Tensor | None = None,
+    probs: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(map (S, S) in [0, 1], calibrated probabilities (C,), class index explained) for one
     uint8 plane; the predicted class unless class_idx is given; `method` and `backend` as
-    plane_maps takes them; `logits` (C,): the plane's, when the caller already ran the model
-    (explain_files gets them beside the guard's features)."""
+    plane_maps takes them; `probs` (C,): the plane's calibrated probabilities, when the caller
+    already ran the model (explain_files beside the guard's features, the service's record)."""
     model, meta = _torch_parts(classifier)
     rec = meta["recipe"]
     size = int(meta["preprocessing"]["image_size"])
     intensity = rec["data"].get("intensity", "none")
     channels_last = bool(rec["model"].get("channels_last", False))
-    if logits is None:
+    if probs is None:
         x = model_input(plane, size, intensity, channels_last)
         with torch.inference_mode():
             logits = model(x.to(next(model.parameters()).device)).float().cpu()[0]
-    temperature = float(meta.get("info", {}).get("temperature", 1.0))
-    probs = torch.softmax(logits / temperature, dim=0).numpy()
+        probs = calibrated(logits, meta)
     k = int(np.argmax(probs)) if class_idx is None else int(class_idx)
     maps = plane_maps(model, plane, size, k, intensity, channels_last, method, backend)
     return maps[0], probs, k
@@ -252,10 +257,12 @@ def explain_png(
     title: str = "",
     method: str = "gradcam",
     backend: Any = None,
+    probs: np.ndarray | None = None,
 ) -> bytes:
-    """Overlay PNG (input | map) with the class and its probability written on it."""
+    """Overlay PNG (input | map) with the class and its probability written on it; `probs`
+    as explain_plane takes them."""
     _, meta = _torch_parts(classifier)
-    cam, probs, k = explain_plane(classifier, plane, class_idx, method, backend)
+    cam, probs, k = explain_plane(classifier, plane, class_idx, method, backend, probs)
     names = list(meta["class_names"])
     caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
     return render_png(plane, cam, caption)
@@ -311,9 +318,8 @@ def explain_files(
                 if reason is not None:
                     raise RejectedInput(reason, code="ood")
             k = None if class_name is None else names.index(class_name)
-            cam, probs, k = explain_plane(
-                loaded, plane, k, method, backend, None if logits is None else logits[0]
-            )
+            probs = None if logits is None else calibrated(logits[0], loaded.meta)
+            cam, probs, k = explain_plane(loaded, plane, k, method, backend, probs)
             target = out_dir / f"{Path(path).stem}_{method}.png"
             target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
             rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}

@@ -93,17 +93,22 @@ class Engine:
         self, name: str, data: bytes, method: str = "gradcam"
     ) -> tuple[Record, bytes | None]:
         """(record, overlay PNG of the predicted class: Grad-CAM or occlusion); no PNG unless
-        status "ok"."""
-        (record,) = self.classify([self.prepare(name, data)], remember=False)
+        status "ok". The upload is decoded and classified once: the overlay's caption shows the
+        record's probability."""
+        prepared = self.prepare(name, data)
+        (record,) = self.classify([prepared], remember=False)
         if record["status"] != "ok":
             return record, None
-        plane, _ = prepare_bytes(data, name, self.classifier.image_size, "auto")
+        plane = prepared[1]
+        probs = np.array([record["probabilities"][c] for c in self.class_names])
         with self._cam_lock:
             if self._cam_model is None:  # Grad-CAM needs gradients: the PyTorch model
                 self._cam_model = load_for_inference(self.path, "cpu")
             k = self.class_names.index(record["label"])
             backend = self.classifier.backend  # occlusion runs on it when it is ONNX Runtime
-            png = explain_png(self._cam_model, plane, k, method=method, backend=backend)
+            png = explain_png(
+                self._cam_model, plane, k, method=method, backend=backend, probs=probs
+            )
         return record, png
 
     def describe(self) -> dict[str, Any]:
