@@ -619,16 +619,21 @@ def robustness_lines(rob: dict | None) -> list[str]:
 
 
 def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
-    ship = load_json(ROOT / "bench/results/ship_model.json") or {}
+    """MODEL_CARD.md: what the model is, its data and training, evaluation, use and limits."""
     meta = read_metadata(shipped_model_path())
-    run = shipped_run(meta)
-    recipe = meta["recipe"]
-    rm = recipe["model"]
-    head = res["headline"]
-    views = "TTA" if head == "tta" else "plain"
-    errors = sorted(res[head]["errors"], key=lambda e: -e["confidence"])
     lines = [
         *front_matter(res),
+        *card_intro_lines(),
+        *what_it_is_lines(res, meta),
+        *data_training_lines(res, meta),
+        *evaluation_lines(res, ext, rob, meta),
+        *use_and_limits_lines(),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def card_intro_lines() -> list[str]:
+    return [
         "",
         "# Model card: brainmri `lite0_cpu` — one EfficientNet-Lite0",
         "",
@@ -642,6 +647,15 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "and shipped 2026-11-28, docs/RESULTS.md §15.3; later commits added guard metadata, "
         "§16 and §24).",
         "",
+    ]
+
+
+def what_it_is_lines(res: dict, meta: dict) -> list[str]:
+    ship = load_json(ROOT / "bench/results/ship_model.json") or {}
+    run = shipped_run(meta)
+    recipe = meta["recipe"]
+    rm = recipe["model"]
+    return [
         "## What it is",
         f"- Task: 4-class classification of one 2-D brain MRI slice: {', '.join(CLASS_NAMES)}.",
         "- Architecture: EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from "
@@ -657,6 +671,13 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         f"({ship.get('shipped_dtype', meta.get('dtype'))}: {ship.get('note', '')}), "
         "self-describing (recipe, classes, preprocessing, input-guard statistics in the file).",
         "",
+    ]
+
+
+def data_training_lines(res: dict, meta: dict) -> list[str]:
+    run = shipped_run(meta)
+    recipe = meta["recipe"]
+    return [
         "## Data",
         '- Public Kaggle "Brain Tumor MRI Dataset" (Masoud Nickparvar, CC0 1.0; figshare, '
         "SARTAJ and Br35H collections), official split, cropped to the brain, 224 px.",
@@ -681,6 +702,14 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         yaml.safe_dump(recipe, sort_keys=False).rstrip(),
         "```",
         "",
+    ]
+
+
+def evaluation_lines(res: dict, ext: dict | None, rob: dict | None, meta: dict) -> list[str]:
+    head = res["headline"]
+    views = "TTA" if head == "tta" else "plain"
+    errors = sorted(res[head]["errors"], key=lambda e: -e["confidence"])
+    return [
         "## Evaluation",
         "",
         *test_block(res),
@@ -725,6 +754,11 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         *robustness_lines(rob),
         *guard_lines(meta),
         "",
+    ]
+
+
+def use_and_limits_lines() -> list[str]:
+    return [
         "## Intended use",
         "- Research on 2-D brain MRI slice classification, benchmarking, teaching, and as the "
         "default model of the `brainmri` tools. Not a medical device; not for diagnosis, "
@@ -747,7 +781,6 @@ def render_card(res: dict, ext: dict | None, rob: dict | None) -> str:
         "- Calibration (temperature) was fitted on the validation split of the same "
         "distribution; on other scanners probabilities may be over- or under-confident.",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def generated_blocks(res: dict, ext: dict | None) -> dict[str, str]:
