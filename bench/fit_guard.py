@@ -22,6 +22,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -31,11 +32,12 @@ from safetensors.torch import load_file
 from brainmri.config import recipe_from_dict
 from brainmri.data.cache import cache_samples
 from brainmri.data.folders import resolve_data_dir
-from brainmri.infer.core import load_for_inference
+from brainmri.infer.core import InferenceModel, load_for_inference
 from brainmri.infer.guard import (
     AUGMENTED_COPIES,
     GUARD_PREFIX,
     SCALE_QUANTILE,
+    OODScore,
     augmented_planes,
     depth_key,
     fit_depths,
@@ -57,7 +59,7 @@ def weights_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     model_data_args(ap)
     ap.add_argument("--accept", type=float, default=0.995, help="validation share accepted")
@@ -75,51 +77,69 @@ def main(argv: list[str] | None = None) -> dict:
         "--check-n", type=int, default=None,
         help="validation images rerun after writing to check the logits (default: all)",
     )  # fmt: skip
-    args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
-    t0 = time.time()
-    loaded = load_for_inference(path, "cpu")
-    meta = read_metadata(path)
-    data_dir = resolve_data_dir(args.data)
-    train, val, split = model_split(data_dir, meta)
-    size = loaded.image_size
+    return ap.parse_args(argv)
 
-    def feats(
-        samples: list, desc: str, copies: int = 0
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        images, labels = cache_samples(samples, size, desc)
-        if copies:
+
+class Features(NamedTuple):
+    """Guard features per depth, labels, and the validation logits (to check them later)."""
+
+    train: list[torch.Tensor]
+    train_labels: torch.Tensor
+    val: list[torch.Tensor]
+    val_labels: torch.Tensor
+    val_logits: torch.Tensor
+
+
+def compute_features(
+    loaded: InferenceModel, meta: dict, train: list, val: list, copies: int
+) -> Features:
+    """Features of the training part (and `copies` augmented draws of it) and validation part."""
+
+    def feats(samples: list, desc: str, n_copies: int = 0) -> tuple:
+        images, labels = cache_samples(samples, loaded.image_size, desc)
+        if n_copies:
             augment = recipe_from_dict(meta["recipe"]).augment
-            images = torch.cat([images, augmented_planes(images, augment, copies)])
-            labels = labels.repeat(copies + 1)
+            images = torch.cat([images, augmented_planes(images, augment, n_copies)])
+            labels = labels.repeat(n_copies + 1)
         f, logits = guard_features(loaded.model, images, loaded.intensity, loaded.channels_last)
         return f, logits, labels
 
-    if args.from_features is not None:
-        saved = np.load(args.from_features)
-        if len(saved["train_labels"]) != len(train) or len(saved["val_labels"]) != len(val):
-            raise SystemExit(f"{args.from_features} does not hold this model's split")
-        n_depths = sum(k.startswith("train_depth") for k in saved.files)
-        f_tr = [torch.from_numpy(saved[f"train_depth{j}"]) for j in range(n_depths)]
-        f_va = [torch.from_numpy(saved[f"val_depth{j}"]) for j in range(n_depths)]
-        y_tr, y_va = torch.from_numpy(saved["train_labels"]), torch.from_numpy(saved["val_labels"])
-        logit_va = torch.from_numpy(saved["val_logits"])
-    else:
-        f_tr, _, y_tr = feats(train, "train", args.copies)
-        f_va, logit_va, y_va = feats(val, "val")
-    if args.save_features is not None:
-        arrays = {f"train_depth{j}": f.numpy() for j, f in enumerate(f_tr)}
-        arrays |= {f"val_depth{j}": f.numpy() for j, f in enumerate(f_va)}
-        np.savez_compressed(
-            args.save_features, train_labels=y_tr.numpy(), val_labels=y_va.numpy(),
-            val_logits=logit_va.numpy(), **arrays,
-        )  # fmt: skip
-    tensors, scorer = fit_depths(f_tr, y_tr, f_va, len(loaded.class_names))
-    with torch.inference_mode():
-        s_tr = scorer(f_tr).numpy()
-        s_va = scorer(f_va).numpy()
-    threshold = threshold_for(s_va, args.accept)
-    guard_meta = {
+    f_tr, _, y_tr = feats(train, "train", copies)
+    f_va, logit_va, y_va = feats(val, "val")
+    return Features(f_tr, y_tr, f_va, y_va, logit_va)
+
+
+def load_features(path: Path, n_train: int, n_val: int) -> Features:
+    """Features an earlier `--save-features` run wrote, checked against this model's split."""
+    saved = np.load(path)
+    if len(saved["train_labels"]) != n_train or len(saved["val_labels"]) != n_val:
+        raise SystemExit(f"{path} does not hold this model's split")
+    n_depths = sum(k.startswith("train_depth") for k in saved.files)
+    return Features(
+        [torch.from_numpy(saved[f"train_depth{j}"]) for j in range(n_depths)],
+        torch.from_numpy(saved["train_labels"]),
+        [torch.from_numpy(saved[f"val_depth{j}"]) for j in range(n_depths)],
+        torch.from_numpy(saved["val_labels"]),
+        torch.from_numpy(saved["val_logits"]),
+    )
+
+
+def save_features(path: Path, f: Features) -> None:
+    arrays = {f"train_depth{j}": t.numpy() for j, t in enumerate(f.train)}
+    arrays |= {f"val_depth{j}": t.numpy() for j, t in enumerate(f.val)}
+    np.savez_compressed(
+        path, train_labels=f.train_labels.numpy(), val_labels=f.val_labels.numpy(),
+        val_logits=f.val_logits.numpy(), **arrays,
+    )  # fmt: skip
+
+
+def guard_metadata(
+    scorer: OODScore, s_va: np.ndarray, threshold: float, split: dict, n_train: int,
+    args: argparse.Namespace,
+) -> dict:  # fmt: skip
+    """The `guard` metadata stored in the model file beside its tensors."""
+    n_val = len(s_va)
+    return {
         "ood_threshold": threshold,
         "score": "largest over depths of the Mahalanobis distance to the nearest class mean "
         f"(shared Ledoit-Wolf covariance) divided by its validation {SCALE_QUANTILE:.0%} quantile",
@@ -127,14 +147,60 @@ def main(argv: list[str] | None = None) -> dict:
         "(ensemble members concatenated)",
         "feature_widths": scorer.widths,
         "fitted_on": f"Training minus validation (split_seed {split['split_seed']}, "
-        f"val_fraction {split['val_fraction']}): {len(train)} images and {args.copies} "
+        f"val_fraction {split['val_fraction']}): {n_train} images and {args.copies} "
         "augmented draws of each (the recipe's training augmentation)",
-        "threshold_on": f"validation split, {len(val)} images, {args.accept:.2%} accepted",
+        "threshold_on": f"validation split, {n_val} images, {args.accept:.2%} accepted",
         "val_accept_rate": round(float((s_va <= threshold).mean()), 5),
         "reference_median": float(np.median(s_va)),  # infer/site_check.py
-        "reference_on": f"validation split, {len(val)} images",
+        "reference_on": f"validation split, {n_val} images",
         "fitted": time.strftime("%Y-%m-%d"),
     }
+
+
+def write_and_check(
+    path: Path, tensors: dict, guard_meta: dict, val: list, val_logits: torch.Tensor,
+    n: int | None,
+) -> dict:  # fmt: skip
+    """Write the guard into the model file; check its weights and validation logits unchanged
+    (the first `n` validation images, or all). Returns the check's figures for the report."""
+    before = weights_digest(path)
+    add_extra_tensors(path, tensors, {"guard": guard_meta})
+    after = weights_digest(path)
+    again = load_for_inference(path, "cpu")
+    check = val[:n] if n else val
+    images, _ = cache_samples(check, again.image_size, "val again")
+    _, logit_again = guard_features(again.model, images, again.intensity, again.channels_last)
+    out = {
+        "weights_sha256_before": before,
+        "weights_sha256_after": after,
+        "val_logits_checked": len(check),
+        "val_logits_max_abs_diff": float((logit_again - val_logits[: len(check)]).abs().max()),
+    }
+    if before != after or out["val_logits_max_abs_diff"] != 0.0:
+        raise SystemExit(f"model changed while adding guard statistics: {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    path = args.model or shipped_model_path()
+    t0 = time.time()
+    loaded = load_for_inference(path, "cpu")
+    meta = read_metadata(path)
+    data_dir = resolve_data_dir(args.data)
+    train, val, split = model_split(data_dir, meta)
+    if args.from_features is not None:
+        f = load_features(args.from_features, len(train), len(val))
+    else:
+        f = compute_features(loaded, meta, train, val, args.copies)
+    if args.save_features is not None:
+        save_features(args.save_features, f)
+    tensors, scorer = fit_depths(f.train, f.train_labels, f.val, len(loaded.class_names))
+    with torch.inference_mode():
+        s_tr = scorer(f.train).numpy()
+        s_va = scorer(f.val).numpy()
+    threshold = threshold_for(s_va, args.accept)
+    guard_meta = guard_metadata(scorer, s_va, threshold, split, len(train), args)
     report = {
         **report_head("guard_fit", __file__, argv, loaded.device),
         "model": str(path),
@@ -149,20 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         "val_scores": _pct(s_va),
     }
     if not args.dry_run:
-        before = weights_digest(path)
-        add_extra_tensors(path, tensors, {"guard": guard_meta})
-        after = weights_digest(path)
-        again = load_for_inference(path, "cpu")
-        check = val[: args.check_n] if args.check_n else val
-        logit_va = logit_va[: len(check)]
-        images, _ = cache_samples(check, size, "val again")
-        _, logit_again = guard_features(again.model, images, again.intensity, again.channels_last)
-        report["weights_sha256_before"] = before
-        report["weights_sha256_after"] = after
-        report["val_logits_checked"] = len(check)
-        report["val_logits_max_abs_diff"] = float((logit_again - logit_va).abs().max())
-        if before != after or report["val_logits_max_abs_diff"] != 0.0:
-            raise SystemExit(f"model changed while adding guard statistics: {report}")
+        report |= write_and_check(path, tensors, guard_meta, val, f.val_logits, args.check_n)
     report["seconds"] = round(time.time() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
