@@ -107,6 +107,24 @@ def test_other_modalities_are_rejected():
     assert info.value.code == "dicom-modality"
 
 
+def test_a_body_part_other_than_the_head_is_rejected():
+    """pydicom's abdominal MR slice says ABDOMEN; a benchmark-like slice tagged with another
+    body part is refused, one tagged as the head, or untagged, or tagged in a word the list
+    does not know, is read as usual."""
+    with pytest.raises(RejectedInput, match="body part ABDOMEN") as info:
+        load_plane(bundled("examples_overlay.dcm"), "abdomen.dcm")
+    assert info.value.code == "dicom-body-part"
+    ds = pydicom.dcmread(io.BytesIO(plane_to_dicom(synthetic_brain(128))))
+    want = load_plane(roundtrip(ds), "none.dcm")
+    for part in ("CHEST", "C SPINE", "KNEE", "PELVIS"):
+        ds.BodyPartExamined = part
+        with pytest.raises(RejectedInput, match="body part"):
+            load_plane(roundtrip(ds), "other.dcm")
+    for part in ("HEAD", "BRAIN", "HEADNECK", "HEAD_NECK", "SKULL", "KOPF", "", "MR SELLA"):
+        ds.BodyPartExamined = part
+        assert np.array_equal(load_plane(roundtrip(ds), "head.dcm"), want), part
+
+
 def test_multi_frame_is_rejected():
     ds = pydicom.dcmread(io.BytesIO(bundled("MR_small.dcm")))
     ds.NumberOfFrames = 2

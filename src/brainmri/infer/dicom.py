@@ -7,13 +7,19 @@ as in C.11.2.1.2) -> 0..255. Without a window the plane's own minimum and maximu
 Compressed transfer syntaxes decode through pydicom's pixel handlers (pylibjpeg: JPEG,
 JPEG-LS, JPEG 2000; RLE natively); one that no installed handler supports is an error.
 
-Refused (RejectedInput): another modality than MR, more than one frame, colour data. Errors
+Refused (RejectedInput): another modality than MR, a Body Part Examined (0018,0015) that names
+another part of the body than the head, more than one frame, colour data. Errors
 (BrainMRIError): not a DICOM file, no pixel data, pixels that cannot be decoded.
+
+The body-part check refuses only what the file itself says is elsewhere: a value with a word of
+NON_HEAD_BODY_PARTS (DICOM PS3.16 CID 4031 terms) and none of HEAD_WORDS. An empty, missing or
+unknown value (another language, a site's own code) is read as it would be without the tag.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import PurePath
 from typing import Any
@@ -24,6 +30,16 @@ from brainmri.errors import BrainMRIError, RejectedInput
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 ACCEPTED_MODALITIES = {"MR"}
+HEAD_WORDS = ("HEAD", "BRAIN", "SKULL", "CRAN", "CEREB", "NEURO", "PITUIT", "SELLA")
+"""Parts of a Body Part Examined value that mean the head (HEADNECK, INTRACRANIAL, ...)."""
+NON_HEAD_BODY_PARTS = frozenset(
+    """ABDOMEN ABDOMENPELVIS ANKLE ARM BLADDER BREAST BUTTOCK CALF CHEST CHESTABDOMEN
+    CHESTABDPELVIS CLAVICLE COCCYX COLON CSPINE ELBOW ESOPHAGUS EXTREMITY FEMUR FINGER FOOT
+    FOREARM GALLBLADDER HAND HEART HIP HUMERUS KIDNEY KNEE LEG LIVER LSPINE LUNG NECK PANCREAS
+    PELVIS PROSTATE RECTUM RIB SACRUM SCROTUM SHOULDER SPINE SPLEEN SSPINE STOMACH TESTIS THIGH
+    THORAX TLSPINE TOE TSPINE UTERUS WRIST""".split()
+)
+"""Body parts (DICOM CID 4031 defined terms) that are not the head: refused as a whole word."""
 
 
 def is_dicom(data: bytes, name: str = "") -> bool:
@@ -55,6 +71,11 @@ def check_dataset(ds: Any) -> None:
         raise RejectedInput(
             f"dicom: modality {modality} (only MR slices are accepted)", code="dicom-modality"
         )
+    if (part := other_body_part(str(ds.get("BodyPartExamined", "") or ""))) is not None:
+        raise RejectedInput(
+            f"dicom: body part {part} (Body Part Examined); only head slices are accepted",
+            code="dicom-body-part",
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise BrainMRIError("dicom: no pixel data (a header-only or non-image DICOM object)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -71,6 +92,16 @@ def check_dataset(ds: Any) -> None:
             "grayscale",
             code="dicom-colour",
         )
+
+
+def other_body_part(value: str) -> str | None:
+    """The Body Part Examined value when it names a part of the body other than the head, else
+    None (empty, unknown, or the head; module doc)."""
+    upper = value.strip().upper()
+    if not upper or any(word in upper for word in HEAD_WORDS):
+        return None
+    words = set(re.split(r"[^A-Z]+", upper))
+    return upper if words & NON_HEAD_BODY_PARTS else None
 
 
 def _pixels(ds: Any) -> np.ndarray:
