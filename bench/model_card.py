@@ -481,7 +481,9 @@ def guard_lines(meta: dict) -> list[str]:
         "service mark inputs above it — and inputs that fail the quality rules — `rejected` "
         "instead of classifying them. Accept and reject rates on the test split, its perturbed "
         "copies and non-MRI inputs: docs/RESULTS.md §16.4 and §16.11.",
-        *guard_eval_lines(load_json(SHIPPED / "guard_eval.json")),
+        *guard_eval_lines(
+            load_json(SHIPPED / "guard_eval.json"), load_json(SHIPPED / "guard_ood.json")
+        ),
         *guard_external_lines(load_json(SHIPPED / "external_guard.json")),
         *site_check_lines(meta, load_json(SHIPPED / "site_check.json"),
                           load_json(SHIPPED / "site_check_raw.json")),  # fmt: skip
@@ -531,20 +533,30 @@ def guard_external_lines(ev: dict | None) -> list[str]:
     ]
 
 
-def guard_eval_lines(ev: dict | None) -> list[str]:
+def guard_eval_lines(ev: dict | None, ood_run: dict | None = None) -> list[str]:
     """What the stored guard let through on the test split, its perturbed copies and the OOD
-    set (bench/guard_eval.py's file)."""
+    set (bench/guard_eval.py's file; the OOD set from `ood_run`, a later `--only ood` run of
+    the same script, when there is one)."""
     if ev is None:
         return []
-    t, p, o = ev["test"], ev["perturbed"], ev["ood"]
-    missed = [k for k, v in o["kinds"].items() if v["rejected"] < v["n"]]
+    t, p = ev["test"], ev["perturbed"]
+    o = (ood_run or ev)["ood"]
+    missed = [
+        f"{kind} `{item['name']}`"
+        for kind, v in o["kinds"].items()
+        for item in v.get("items", [])
+        if item["status"] == "ok"
+    ]
+    notes = [f"let through: {', '.join(missed)}"] if missed else []
+    if ood_run is not None:
+        notes.append(f"measured {ood_run['date']}, `bench/results/shipped/guard_ood.json`")
     return [
         f"- Measured ({ev['date']}, `bench/results/shipped/guard_eval.json`): "
         f"{t['accepted']:,} of {t['n']:,} official test images accepted "
         f"({pct(t['accepted'] / t['n'])}), "
-        f"{pct(p['accepted'] / p['n'])} of their {p['n']:,} perturbed copies, "
+        f"{pct(p['accepted'] / p['n'])} of their {p['n']:,} perturbed copies; "
         f"{o['rejected']} of {o['n']} out-of-distribution items refused"
-        + (f" (let through: {', '.join(missed)})." if missed else "."),
+        + (f" ({'; '.join(notes)})." if notes else "."),
     ]
 
 

@@ -232,7 +232,24 @@ def ood_items() -> list[OODItem]:
     folder = Path(os.path.dirname(pydicom_file())) / "data" / "test_files"
     abdomen = (folder / "examples_overlay.dcm").read_bytes()  # an abdominal MR slice
     items.append(OODItem("mri_non_brain", "abdomen_mr_dicom", abdomen, "abdomen.dcm"))
+    add("mri_non_brain", "abdomen_mr_png", _untagged_plane(abdomen))  # the same pixels, no tags
     return items
+
+
+def _untagged_plane(data: bytes) -> np.ndarray:
+    """The uint8 plane of a DICOM slice as `predict` reads it, its Body Part Examined removed:
+    what the same image looks like to the guard as a PNG."""
+    import io
+
+    import pydicom
+
+    from brainmri.infer.dicom import dicom_plane
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.BodyPartExamined
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return dicom_plane(buf.getvalue())
 
 
 def pydicom_file() -> str:

@@ -204,14 +204,16 @@ def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
 
 
 NOT_NAMED = ("mri_non_brain",)
-"""OOD kinds of bench/ood_set.py that are MR images (an abdominal slice): not among the kinds
-the guard's goal names (blank, noise, gradients, photographs, documents, non-MRI medical)."""
+"""OOD kinds of bench/ood_set.py that are MR images (an abdominal slice, as DICOM and as PNG):
+not among the kinds the guard's goal names (blank, noise, gradients, photographs, documents,
+non-MRI medical). The DICOM is refused by its Body Part Examined; the PNG gets through."""
 
 
 @pytest.mark.slow
 def test_shipped_guard_rejects_the_ood_set(guarded):
     """Every item of every kind the goal names is rejected (measured with the shipped guard:
-    54 of 55, docs/RESULTS.md section 16.4); the non-brain MR slice may get through."""
+    55 of 56, docs/RESULTS.md section 16.18); the non-brain MR slice as a PNG may get through,
+    as DICOM it is refused by its Body Part Examined."""
     ood = _bench("ood_set")
     items = ood.ood_items()
     assert {it.kind for it in items} == set(ood.KINDS)
@@ -220,6 +222,7 @@ def test_shipped_guard_rejects_the_ood_set(guarded):
         (it.kind, it.name) for it, r in zip(items, recs, strict=True) if r["status"] == "ok"
     ]
     assert [a for a in accepted if a[0] not in NOT_NAMED] == []
+    assert ("mri_non_brain", "abdomen_mr_dicom") not in accepted
 
 
 def _png(arr: np.ndarray) -> bytes:
