@@ -161,6 +161,19 @@ def test_shipped_guard_accepts_test_images(guarded, benchmark_dir):
     assert sum(r["status"] == "ok" for r in recs) >= len(files) - 1, recs
 
 
+@pytest.mark.slow
+def test_shipped_guard_accepts_a_brain_mri_from_elsewhere(guarded):
+    """nibabel's example EPI volume (healthy brain, another sequence and resolution than the
+    benchmark): its axial slices are accepted and answered notumor (measured: slices 6-18,
+    all ok, notumor p >= 0.997; docs/RESULTS.md section 10.6)."""
+    figure = _bench("readme_figure")
+    items = [(f"epi_{i}.png", _png(figure.epi_slice(i))) for i in (8, 12, 16)]
+    recs = guarded.files(items)
+    assert [r["status"] for r in recs] == ["ok"] * 3, recs
+    notumor = guarded.loaded.class_names.index("notumor")
+    assert [r["pred"] for r in recs] == [notumor] * 3, recs
+
+
 def test_level_leaves_k_scores_above_and_reproduces_the_fit_quantile():
     level = _bench("guard_level")
     s = np.random.default_rng(3).gamma(9.0, 0.1, 816)
