@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+from robustness import report_head, write_report
 
 from brainmri.infer.gradcam import explain_files
 
@@ -43,7 +44,7 @@ def epi_slice(index: int) -> np.ndarray:
     return np.clip(np.rint(255 * plane / top), 0, 255).astype(np.uint8)
 
 
-def survey(path: Path) -> list[dict]:
+def survey(path: Path, argv: list[str] | None = None) -> list[dict]:
     """predict's records for every axial slice of the first volume (bytes as PNG)."""
     import nibabel
 
@@ -57,9 +58,12 @@ def survey(path: Path) -> list[dict]:
         items.append((f"slice_{i:02d}.png", buf.getvalue()))
     clf = Classifier()
     records = [clf.predict_bytes(name, data) for name, data in items]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"volume": str(example_epi_path().name), "records": records},
-                               indent=1) + "\n")  # fmt: skip
+    report = {
+        **report_head("example_epi_slices", __file__, argv, torch.device("cpu")),
+        "volume": f"nibabel {nibabel.__version__} tests/data/{example_epi_path().name}",
+        "records": records,
+    }
+    write_report(path, report)
     for r in records:
         print(r["path"], r["status"], r.get("label"), r.get("probability"), r.get("reason") or "")
     return records
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--survey", type=Path, default=None, help="also predict every slice")
     args = ap.parse_args(argv)
     if args.survey is not None:
-        survey(args.survey)
+        survey(args.survey, argv)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"nibabel_example4d_slice{args.slice}.png"
         Image.fromarray(epi_slice(args.slice)).save(src)
