@@ -18,16 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 
-from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import cut_border, head_mask, model_input
 from brainmri.infer.occlusion import occlusion_maps
-from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.data import model_split
 
 CANDIDATES: dict[str, tuple[str, tuple[str, ...], dict]] = {
     "gradcam_last": ("GradCAM", ("bn2",), {}),
@@ -122,11 +118,9 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
     t0 = time.time()
-    lo = load_for_inference(path, "cpu")
+    path, lo, _, val, split = model_and_split(args)
     model = lo.model.eval()
-    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
     images = pick_images(val, args.per_class)
     candidates = ROUNDS[args.round]
     seconds = dict.fromkeys(candidates, 0.0)

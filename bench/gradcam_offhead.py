@@ -22,15 +22,11 @@ import cv2
 import numpy as np
 import torch
 from gradcam_compare import pick_images
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 
-from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import head_mask, model_input, plane_maps
-from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.data import model_split
 
 
 def split_mass(cam: np.ndarray, mask: np.ndarray, rim: int) -> dict[str, float]:
@@ -66,10 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", type=Path, default=Path("bench/results/guard_compare/gradcam_offhead.json")
     )
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
     t0 = time.time()
-    lo = load_for_inference(path, "cpu")
-    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    path, lo, _, val, split = model_and_split(args)
     images = pick_images(val, args.per_class)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows: dict[str, list[dict]] = {m: [] for m in [*methods, "uniform"]}

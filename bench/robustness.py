@@ -37,8 +37,10 @@ from brainmri.data.folders import Sample, resolve_data_dir, scan_split
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.metrics import compute_metrics
-from brainmri.infer.core import load_for_inference
+from brainmri.infer.core import InferenceModel, load_for_inference
+from brainmri.model.checkpoint import read_metadata, shipped_model_path
 from brainmri.platform_info import cpu_capability, cpu_model
+from brainmri.train.data import model_split
 
 # --- perturbations: f(gray uint8 HxW at original resolution, image index) -> uint8 HxW -------
 REFERENCE_SIDE = 224
@@ -160,6 +162,15 @@ def model_data_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     ap.add_argument("--data", type=Path, default=None, help="benchmark folder with Training/")
     return ap
+
+
+def model_and_split(args: argparse.Namespace) -> tuple[Path, InferenceModel, list, list, dict]:
+    """(model file, the model loaded on the CPU, its own train and validation samples of the
+    benchmark, the split's description) for a script that took model_data_args' options."""
+    path = args.model or shipped_model_path()
+    loaded = load_for_inference(path, "cpu")
+    train, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    return path, loaded, train, val, split
 
 
 def write_report(path: Path, report: dict) -> None:
