@@ -1,8 +1,9 @@
 """The page in real headless Chromium (Debian's chromium + chromium-driver, via Selenium).
 
 Scans are uploaded through the page's file input, as a user picking files would, and the
-result is read from the DOM. The screenshot shows only inputs made here or shipped with pydicom
-(a Shepp-Logan phantom, pydicom's MR_small.dcm, a text file), never a dataset image. It goes to
+result is read from the DOM. The screenshot shows only inputs made here or shipped with packages
+(a brain slice of nibabel's example EPI volume, a Shepp-Logan phantom, pydicom's MR_small.dcm,
+a text file), never a dataset image. It goes to
 the test's temporary folder, and to docs/serve_page.png (the README's figure) only when
 BRAINMRI_UPDATE_DOCS=1 is set, so a test run leaves the checkout as it was.
 """
@@ -19,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from test_guard import _bench
 from test_serve import RunningServer, running_server, sample_images
 
 from brainmri import CLASS_NAMES
@@ -154,9 +156,16 @@ def test_page_shows_errors_and_warnings_and_saves_screenshot(
     text.write_text("This is a text file, not a scan.\n")
     dot = tmp_path / "dot.png"
     Image.new("L", (1, 1)).save(dot)
+    epi = tmp_path / "nibabel_example4d_slice12.png"  # a brain MRI shipped with nibabel
+    Image.fromarray(_bench("readme_figure").epi_slice(12)).save(epi)
 
     open_page(browser, server.url)
-    cards = upload(browser, [phantom, dicom, text, dot])
+    cards = upload(browser, [epi, phantom, dicom, text, dot])
+    epi_card = card_for(cards, epi.name)
+    assert epi_card.get_attribute("data-status") == "ok"  # docs/RESULTS.md section 16.19
+    assert epi_card.find_element("css selector", ".label").text == "notumor"
+    overlay = epi_card.find_element("css selector", "img.overlay")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
     text_card = card_for(cards, text.name)
     assert text_card.get_attribute("data-status") == "error"
     assert "not-an-image" in text_card.find_element("css selector", ".warning").text
