@@ -5,7 +5,8 @@ volume (128 x 96, 24 slices). One slice of its first volume, scaled to 8 bits at
 percentile, is written as a PNG and run through `brainmri explain` twice (Grad-CAM, then
 occlusion); the two overlays, one above the other, become `docs/gradcam_example.png`. No
 benchmark image is used, so the figure may be committed. `--survey FILE` also runs `predict`'s
-path (guard included) on every slice of that volume and writes the records to FILE.
+path (guard included) on every slice of that volume and writes the records, and the batch site
+check's verdict on the whole volume, to FILE.
 
     python bench/readme_figure.py [--slice 12] [--out docs/gradcam_example.png] \
         [--survey bench/results/shipped/example_epi_slices.json]
@@ -58,9 +59,11 @@ def survey(path: Path, argv: list[str] | None = None) -> list[dict]:
         items.append((f"slice_{i:02d}.png", buf.getvalue()))
     clf = Classifier()
     records = [clf.predict_bytes(name, data) for name, data in items]
+    scores = [r["ood_score"] for r in records if r.get("ood_score") is not None]
     report = {
         **report_head("example_epi_slices", __file__, argv, torch.device("cpu")),
         "volume": f"nibabel {nibabel.__version__} tests/data/{example_epi_path().name}",
+        "site_check": clf.site_check(scores),  # predict's batch warning (infer/site_check.py)
         "records": records,
     }
     write_report(path, report)
