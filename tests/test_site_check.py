@@ -78,6 +78,20 @@ def test_predict_warns_on_another_collection_and_not_on_the_benchmark(
     assert "warning: these" in loud.output and "do not look like" in loud.output, loud.output[-600:]
 
 
+def test_predict_warns_on_a_brain_volume_from_a_package(tmp_path: Path):
+    """nibabel's example EPI volume: every slice passes the guard, the batch of 24 is flagged
+    (docs/RESULTS.md section 16.19). Needs no dataset."""
+    from PIL import Image
+    from test_guard import _bench
+
+    figure = _bench("readme_figure")
+    for i in range(24):
+        Image.fromarray(figure.epi_slice(i)).save(tmp_path / f"slice_{i:02d}.png")
+    result = _predict(tmp_path, tmp_path)
+    assert result.exit_code == 0, result.output[-600:]  # all 24 accepted
+    assert "warning: these 24 images" in result.output, result.output[-600:]
+
+
 def test_the_classifier_api_judges_its_own_records(benchmark_dir: Path):
     from brainmri.infer.core import Classifier
 
