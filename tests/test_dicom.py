@@ -193,3 +193,36 @@ def test_pixel_limit_is_judged_from_the_header():
     with pytest.raises(RejectedInput, match="over-pixel-limit") as info:
         load_plane(data, "a.dcm", max_pixels=96 * 96 - 1)
     assert info.value.code == "over-pixel-limit"
+
+
+def test_dicom_copies_of_a_packaged_brain_slice_get_the_png_record():
+    """A slice of nibabel's example EPI brain volume (docs/RESULTS.md section 16.19) as PNG and
+    as 12-bit, rescaled 16-bit, MONOCHROME1 and JPEG 2000 DICOM tagged HEAD: predict gives every
+    copy the PNG's class, at the same probability (the planes are equal). Needs no dataset."""
+    from test_guard import _bench
+
+    from brainmri import Classifier
+
+    plane = _bench("readme_figure").epi_slice(12)
+    clf = Classifier()
+    png = clf.predict_bytes("slice.png", _png(plane))
+    assert png["status"] == "ok", png
+    for v in (
+        {"bits": 12},
+        {"bits": 16, "slope": 2, "intercept": -1024},
+        {"bits": 12, "monochrome1": True},
+        {"bits": 12, "transfer_syntax": JPEG2000Lossless},
+    ):
+        ds = pydicom.dcmread(io.BytesIO(plane_to_dicom(plane, **v)))
+        ds.BodyPartExamined = "HEAD"
+        rec = clf.predict_bytes("slice.dcm", roundtrip(ds))
+        assert rec["status"] == "ok" and rec["label"] == png["label"], (v, rec)
+        assert rec["probability"] == pytest.approx(png["probability"], abs=1e-6), (v, rec)
+
+
+def _png(plane: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(plane).save(buf, "PNG")
+    return buf.getvalue()
