@@ -792,6 +792,28 @@ def use_and_limits_lines() -> list[str]:
         "them.",
         "- Calibration (temperature) was fitted on the validation split of the same "
         "distribution; on other scanners probabilities may be over- or under-confident.",
+        *guard_limit_lines(load_json(SHIPPED / "guard_ood.json")),
+    ]
+
+
+def guard_limit_lines(ood_run: dict | None) -> list[str]:
+    """What the input guard let through of the OOD set's MR images of another body part."""
+    if ood_run is None:
+        return []
+    kind = ood_run["ood"]["kinds"].get("mri_non_brain", {})
+    passed = [it for it in kind.get("items", []) if it["status"] == "ok"]
+    if not passed:
+        return []
+    shown = ", ".join(
+        f"`{it['name']}` as {CLASS_NAMES[it['pred']]} (p = {it['prob']:.3f}, OOD score "
+        f"{it['score']:.2f})"
+        for it in passed
+    )
+    return [
+        "- The input guard's score does not tell every MR slice of another body part from a "
+        f"brain: of the OOD set's {kind['n']} abdominal MR items it let through {shown} "
+        "(`bench/results/shipped/guard_ood.json`). A DICOM file is refused when its Body Part "
+        "Examined names another body part; a PNG or JPEG carries no such tag.",
     ]
 
 
