@@ -581,14 +581,21 @@ def explain(
             "cores; weighs only what changes the answer)."
         ),
     ] = "gradcam",
+    progress: Annotated[
+        bool | None,
+        typer.Option(help="Progress bar on stderr (default: only on a terminal)."),
+    ] = None,
 ) -> None:
     """Grad-CAM or occlusion map: where the model looked, as one PNG overlay per input.
 
-    Writes OUT/<name>_<method>.png (input | overlay, class and probability written on it). An
-    ensemble shows the mean of its members' Grad-CAM maps. Inputs the guard refuses are listed
-    and skipped; the exit code is 1 if any file was not explained. How much of each map lies
+    Writes OUT/<name>_<method>.png (input | overlay, class and probability written on it) and
+    prints one line per file as soon as it is done. An ensemble shows the mean of its members'
+    Grad-CAM maps. Inputs the guard refuses are listed and skipped; the exit code is 1 if any
+    file was not explained. How much of each map lies
     on the head: docs/RESULTS.md sections 16.7-16.8."""
-    from brainmri.infer.gradcam import explain_files
+    from tqdm import tqdm
+
+    from brainmri.infer.gradcam import iter_explain
     from brainmri.infer.inputs import CROP_MODES
 
     if crop not in CROP_MODES:
@@ -600,13 +607,21 @@ def explain(
     ]
     if not paths:
         raise BrainMRIError("no files found in the given inputs")
-    records = explain_files(paths, out, model, crop, class_name, device, method)
-    for r in records:
-        if r["status"] == "ok":
-            typer.echo(f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}")
-        else:
-            typer.echo(f"{r['status']}: {r['path']}: {r['reason']}", err=True)
-    if any(r["status"] != "ok" for r in records):
+    failed = 0
+    bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False,
+               disable=None if progress is None else not progress)  # fmt: skip
+    try:
+        for r in iter_explain(paths, out, model, crop, class_name, device, method):
+            if r["status"] == "ok":
+                line = f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}"
+                bar.write(line, file=sys.stdout)
+            else:
+                failed += 1
+                bar.write(f"{r['status']}: {r['path']}: {r['reason']}", file=sys.stderr)
+            bar.update(1)
+    finally:
+        bar.close()
+    if failed:
         raise typer.Exit(1)
 
 

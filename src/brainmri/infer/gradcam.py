@@ -22,7 +22,7 @@ predict computes them.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,20 @@ def explain_files(
 ) -> list[dict[str, Any]]:
     """Write OUT/<stem>_<method>.png for each file; one record per file (status ok / rejected /
     error with a reason, like predict) with the class explained and the PNG written."""
+    return list(iter_explain(paths, out_dir, model_path, crop, class_name, device, method))
+
+
+def iter_explain(
+    paths: list[Path],
+    out_dir: Path,
+    model_path: Path | None = None,
+    crop: str = "auto",
+    class_name: str | None = None,
+    device: str | None = None,
+    method: str = "gradcam",
+) -> Iterator[dict[str, Any]]:
+    """explain_files' records one at a time, each as soon as its PNG is written (the CLI prints
+    them as they come). The arguments are checked and the model loaded on the first `next`."""
     from brainmri.errors import RejectedInput
     from brainmri.infer.core import load_for_inference
     from brainmri.infer.guard import guard_features, load_guard, ood_reason
@@ -299,7 +313,6 @@ def explain_files(
 
         backend = Classifier(model_path, runtime="onnx").backend
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
     for path in paths:
         rec: dict[str, Any] = {"path": str(path), "status": "ok", "reason": None}
         try:
@@ -328,5 +341,4 @@ def explain_files(
             rec |= {"status": "rejected", "reason": str(exc)}
         except (BrainMRIError, OSError) as exc:
             rec |= {"status": "error", "reason": str(exc)}
-        records.append(rec)
-    return records
+        yield rec
