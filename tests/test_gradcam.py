@@ -126,9 +126,8 @@ def test_explain_command_writes_pngs_and_reports_bad_files(tmp_path):
 
 
 def test_explain_yields_each_record_as_soon_as_its_png_is_written(tmp_path):
-    """iter_explain (what the CLI prints from) is lazy: after the first record only the first
+    """explain_files (what the CLI prints from) is lazy: after the first record only the first
     PNG exists, so a long batch shows its lines as it goes."""
-    from brainmri.infer.gradcam import iter_explain
 
     recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
     model = save_model(tmp_path / "m.safetensors", small(0), recipe, {"temperature": 1.0})
@@ -137,7 +136,7 @@ def test_explain_yields_each_record_as_soon_as_its_png_is_written(tmp_path):
         scans.append(tmp_path / f"scan{i}.png")
         Image.fromarray(synthetic_brain(96, seed=i)).save(scans[-1])
     out = tmp_path / "cams"
-    records = iter_explain(scans, out, model)
+    records = explain_files(scans, out, model)
     assert not out.exists()  # nothing loaded or written before the first record is asked for
     first = next(records)
     assert first["status"] == "ok" and (out / "scan0_gradcam.png").is_file()

@@ -595,7 +595,7 @@ def explain(
     on the head: docs/RESULTS.md sections 16.7-16.8."""
     from tqdm import tqdm
 
-    from brainmri.infer.gradcam import iter_explain
+    from brainmri.infer.gradcam import explain_files
     from brainmri.infer.inputs import CROP_MODES
 
     if crop not in CROP_MODES:
@@ -611,7 +611,7 @@ def explain(
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False,
                disable=None if progress is None else not progress)  # fmt: skip
     try:
-        for r in iter_explain(paths, out, model, crop, class_name, device, method):
+        for r in explain_files(paths, out, model, crop, class_name, device, method):
             if r["status"] == "ok":
                 line = f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}"
                 bar.write(line, file=sys.stdout)

@@ -276,23 +276,11 @@ def explain_files(
     class_name: str | None = None,
     device: str | None = None,
     method: str = "gradcam",
-) -> list[dict[str, Any]]:
-    """Write OUT/<stem>_<method>.png for each file; one record per file (status ok / rejected /
-    error with a reason, like predict) with the class explained and the PNG written."""
-    return list(iter_explain(paths, out_dir, model_path, crop, class_name, device, method))
-
-
-def iter_explain(
-    paths: list[Path],
-    out_dir: Path,
-    model_path: Path | None = None,
-    crop: str = "auto",
-    class_name: str | None = None,
-    device: str | None = None,
-    method: str = "gradcam",
 ) -> Iterator[dict[str, Any]]:
-    """explain_files' records one at a time, each as soon as its PNG is written (the CLI prints
-    them as they come). The arguments are checked and the model loaded on the first `next`."""
+    """Write OUT/<stem>_<method>.png for each file, yielding one record per file as soon as its
+    PNG is written (status ok / rejected / error with a reason, like predict; the class
+    explained and the PNG). Lazy: the arguments are checked and the model loaded on the first
+    record asked for, so `list(explain_files(...))` runs them all."""
     from brainmri.errors import RejectedInput
     from brainmri.infer.core import load_for_inference
     from brainmri.infer.guard import guard_features, load_guard, ood_reason
