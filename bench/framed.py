@@ -46,7 +46,10 @@ def framed(gray: np.ndarray, where: str = "centre") -> np.ndarray:
 
 
 def classify(loaded, planes: list[np.ndarray], mode: str) -> tuple[np.ndarray, list[bool]]:
-    """(predicted class per plane, whether auto_crop cropped it) under one crop mode."""
+    """(predicted class per plane, whether auto_crop cropped it) under one crop mode; empty
+    for no planes (bench/crop_compare.py: `auto` crops none of the unframed validation images)."""
+    if not planes:
+        return np.zeros(0, dtype=np.int64), []
     prepared, cropped = [], []
     for g in planes:
         out, did = auto_crop(g, mode)
