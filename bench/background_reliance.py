@@ -20,14 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
-from brainmri.data.folders import resolve_data_dir
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.gradcam import head_mask
-from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.data import model_split
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,9 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", type=Path, default=Path("bench/results/shipped/background_reliance.json")
     )
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
-    lo = load_for_inference(path, "cpu")
-    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
+    path, lo, _, val, split = model_and_split(args)
     planes, labels = cache_samples(val, lo.image_size, "val")
     masks = torch.from_numpy(np.stack([head_mask(p[0].numpy()) for p in planes]))[:, None]
     variants = {

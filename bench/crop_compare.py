@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from framed import classify, framed
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 from site_check import raw_originals
 
-from brainmri.data.folders import resolve_data_dir
 from brainmri.data.images import load_gray
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.inputs import (
     CROP_MARGIN,
     auto_crop,
@@ -34,8 +32,6 @@ from brainmri.infer.inputs import (
     content_box,
     has_wide_frame,
 )
-from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.data import model_split
 
 MARGINS = (0.0, 0.03, 0.06, 0.10, 0.15)
 SHAPES = ("box", "square")
@@ -72,10 +68,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", type=Path, default=Path("bench/results/guard_compare/crop_compare.json")
     )
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
     t0 = time.time()
-    loaded = load_for_inference(path, "cpu")
-    val = model_split(resolve_data_dir(args.data), read_metadata(path))[1]
+    path, loaded, _, val, _ = model_and_split(args)
     originals = [load_gray(s.path) for s in val]
     labels = np.array([s.label for s in val])
     copies = [framed(g) for g in originals] + [framed(g, "corner") for g in originals]

@@ -24,14 +24,11 @@ import numpy as np
 import torch
 from fit_guard import weights_digest
 from guard_score_compare import dev_planes, perturbed_val
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
-from brainmri.data.folders import resolve_data_dir
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.guard import guard_features, load_guard, ood_threshold
-from brainmri.model.checkpoint import add_extra_tensors, read_metadata, shipped_model_path
-from brainmri.train.data import model_split
+from brainmri.model.checkpoint import add_extra_tensors, read_metadata
 
 SHIPPED_K = 4
 PERTURBED_BAR, PER_KIND_BAR = 0.985, 0.95
@@ -97,13 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--write", action="store_true", help="store the chosen threshold")
     ap.add_argument("--out", type=Path, default=Path("bench/results/shipped/guard_level.json"))
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
     t0 = time.time()
-    loaded = load_for_inference(path, "cpu")
+    path, loaded, _, val, split = model_and_split(args)
     scorer, stored = load_guard(path)
     if scorer is None:
         raise SystemExit(f"{path} holds no guard statistics")
-    _, val, split = model_split(resolve_data_dir(args.data), read_metadata(path))
     size = loaded.image_size
     va_x, _ = cache_samples(val, size, "val")
     recs, dev_x = dev_planes(size)
