@@ -23,15 +23,12 @@ from pathlib import Path
 import numpy as np
 from crop_compare import right_answers
 from framed import framed
-from robustness import model_data_args, report_head, write_report
+from robustness import model_and_split, model_data_args, report_head, write_report
 from site_check import raw_originals
 
 from brainmri.data.folders import resolve_data_dir, scan_split
 from brainmri.data.images import load_gray
-from brainmri.infer.core import load_for_inference
 from brainmri.infer.inputs import WIDE_FRAME, content_spans, frame_crop
-from brainmri.model.checkpoint import read_metadata, shipped_model_path
-from brainmri.train.data import model_split
 
 RULES: dict[str, Callable[[tuple[float, float]], bool]] = {
     "either": lambda s: min(s) < WIDE_FRAME,
@@ -54,11 +51,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--raw", type=Path, default=Path("../shared/data/brain-tumor-mri-raw"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/frame_rule.json"))
     args = ap.parse_args(argv)
-    path = args.model or shipped_model_path()
     t0 = time.time()
-    loaded = load_for_inference(path, "cpu")
+    path, loaded, _, val, _ = model_and_split(args)
     data_dir = resolve_data_dir(args.data)
-    val = model_split(data_dir, read_metadata(path))[1]
     originals = [load_gray(s.path) for s in val]
     labels = np.array([s.label for s in val])
     raw = raw_originals(val, args.raw)
