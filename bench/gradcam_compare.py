@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--round 1|2|3|4|5] [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2|3|4|5|6] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -76,7 +76,17 @@ FIFTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
 """§16.8's candidates (`--round 5`): the shipped map (since §16.7) and occlusion sensitivity
 (infer/occlusion.py: a black 32-px window, stride 16, Captum)."""
 
-ROUNDS = {1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND, 5: FIFTH_ROUND}
+SIXTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4_pad32": ("GradCAM", ("blocks.4",), {"pad": 32}),
+    "gradcam_stage4_pad32_cut15": ("GradCAM", ("blocks.4",), {"pad": 32, "cut": 0.15}),
+}
+"""§16.20's candidates (`--round 6`): the shipped map, and the same with every value under 15 %
+of the map's maximum set to 0 (the Grad-CAM paper's localization threshold)."""
+
+ROUNDS = {
+    1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND, 5: FIFTH_ROUND,
+    6: SIXTH_ROUND,
+}  # fmt: skip
 
 
 def cam_maps(
@@ -111,10 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
     model_data_args(ap)
     ap.add_argument("--per-class", type=int, default=12)
     ap.add_argument(
-        "--round", type=int, choices=(1, 2, 3, 4, 5), default=1,
+        "--round", type=int, choices=tuple(ROUNDS), default=1,
         help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8); "
         "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM); "
-        "4: §16.7's (the input padded with black); 5: §16.8's (occlusion)",
+        "4: §16.7's (the input padded with black); 5: §16.8's (occlusion); "
+        "6: §16.20's (the map cut at 15 %% of its maximum)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)
@@ -137,8 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
             with torch.inference_mode():
                 same = int(model(x_in).argmax()) == k
             t1 = time.perf_counter()
-            call = {o: v for o, v in options.items() if o != "pad"}
+            call = {o: v for o, v in options.items() if o not in ("pad", "cut")}
             maps = cut_border(cam_maps(model, x_in, method, layers, call), pad)
+            if "cut" in options:
+                top = maps.max(axis=(1, 2), keepdims=True)
+                maps = np.where(maps < options["cut"] * top, 0.0, maps)
             seconds[name] += time.perf_counter() - t1
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]
