@@ -22,7 +22,7 @@ from robustness import model_and_split, model_data_args, report_head, write_repo
 
 from brainmri.data.images import resize_square
 from brainmri.data.quality import check_image_bytes
-from brainmri.infer.gradcam import cut_border, head_mask, model_input
+from brainmri.infer.gradcam import cut_border, cut_floor, head_mask, model_input
 from brainmri.infer.occlusion import occlusion_maps
 
 CANDIDATES: dict[str, tuple[str, tuple[str, ...], dict]] = {
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
             call = {o: v for o, v in options.items() if o not in ("pad", "cut")}
             maps = cut_border(cam_maps(model, x_in, method, layers, call), pad)
             if "cut" in options:
-                top = maps.max(axis=(1, 2), keepdims=True)
-                maps = np.where(maps < options["cut"] * top, 0.0, maps)
+                maps = cut_floor(maps, options["cut"])
             seconds[name] += time.perf_counter() - t1
             total = float(maps[k].sum())
             moved = [float(np.abs(maps[k] - maps[j]).mean()) for j in range(4) if j != k]

@@ -15,8 +15,10 @@ from typer.testing import CliRunner
 from brainmri.cli import app
 from brainmri.config import load_recipe
 from brainmri.infer.gradcam import (
+    FLOOR_CUT,
     border_for,
     cut_border,
+    cut_floor,
     explain_files,
     gradcam_maps,
     head_mask,
@@ -70,10 +72,22 @@ def test_cut_border_keeps_the_image_and_rescales():
     np.testing.assert_array_equal(cut_border(maps, 0), maps)
 
 
-def test_plane_maps_have_the_image_size():
+def test_cut_floor_zeroes_what_lies_under_the_share_of_each_maps_maximum():
+    maps = np.stack([np.linspace(0, 1, 100), np.linspace(0, 0.5, 100)]).reshape(2, 10, 10)
+    out = cut_floor(maps.astype(np.float32), 0.15)
+    assert out.dtype == np.float32
+    for m, o in zip(maps, out, strict=True):
+        low = m < 0.15 * m.max()
+        assert low.any() and (o[low] == 0).all()
+        np.testing.assert_allclose(o[~low], m[~low], rtol=1e-6)
+
+
+def test_plane_maps_have_the_image_size_and_no_floor():
     maps = plane_maps(small(0), synthetic_brain(80, seed=6), 64, [0, 2])
     assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
     assert maps.min() >= 0 and maps.max() <= 1
+    for m in maps:  # explain's maps are cut at FLOOR_CUT of their maximum
+        assert not ((m > 0) & (m < FLOOR_CUT * m.max())).any()
 
 
 def test_ensemble_map_is_the_mean_of_its_members_maps():

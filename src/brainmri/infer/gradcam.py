@@ -15,6 +15,11 @@ convolutions' zero-padded border lies on the image's own edges and draws hot spo
 the head (docs/RESULTS.md §16.7). The probabilities shown come from the unpadded input, as
 predict computes them.
 
+What `explain` draws of the map is the part above 15 % of its maximum, as the Grad-CAM paper
+reads its maps for localization (Selvaraju et al., 2017, §4.1): under it the map keeps a floor
+over the whole background (docs/RESULTS.md §16.17), and the overlay shows nothing there
+(§16.20). `gradcam_maps` returns the map uncut.
+
 `method="occlusion"` draws an occlusion-sensitivity map instead (infer/occlusion.py): slower
 (121 forward passes at 192 px), but it weighs only what changes the answer (§16.8).
 """
@@ -44,6 +49,8 @@ TARGET_REDUCTION = 16
 BORDER_SHARE = 1 / 6
 """Black border added on each side before Grad-CAM, as a share of the input side (32 px at
 192; module doc)."""
+FLOOR_CUT = 0.15
+"""Share of each Grad-CAM map's maximum under which explain's map is 0 (module doc)."""
 
 
 def border_for(size: int) -> int:
@@ -110,6 +117,12 @@ def cut_border(maps: np.ndarray, border: int) -> np.ndarray:
     return m / np.maximum(m.max(axis=(1, 2), keepdims=True), 1e-7)
 
 
+def cut_floor(maps: np.ndarray, share: float = FLOOR_CUT) -> np.ndarray:
+    """Maps (N, H, W) with every value under `share` of its own map's maximum set to 0."""
+    top = maps.max(axis=(1, 2), keepdims=True)
+    return np.where(maps < share * top, 0.0, maps).astype(maps.dtype)
+
+
 def plane_pixels(
     plane: np.ndarray, size: int, intensity: str = "none", border: int = 0
 ) -> torch.Tensor:
@@ -145,9 +158,9 @@ def plane_maps(
     backend: Any = None,
 ) -> np.ndarray:
     """Maps (N, size, size) of one uint8 plane for each class index asked, as explain computes
-    them: Grad-CAM on the input surrounded by black, or occlusion (module doc). `backend`: an
-    ONNX Runtime backend of the same model (Classifier.backend) that the occlusion map's
-    forward passes then run on (infer/occlusion.pixel_maps)."""
+    them: Grad-CAM on the input surrounded by black, cut at FLOOR_CUT, or occlusion (module
+    doc). `backend`: an ONNX Runtime backend of the same model (Classifier.backend) that the
+    occlusion map's forward passes then run on (infer/occlusion.pixel_maps)."""
     if method not in METHODS:
         raise BrainMRIError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     n = 1 if isinstance(class_idx, int) else len(class_idx)
@@ -162,7 +175,7 @@ def plane_maps(
         return occlusion_maps(model, x.repeat(n, 1, 1, 1), class_idx)
     border = border_for(size)
     x = model_input(plane, size, intensity, channels_last, border).to(device)
-    return gradcam_maps(model, x.repeat(n, 1, 1, 1), class_idx, border)
+    return cut_floor(gradcam_maps(model, x.repeat(n, 1, 1, 1), class_idx, border))
 
 
 def head_mask(plane: np.ndarray) -> np.ndarray:
