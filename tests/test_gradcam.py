@@ -117,6 +117,8 @@ def test_png_shows_input_and_overlay_with_the_caption():
     left, right = arr[34:, :160], arr[34:, 168:]
     assert np.abs(left[..., 0] - left[..., 2]).max() == 0  # the input stays gray
     assert np.abs(right[..., 0] - right[..., 2]).mean() > 5  # the overlay is coloured
+    # where the map is 0 (its corners here) the overlay shows the input as it is
+    np.testing.assert_array_equal(right[:20, :20], left[:20, :20])
 
 
 def test_explain_command_writes_pngs_and_reports_bad_files(tmp_path):

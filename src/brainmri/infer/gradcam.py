@@ -191,13 +191,15 @@ def head_mask(plane: np.ndarray) -> np.ndarray:
 
 
 def overlay(plane: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8: the plane with the map (resized to it) blended in as a jet colour map."""
+    """RGB uint8: the plane with the map (resized to it) blended in as a jet colour map where
+    the map is above 0; where it is 0 (e.g. under Grad-CAM's floor cut) the plane shows as is."""
     h, w = plane.shape
     heat = cv2.resize(cam.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     colour = cv2.applyColorMap(np.uint8(np.clip(heat, 0, 1) * 255), cv2.COLORMAP_JET)
     colour = cv2.cvtColor(colour, cv2.COLOR_BGR2RGB).astype(np.float32)
     gray = np.repeat(plane[:, :, None], 3, axis=2).astype(np.float32)
-    return np.uint8(np.clip((1 - alpha) * gray + alpha * colour, 0, 255))
+    a = np.where(heat > 0, alpha, 0.0).astype(np.float32)[:, :, None]
+    return np.uint8(np.clip((1 - a) * gray + a * colour, 0, 255))
 
 
 def render_png(plane: np.ndarray, cam: np.ndarray, caption: str, side: int = 320) -> bytes:
