@@ -793,6 +793,31 @@ def use_and_limits_lines() -> list[str]:
         "- Calibration (temperature) was fitted on the validation split of the same "
         "distribution; on other scanners probabilities may be over- or under-confident.",
         *guard_limit_lines(load_json(SHIPPED / "guard_ood.json")),
+        *explain_limit_lines(
+            load_json(SHIPPED / "gradcam_cut_test.json"), load_json(SHIPPED / "occlusion_test.json")
+        ),
+    ]
+
+
+def explain_limit_lines(gradcam: dict | None, occlusion: dict | None) -> list[str]:
+    """Where `explain`'s maps lie, measured on 48 test images (docs/RESULTS.md §16.8, §16.20)."""
+    if gradcam is None:
+        return []
+    g = gradcam["gradcam"]
+    occ = ""
+    if occlusion is not None:
+        occ = (
+            f"; `--method occlusion` puts {occlusion['gradcam']['mass_inside_head_mean']:.3f} "
+            "there (`bench/results/shipped/occlusion_test.json`)"
+        )
+    return [
+        "- `explain`'s Grad-CAM map (stride-16 stage, drawn above 15 % of its maximum as the "
+        f"Grad-CAM paper reads its maps) puts {g['mass_inside_head_mean']:.3f} of its mass inside "
+        f"the head on {g['n']} test images, where the head covers "
+        f"{g['head_area_mean']:.2f} of the image (`bench/results/shipped/gradcam_cut_test.json`)"
+        f"{occ}. The model's answers come from inside the head (docs/RESULTS.md §16.8); the "
+        "Grad-CAM map's colour outside it is a property of the map at this resolution, not "
+        "evidence the model used.",
     ]
 
 
