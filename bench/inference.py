@@ -8,7 +8,8 @@ For one model file (the shipped one by default) and the official test split:
      p50/p95 over the first images of the split;
   3. end to end, streaming `Classifier.stream` over every test image (decode in the thread
      pool included): img/s, process CPU time per image, accuracy, and agreement with the
-     PyTorch runtime (same classes, max |Δprob|), for ONNX fp32 and int8.
+     PyTorch runtime (same classes, max |Δprob|), for ONNX fp32 and int8 (and fp32 with
+     spin-waiting threads, `onnx_fp32_spin`, when asked).
 The int8 graph is quantized with ONNX Runtime static quantization calibrated on 128 Training
 images (never test images). Running this is a test-split evaluation: it selects nothing.
 
@@ -140,7 +141,8 @@ def main() -> None:
         "--runtimes",
         type=lambda v: v.split(","),
         default=["torch_eager", "onnx_fp32", "onnx_int8"],
-        help="comma-separated subset of torch_eager,onnx_fp32,onnx_int8",
+        help="comma-separated subset of torch_eager,onnx_fp32,onnx_int8,onnx_fp32_spin "
+        "(fp32 with Classifier(spin_wait=True))",
     )
     ap.add_argument("--split", default="Testing", choices=["Testing", "Training"],
                     help="images to stream (Training: a speed check that is no test-split run)")
@@ -162,7 +164,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     fp32, int8 = args.work / "model_fp32.onnx", args.work / "model_int8.onnx"
     export_s: dict = {}
-    if {"onnx_fp32", "onnx_int8"} & set(args.runtimes):
+    if {"onnx_fp32", "onnx_int8", "onnx_fp32_spin"} & set(args.runtimes):
         t0 = time.perf_counter()
         export_onnx(model, fp32)
         export_s["fp32"] = time.perf_counter() - t0
@@ -176,6 +178,7 @@ def main() -> None:
         "torch_eager": lambda: Classifier(model, "torch", "cpu"),
         "onnx_fp32": lambda: Classifier(fp32, "onnx", threads=threads),
         "onnx_int8": lambda: Classifier(int8, "onnx", threads=threads),
+        "onnx_fp32_spin": lambda: Classifier(fp32, "onnx", threads=threads, spin_wait=True),
     }
     runtimes = {name: makers[name]() for name in args.runtimes}
     size = next(iter(runtimes.values())).image_size
@@ -185,7 +188,7 @@ def main() -> None:
     for name, clf in runtimes.items():
         e2e[name], probs[name] = stream(clf, paths, labels, args.e2e_repeats)
     ref = probs.get("torch_eager")
-    for name in ("onnx_fp32", "onnx_int8"):
+    for name in ("onnx_fp32", "onnx_int8", "onnx_fp32_spin"):
         if name in probs and ref is not None:
             e2e[name]["vs_torch"] = agreement(probs[name], ref)
     if "onnx_int8" in e2e and "onnx_fp32" in e2e:

@@ -67,6 +67,18 @@ def test_onnx_equals_the_torch_graph_on_real_images(small_benchmark: Path, expor
     assert np.abs(p_onnx - p_torch).max() <= 1e-4
 
 
+def test_spin_waiting_threads_give_the_same_outputs(small_benchmark: Path, exported: Path):
+    """Classifier(spin_wait=True) changes how ONNX Runtime's threads wait, not what they
+    compute (docs/RESULTS.md §17.13)."""
+    _, meta = load_model(shipped_model_path())
+    x = _pixels(small_benchmark, 4, meta)
+    plain, spinning = OnnxBackend(exported, threads=2), OnnxBackend(exported, 2, spin_wait=True)
+    for batch in (1, len(x)):
+        a, b = plain(x[:batch]), spinning(x[:batch])
+        for name in plain.output_names:
+            torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
+
+
 def test_export_command(tmp_path: Path, exported: Path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")

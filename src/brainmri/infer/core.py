@@ -251,7 +251,9 @@ class Classifier(ModelMetadata):
     `infer.export.cached_export`). `threads`: ONNX Runtime intra-op threads (default: cores).
     `min_confidence`: a file whose top calibrated probability is under it gets `status:
     rejected` ("uncertain ..."); None: the model file's `info.min_confidence` if it has one,
-    else off; 0: off.
+    else off; 0: off. `spin_wait`: ONNX Runtime's threads spin between operators during a call
+    (onnx_runtime.session_options): quicker one image at a time on an idle machine, slower
+    when other processes share the cores (docs/RESULTS.md §17.13).
     """
 
     def __init__(
@@ -262,6 +264,7 @@ class Classifier(ModelMetadata):
         threads: int | None = None,
         batch_size: int = 32,
         min_confidence: float | None = None,
+        spin_wait: bool = False,
     ):
         from brainmri.data.dedupe import file_sha256
         from brainmri.infer.export import cached_export
@@ -276,7 +279,7 @@ class Classifier(ModelMetadata):
             from brainmri.infer.onnx_runtime import OnnxBackend
 
             onnx_path = path if path.suffix.lower() == ".onnx" else cached_export(path, self.sha256)
-            self.backend: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, threads)
+            self.backend: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, threads, spin_wait)
             self.meta: dict = self.backend.meta
         else:
             self.backend, self.meta = _torch_backend(path, self.device)

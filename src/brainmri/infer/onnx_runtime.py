@@ -20,8 +20,10 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None):
-    """All cores in one op at a time (a CNN gains little from parallel ops), no spin-waiting."""
+def session_options(threads: int | None = None, spin_wait: bool = False):
+    """All cores in one op at a time (a CNN gains little from parallel ops), no spin-waiting
+    unless asked (`spin_wait`: the threads spin between operators while a call runs and stop
+    when it ends; faster one image at a time on an idle machine, slower on a loaded one)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -32,7 +34,9 @@ def session_options(threads: int | None = None):
     so.log_severity_level = 3
     # Idle workers sleep instead of spin-waiting: the decode threads (and any other process)
     # share the cores; under load this tripled batch-1 speed (bench/ort_threads.py).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
+    if spin_wait:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
@@ -41,14 +45,14 @@ class OnnxBackend:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, spin_wait: bool = False):
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise BrainMRIError("runtime onnx needs onnxruntime (pip install onnxruntime)") from exc
         try:
             self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+                str(path), session_options(threads, spin_wait), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own non-Python-standard types
             raise BrainMRIError(f"not a loadable ONNX model: {path} ({exc})") from exc
