@@ -576,7 +576,8 @@ def explain(
     method: Annotated[
         str,
         typer.Option(
-            help="gradcam: Grad-CAM of the stride-16 stage (fast); occlusion: the drop of the "
+            help="gradcam: Grad-CAM of the stride-16 stage, drawn above 15 % of its maximum "
+            "(fast); occlusion: the drop of the "
             "class score when each region is blacked out (under a second more per image on 2 "
             "cores; weighs only what changes the answer)."
         ),
@@ -592,7 +593,7 @@ def explain(
     prints one line per file as soon as it is done. An ensemble shows the mean of its members'
     Grad-CAM maps. Inputs the guard refuses are listed and skipped; the exit code is 1 if any
     file was not explained. How much of each map lies
-    on the head: docs/RESULTS.md sections 16.7-16.8."""
+    on the head: docs/RESULTS.md sections 16.7, 16.8 and 16.20."""
     from tqdm import tqdm
 
     from brainmri.infer.gradcam import explain_files
