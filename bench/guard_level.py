@@ -7,8 +7,9 @@ on its perturbed copies (bench/robustness.py's perturbations) and on the develop
 perturbed acceptance and the development OOD items refused. The rule: start at `--k`; the level
 passes when every development item refused at the shipped k = 4 stays refused and the perturbed
 copies are accepted at >= 98.5 % overall and >= 95 % per perturbation; otherwise k rises by one,
-up to 4. The script first checks that k = 4 reproduces the stored threshold. The test split and
-the reported OOD set are not read here.
+up to 4. The script checks that the stored threshold is k = 4's (the fit's level) or the level
+the rule chooses (once written: a rerun reproduces the choice). The test split and the reported
+OOD set are not read here.
 
     python bench/guard_level.py [--model M] [--data DIR] [--k 1] [--write] \
         [--out bench/results/shipped/guard_level.json]
@@ -69,6 +70,19 @@ def passes_rule(row: dict, shipped: dict) -> bool:
     return kept and row["perturbed_accepted"] >= PERTURBED_BAR and worst >= PER_KIND_BAR
 
 
+def stored_level(stored: float, shipped: dict, chosen: dict) -> str:
+    """Which level the model file holds: the fit's (k = 4, before --write) or the one the rule
+    chooses now (after --write; a rerun then reproduces the choice). Anything else stops."""
+    if np.isclose(chosen["threshold"], stored, rtol=0, atol=1e-6):
+        return "the rule's level"
+    if np.isclose(shipped["threshold"], stored, rtol=0, atol=1e-6):
+        return "the fit's level"
+    raise SystemExit(
+        f"the file holds {stored}: neither the fit's level (k={SHIPPED_K}, "
+        f"{shipped['threshold']}) nor the rule's (k={chosen['k']}, {chosen['threshold']})"
+    )
+
+
 def write_level(path: Path, row: dict, n_val: int) -> dict:
     """Store the chosen threshold in the model file's guard metadata; weights checked."""
     meta = read_metadata(path)
@@ -108,21 +122,21 @@ def main(argv: list[str] | None = None) -> dict:
     dev_names = [r["name"] for r in recs if r["rule"] is None]
     rows = [level(k, sc, passes, dev_names) for k in range(0, 9)]
     shipped = rows[SHIPPED_K]
-    if not np.isclose(shipped["threshold"], stored, rtol=0, atol=1e-6):
-        raise SystemExit(f"k={SHIPPED_K} gives {shipped['threshold']}, the file holds {stored}")
     chosen = next((r for r in rows[args.k : SHIPPED_K] if passes_rule(r, shipped)), shipped)
+    stored_is = stored_level(stored, shipped, chosen)
     report = {
         **report_head("guard_level", __file__, argv, loaded.device),
         "model": str(path),
         "split": split | {"val": len(val)},
         "stored_threshold": stored,
+        "stored_is": stored_is,
         "dev_items": len(recs),
         "dev_refused_by_rules": [r["name"] for r in recs if r["rule"]],
         "levels": rows,
         "chosen_k": chosen["k"],
         "chosen_threshold": chosen["threshold"],
     }
-    if args.write and chosen["k"] != SHIPPED_K:
+    if args.write and chosen["k"] != SHIPPED_K and stored_is != "the rule's level":
         report["written"] = write_level(path, chosen, len(val))
         if ood_threshold(read_metadata(path)) != chosen["threshold"]:
             raise SystemExit("the written threshold does not read back")
@@ -135,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{r['perturbed_accepted']:.4f} (worst {worst:.4f}) dev refused by score "
             f"{len(r['dev_refused_by_score'])} of {len(dev_names)}"
         )
-    print(f"chosen k={chosen['k']} threshold {chosen['threshold']:.4f}")
+    print(f"chosen k={chosen['k']} threshold {chosen['threshold']:.4f}; the file holds {stored_is}")
     return report
 
 
