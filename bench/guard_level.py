@@ -28,7 +28,8 @@ from guard_score_compare import dev_planes, perturbed_val
 from robustness import model_and_split, model_data_args, report_head, write_report
 
 from brainmri.data.cache import cache_samples
-from brainmri.infer.guard import guard_features, load_guard, ood_threshold
+from brainmri.infer.guard import guard_features, load_guard
+from brainmri.infer.ood_reason import ood_threshold
 from brainmri.model.checkpoint import add_extra_tensors, read_metadata
 
 SHIPPED_K = 4

@@ -53,10 +53,10 @@ SECOND_ROUND: dict[str, dict] = {
 def outcomes(clf: Classifier, planes: torch.Tensor) -> np.ndarray:
     """Per file: -1 when the OOD score refuses it, else the predicted class."""
     out = clf.run(planes)
-    pred = out["probs"].argmax(1).numpy()
+    pred = out["probs"].argmax(1)
     thr = clf.ood_threshold
     if out["ood_score"] is not None and thr is not None:
-        pred = np.where(out["ood_score"].numpy() > thr, -1, pred)
+        pred = np.where(out["ood_score"] > thr, -1, pred)
     return pred
 
 

@@ -151,13 +151,13 @@ def test_gated_adapt_keeps_the_source_head_and_gates_the_site_head(
     x, y = cache_samples(site_samples(site), clf.image_size)
     out = clf.run(x)
     with torch.no_grad():  # a gated head's penultimate features: pooled, then the gate's
-        gate = clf.backend.graph.model.head.site_probability(out["features"])
+        gate = clf.backend.graph.model.head.site_probability(torch.from_numpy(out["features"]))
     assert float(gate.min()) > 0.5  # its own training images go to the site head
-    probs = out["probs"]
+    probs = torch.from_numpy(out["probs"])
     assert float(probs[:, CLASS_NAMES.index("pituitary")].max()) < 0.5
     assert float((probs.argmax(1) == y).float().mean()) >= fig["site_train_acc"] - 1 / len(y)
     onnx = Path(export_onnx(model, tmp_path / "gated.onnx")["out"])
-    got = Classifier(onnx, runtime="onnx", threads=1).run(x)["probs"]
+    got = torch.from_numpy(Classifier(onnx, runtime="onnx", threads=1).run(x)["probs"])
     assert torch.equal(got.argmax(1), probs.argmax(1))
     assert float((got - probs).abs().max()) <= 1e-4
 

@@ -57,11 +57,11 @@ def test_onnx_equals_the_torch_graph_on_real_images(small_benchmark: Path, expor
     with torch.inference_mode():
         want_logits, want_feats = graph(x)
     for batch in (1, 5, len(x)):  # dynamic batch: any size runs
-        got = backend(x[:batch])
+        got = {k: torch.from_numpy(v) for k, v in backend(x[:batch]).items()}
         torch.testing.assert_close(got["logits"], want_logits[:batch], atol=1e-4, rtol=0)
         torch.testing.assert_close(got["features"], want_feats[:batch], atol=1e-4, rtol=1e-4)
     t = meta["info"]["temperature"]
-    p_onnx = torch.softmax(backend(x)["logits"] / t, -1).numpy()
+    p_onnx = torch.softmax(torch.from_numpy(backend(x)["logits"]) / t, -1).numpy()
     p_torch = torch.softmax(want_logits / t, -1).numpy()
     assert (p_onnx.argmax(1) == p_torch.argmax(1)).all()
     assert np.abs(p_onnx - p_torch).max() <= 1e-4

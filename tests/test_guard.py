@@ -18,15 +18,14 @@ from brainmri.infer.guard import (
     MEANS_KEY,
     PRECISION_KEY,
     OODScore,
-    check_ood,
     depth_key,
     fit_depths,
     fit_statistics,
     load_guard,
     ood_from_meta,
-    ood_reason,
     threshold_for,
 )
+from brainmri.infer.ood_reason import check_ood, ood_reason
 from brainmri.model.checkpoint import add_extra_tensors, load_model, save_model
 from brainmri.model.classifier import TumorClassifier
 

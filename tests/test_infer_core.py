@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,7 +75,8 @@ def test_run_matches_the_evaluation_path(small_benchmark: Path, runtimes):
         out = clf.run(images, tta=3)
         assert out["logits"].shape == (3, len(paths), len(CLASS_NAMES))
         assert out["features"].shape[0] == len(paths)
-        torch.testing.assert_close(out["probs"], want, atol=1e-5, rtol=0)
+        assert isinstance(out["probs"], np.ndarray)  # numpy out, whatever the runtime
+        np.testing.assert_allclose(out["probs"], want.numpy(), atol=1e-5, rtol=0)
 
 
 def test_torch_threads_is_scoped():
@@ -92,20 +94,24 @@ def test_torch_threads_is_scoped():
         assert torch.get_num_threads() == before
 
 
-def test_onnx_runtime_preprocesses_on_one_torch_thread(small_benchmark: Path, runtimes):
-    """ONNX Runtime has the cores; PyTorch's preprocessing runs on one thread meanwhile and
-    the process's own setting is back afterwards. The PyTorch runtime keeps its threads."""
+def test_onnx_runtime_preprocesses_on_one_torch_thread(
+    small_benchmark: Path, runtimes, monkeypatch
+):
+    """ONNX Runtime has the cores; PyTorch's preprocessing (TTA views; the plain view needs
+    none) runs on one thread meanwhile and the process's own setting is back afterwards. The
+    PyTorch runtime keeps its threads."""
+    import brainmri.data.transforms as transforms
+
     seen = []
+    views = transforms.tta_views
+    monkeypatch.setattr(
+        transforms, "tta_views", lambda x, n: (seen.append(torch.get_num_threads()), views(x, n))[1]
+    )
     paths = [p for p, _ in _test_paths(small_benchmark, 1)]
     images = decode_images(paths, runtimes[0].image_size, workers=1)
     before = torch.get_num_threads()
     for clf in runtimes:
-        backend = clf.backend
-        clf.backend = lambda x, b=backend: (seen.append(torch.get_num_threads()), b(x))[1]
-        try:
-            clf.run(images)
-        finally:
-            clf.backend = backend
+        clf.run(images, tta=2)
         assert torch.get_num_threads() == before
     assert seen == [1, before]
 
@@ -171,7 +177,7 @@ def test_ood_score_comes_from_the_graph_and_rejects(
     want = scorer(feats)
     for clf in (onnx_g, torch_g):
         got = clf.run(images)["ood_score"]
-        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-2)
+        torch.testing.assert_close(torch.from_numpy(got), want, rtol=1e-3, atol=1e-2)
     assert all(r["status"] == "ok" for r in onnx_g.predict([p for p, _ in items[:4]]))
     assert "ood_score" in onnx_g.backend.output_names
 
@@ -194,3 +200,30 @@ def test_bad_device_and_runtime_are_user_errors(tmp_path: Path):
             resolve_device("cuda")
     with pytest.raises(BrainMRIError, match="not found"):
         Classifier(tmp_path / "none.safetensors")
+
+
+def test_onnx_runtime_on_a_cpu_imports_no_pytorch(tmp_path: Path):
+    """Classifying on ONNX Runtime on a machine without a GPU needs no PyTorch import, which
+    is most of a one-file `predict` (docs/RESULTS.md §17.14-17.15)."""
+    import subprocess
+    import sys
+
+    from brainmri.infer.core import gpu_stack_present
+    from brainmri.infer.onnx_cache import cached_export
+
+    if gpu_stack_present():
+        pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")
+    cached_export(shipped_model_path())  # exporting needs PyTorch: done here, beforehand
+    code = (
+        "import sys, numpy as np\n"
+        "from brainmri import Classifier\n"
+        "clf = Classifier()\n"
+        "out = clf.run(np.full((2, 1, clf.image_size, clf.image_size), 60, np.uint8))\n"
+        "assert out['probs'].shape == (2, 4), out['probs'].shape\n"
+        "rec = clf.predict_bytes('x.png', b'not an image')\n"
+        "assert rec['status'] == 'error', rec\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -14,11 +14,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from brainmri.data.intensity import INTENSITY_MODES, PCT_HI, PCT_LO
+from brainmri.data.intensity import normalize_planes as np_normalize_planes
+from brainmri.data.intensity import uint8_percentiles as np_percentiles
 from brainmri.errors import BrainMRIError
 
 if TYPE_CHECKING:  # only for annotations: keeps this module free of the pydantic import
@@ -348,8 +350,6 @@ def tta_views(x: Tensor, n: int = 5) -> list[tuple[str, Tensor]]:
 # intensity normalization (part of preprocessing: training, evaluation and prediction alike)
 # ---------------------------------------------------------------------------------------------
 
-INTENSITY_MODES = ("none", "percentile")
-_PCT_LO, _PCT_HI = 0.005, 0.995
 
 
 def uint8_percentiles(u8: Tensor) -> Tensor:
@@ -361,18 +361,15 @@ def uint8_percentiles(u8: Tensor) -> Tensor:
     Same arithmetic as torch's linear interpolation: ranks in float64, the two order statistics
     around each rank, ``lerp`` in float32 with the fractional rank as weight.
     """
+    if u8.device.type == "cpu":  # numpy, the same bits (data/intensity.py)
+        return torch.from_numpy(np_percentiles(u8.contiguous().numpy()))
     b = u8.shape[0]
     flat = u8.reshape(b, -1)
     n = flat.shape[1]
-    if u8.device.type == "cpu":
-        rows = flat.contiguous().numpy()
-        hist = np.stack([np.bincount(r, minlength=256) for r in rows]) if b else np.zeros((0, 256))
-        cum = torch.from_numpy(hist.cumsum(1).astype(np.int64))
-    else:
-        offsets = 256 * torch.arange(b, device=u8.device)[:, None]
-        keys = (flat.long() + offsets).reshape(-1)
-        cum = torch.bincount(keys, minlength=256 * b).view(b, 256).cumsum(1)
-    ranks = torch.tensor([_PCT_LO, _PCT_HI], dtype=torch.float32).double() * (n - 1)
+    offsets = 256 * torch.arange(b, device=u8.device)[:, None]
+    keys = (flat.long() + offsets).reshape(-1)
+    cum = torch.bincount(keys, minlength=256 * b).view(b, 256).cumsum(1)
+    ranks = torch.tensor([PCT_LO, PCT_HI], dtype=torch.float32).double() * (n - 1)
     below, above = ranks.floor().long(), ranks.ceil().long()
 
     def order_stat(k: Tensor) -> Tensor:  # (2,) ranks -> (2, B): smallest v with cum[v] > k
@@ -397,7 +394,7 @@ def normalize_intensity(x: Tensor, mode: str = "none", quantiles: Tensor | None 
         raise BrainMRIError(f"unknown intensity mode {mode!r} (one of {INTENSITY_MODES})")
     if quantiles is None:
         flat = x.reshape(x.shape[0], -1).float()
-        quantiles = torch.quantile(flat, torch.tensor([_PCT_LO, _PCT_HI], device=x.device), dim=1)
+        quantiles = torch.quantile(flat, torch.tensor([PCT_LO, PCT_HI], device=x.device), dim=1)
     lo = quantiles[0].view(-1, 1, 1, 1)
     span = (quantiles[1] - quantiles[0]).clamp_min(1e-3).view(-1, 1, 1, 1)
     return ((x - lo) / span).clamp_(0.0, 1.0)
@@ -408,6 +405,8 @@ def normalize_planes(planes: Tensor, mode: str = "none") -> Tensor:
     inference path feeds the model. The percentiles come from `uint8_percentiles` (no sort), and
     each image's 256 possible outputs are computed once and looked up per pixel — the same
     float32 arithmetic as `normalize_intensity` on ``planes / 255``, so the same bits."""
+    if planes.device.type == "cpu":  # numpy, the same bits (data/intensity.py)
+        return torch.from_numpy(np_normalize_planes(planes.contiguous().numpy(), mode))
     if mode != "percentile":
         return normalize_intensity(planes.float() / 255.0, mode)
     b = planes.shape[0]

@@ -9,20 +9,17 @@ when asked), and turns files, bytes or planes into records. Both runtimes run th
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from brainmri.data.transforms import (
-    normalize_intensity,
-    normalize_planes,
-    to_model_input,
-    tta_views,
-)
+from brainmri.data.intensity import normalize_planes as normalize_planes_np
 from brainmri.errors import BrainMRIError
 from brainmri.infer.records import (
     check_crop_mode,
@@ -33,6 +30,10 @@ from brainmri.infer.records import (
     read_input,
     scored_record,
 )
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used: ONNX Runtime on a CPU needs none
+    import torch
+    from torch import nn
 
 RUNTIMES = ("auto", "onnx", "torch")
 
@@ -49,6 +50,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
     Only the caller that changed the count restores it, so overlapping calls from several
     threads leave it as they found it.
     """
+    import torch
+
     before = torch.get_num_threads()
     if n is None or n == before:
         yield
@@ -62,13 +65,14 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 def autocast_context(device: torch.device, amp: str):
     """bf16/fp16 autocast where asked for (auto: bf16 on CUDA, none on CPU)."""
+    import torch
+
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return contextlib.nullcontext()
     dtype = torch.float16 if amp == "fp16" else torch.bfloat16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-@torch.inference_mode()
 def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
@@ -81,20 +85,25 @@ def predict_logits(
     intensity: str = "none",
 ) -> tuple[list[str], torch.Tensor]:
     """Logits for every view: (view names, tensor (V, N, C)) on CPU, float32."""
+    import torch
+
+    from brainmri.data.transforms import normalize_planes, to_model_input, tta_views
+
     device = torch.device(device)
     was_training = model.training
     model.eval()
     names: list[str] = []
     chunks: list[torch.Tensor] = []
-    for start in range(0, len(images), batch_size):
-        planes = images[start : start + batch_size].to(device, non_blocking=True)
-        views = tta_views(normalize_planes(planes, intensity), tta)
-        names = [n for n, _ in views]
-        with autocast_context(device, amp):
-            out = [model(to_model_input(v, channels_last)).float() for _, v in views]
-        chunks.append(torch.stack(out).cpu())
-        if progress is not None:
-            progress.update(len(planes))
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            planes = images[start : start + batch_size].to(device, non_blocking=True)
+            views = tta_views(normalize_planes(planes, intensity), tta)
+            names = [n for n, _ in views]
+            with autocast_context(device, amp):
+                out = [model(to_model_input(v, channels_last)).float() for _, v in views]
+            chunks.append(torch.stack(out).cpu())
+            if progress is not None:
+                progress.update(len(planes))
     model.train(was_training)
     if not chunks:
         return names, torch.empty((tta, 0, 0))
@@ -103,7 +112,16 @@ def predict_logits(
 
 def tta_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Average of per-view softmax probabilities (V, N, C) -> (N, C)."""
+    import torch
+
     return torch.softmax(logits / temperature, dim=-1).mean(dim=0)
+
+
+def tta_probs_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """`tta_probs` in numpy (float32), for the path that imports no PyTorch."""
+    z = logits.astype(np.float32) / np.float32(temperature)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).mean(axis=0)
 
 
 class ModelMetadata:
@@ -159,6 +177,8 @@ def load_for_inference(
     path: str | Path, device: str | torch.device | None = None
 ) -> InferenceModel:
     """Load a model file for prediction (eval mode, channels_last when its recipe says so)."""
+    import torch
+
     from brainmri.model.checkpoint import load_model
 
     dev = resolve_device(device)
@@ -176,6 +196,8 @@ def load_for_inference(
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """cpu / cuda / cuda:N checked against this machine (None: cuda when present, else cpu)."""
+    import torch
+
     if device is None or device == "":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -211,6 +233,34 @@ def resolve_runtime(
     return runtime, dev
 
 
+def gpu_stack_present() -> bool:
+    """False only when this machine plainly has no GPU PyTorch could use: Linux without NVIDIA
+    or ROCm device nodes and without nvidia-smi (elsewhere: True, PyTorch is asked)."""
+    if sys.platform != "linux":
+        return True
+    nodes = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")
+    return any(os.path.exists(n) for n in nodes) or shutil.which("nvidia-smi") is not None
+
+
+def gpu_possible() -> bool:
+    """Whether "auto" must ask PyTorch about a GPU: when one may be there, or when PyTorch is
+    imported anyway; otherwise it picks ONNX Runtime on the CPU without importing it."""
+    return "torch" in sys.modules or gpu_stack_present()
+
+
+def pick_runtime(runtime: str, device: Any, model_path: Path) -> tuple[str, str]:
+    """`resolve_runtime` as (runtime, device name), without PyTorch when the answer is ONNX
+    Runtime on the CPU and no GPU can be there; otherwise PyTorch decides."""
+    if runtime not in RUNTIMES:
+        raise BrainMRIError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    on_cpu = device in (None, "", "cpu")
+    is_onnx = model_path.suffix.lower() == ".onnx"
+    if runtime != "torch" and on_cpu and (is_onnx or not gpu_possible()):
+        return "onnx", "cpu"
+    rt, dev = resolve_runtime(runtime, device, model_path)
+    return rt, str(dev)
+
+
 class TorchBackend:
     """Runs the inference graph in PyTorch (eval, inference_mode, bf16 autocast on CUDA)."""
 
@@ -219,14 +269,19 @@ class TorchBackend:
     def __init__(self, graph: nn.Module, device: torch.device, output_names: tuple[str, ...]):
         self.graph, self.device, self.output_names = graph, device, list(output_names)
 
-    @torch.inference_mode()
-    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        with autocast_context(self.device, "auto"):
-            out = self.graph(pixels.to(self.device, non_blocking=True))
-        return {n: o.float().cpu() for n, o in zip(self.output_names, out, strict=True)}
+    def __call__(self, pixels: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
+        """Pixels (N, 1, S, S) float32 in [0, 1] -> float32 numpy outputs, as OnnxBackend."""
+        import torch
+
+        x = torch.as_tensor(pixels).to(self.device, non_blocking=True)
+        with torch.inference_mode(), autocast_context(self.device, "auto"):
+            out = self.graph(x)
+        return {n: o.float().cpu().numpy() for n, o in zip(self.output_names, out, strict=True)}
 
 
 def _torch_backend(path: Path, device: torch.device) -> tuple[TorchBackend, dict]:
+    import torch
+
     from brainmri.infer.graph import build_graph
     from brainmri.model.checkpoint import load_model
 
@@ -267,13 +322,13 @@ class Classifier(ModelMetadata):
         spin_wait: bool = False,
     ):
         from brainmri.data.dedupe import file_sha256
-        from brainmri.infer.export import cached_export
-        from brainmri.model.checkpoint import shipped_model_path
+        from brainmri.infer.onnx_cache import cached_export
+        from brainmri.model.shipped import shipped_model_path
 
         path = Path(model) if model is not None else shipped_model_path()
         if not path.is_file():
             raise BrainMRIError(f"model file not found: {path}")
-        self.runtime, self.device = resolve_runtime(runtime, device, path)
+        self.runtime, self.device_name = pick_runtime(runtime, device, path)
         self.path, self.sha256, self.batch_size = path, file_sha256(path), batch_size
         if self.runtime == "onnx":
             from brainmri.infer.onnx_runtime import OnnxBackend
@@ -289,8 +344,15 @@ class Classifier(ModelMetadata):
 
     # metadata ---------------------------------------------------------------------------
     @property
+    def device(self) -> torch.device:
+        """The device as a torch.device (imports PyTorch; `device_name` does not)."""
+        import torch
+
+        return torch.device(self.device_name)
+
+    @property
     def ood_threshold(self) -> float | None:
-        from brainmri.infer.guard import ood_threshold
+        from brainmri.infer.ood_reason import ood_threshold
 
         return ood_threshold(self.meta)
 
@@ -304,39 +366,54 @@ class Classifier(ModelMetadata):
     # planes -----------------------------------------------------------------------------
     def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:
         """uint8 planes (N, 1, S, S) -> logits (V, N, C) per TTA view, calibrated probs (N, C)
-        averaged over views, features (N, F) and ood_score (N,) | None of the plain view."""
-        x = torch.as_tensor(planes)
+        averaged over views, features (N, F) and ood_score (N,) | None of the plain view; all
+        float32 numpy arrays. `planes` may also be a tensor."""
+        if hasattr(planes, "detach"):
+            planes = planes.detach().cpu().numpy()
+        x = np.asarray(planes)
         if x.ndim == 3:
             x = x[:, None]
         s = self.image_size
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, s, s):
             raise BrainMRIError(f"expected planes (N, 1, {s}, {s}), got {tuple(x.shape)}")
-        with torch_threads(1 if self.runtime == "onnx" else None):
-            return self._forward(x, tta)
+        return self._forward(x, tta)
 
-    def _forward(self, x: torch.Tensor, tta: int) -> dict:
+    def _forward(self, x: np.ndarray, tta: int) -> dict:
         logits, feats, ood = [], [], []
         step = max(1, self.batch_size // tta)
         for start in range(0, len(x), step):
             chunk = x[start : start + step]
-            if chunk.dtype == torch.uint8:
-                p = normalize_planes(chunk, self.intensity)
-            else:
-                p = normalize_intensity(chunk.float(), self.intensity)
-            out = self.backend(torch.cat([v for _, v in tta_views(p, tta)]))
-            logits.append(out["logits"].view(tta, len(chunk), -1))
+            out = self.backend(self._pixels(chunk, tta))
+            logits.append(out["logits"].reshape(tta, len(chunk), -1))
             feats.append(out["features"][: len(chunk)])
             if "ood_score" in out:
                 ood.append(out["ood_score"].reshape(-1)[: len(chunk)])
         if not logits:
             raise BrainMRIError("no planes to classify")
-        all_logits = torch.cat(logits, dim=1)
+        all_logits = np.concatenate(logits, axis=1)
         return {
             "logits": all_logits,
-            "probs": tta_probs(all_logits, self.temperature),
-            "features": torch.cat(feats),
-            "ood_score": torch.cat(ood) if ood else None,
+            "probs": tta_probs_np(all_logits, self.temperature),
+            "features": np.concatenate(feats),
+            "ood_score": np.concatenate(ood) if ood else None,
         }
+
+    def _pixels(self, chunk: np.ndarray, tta: int) -> np.ndarray:
+        """The graph's input for a chunk of planes, its TTA views stacked view by view. uint8
+        planes, plain view: numpy only (data/intensity.py). TTA views (and float planes) use
+        PyTorch, on one thread beside ONNX Runtime (`torch_threads`)."""
+        if chunk.dtype == np.uint8 and tta == 1:
+            return normalize_planes_np(chunk, self.intensity)
+        import torch
+
+        from brainmri.data.transforms import normalize_intensity, tta_views
+
+        with torch_threads(1 if self.runtime == "onnx" else None):
+            if chunk.dtype == np.uint8:
+                p = torch.from_numpy(normalize_planes_np(chunk, self.intensity))
+            else:
+                p = normalize_intensity(torch.from_numpy(chunk).float(), self.intensity)
+            return torch.cat([v for _, v in tta_views(p, tta)]).numpy()
 
     def _records(self, items: list[tuple[str, np.ndarray, bool]], tta: int) -> list[dict]:
         out = self.run(np.stack([plane for _, plane, _ in items])[:, None], tta)

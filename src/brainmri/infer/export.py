@@ -28,15 +28,15 @@ import torch
 from brainmri.data.dedupe import file_sha256
 from brainmri.errors import BrainMRIError
 from brainmri.infer.graph import build_graph
-from brainmri.infer.guard import ood_threshold
+from brainmri.infer.onnx_cache import EXPORT_VERSION
+from brainmri.infer.onnx_cache import cached_export as cached_export
+from brainmri.infer.ood_reason import ood_threshold
 from brainmri.model.checkpoint import atomic_write, load_model
 
 OPSET = 17
 EXPORTER = f"torch.onnx (TorchScript exporter, dynamo=False), opset {OPSET}"
 REDUCE_RANGE = True
 """7-bit int8 weights: avoids the u8s8 saturation of AVX2 CPUs without VNNI (ORT docs)."""
-EXPORT_VERSION = 1
-"""Bumped when the graph or its metadata change, so cached exports are rebuilt."""
 
 
 def onnx_metadata(meta: dict, source_sha: str, outputs: tuple[str, ...], int8: bool) -> dict:
@@ -194,23 +194,6 @@ def quantize_static_int8(
     finally:
         if pre.exists():
             os.unlink(pre)
-
-
-def cache_dir() -> Path:
-    """Where ONNX exports of model files are kept: $BRAINMRI_CACHE, else ~/.cache/brainmri."""
-    root = os.environ.get("BRAINMRI_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "brainmri"
-    )
-    return Path(root) / "onnx"
-
-
-def cached_export(model_path: str | Path, sha: str | None = None) -> Path:
-    """The fp32 ONNX export of a model file, made once and reused (keyed by its sha256)."""
-    sha = sha or file_sha256(model_path)
-    path = cache_dir() / f"{sha[:20]}-v{EXPORT_VERSION}.onnx"
-    if not path.is_file():
-        export_onnx(model_path, path)
-    return path
 
 
 def calibration_pixels(data_dir: Path, meta: dict, count: int = 128, seed: int = 0) -> np.ndarray:

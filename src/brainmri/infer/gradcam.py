@@ -298,8 +298,9 @@ def explain_files(
     record asked for, so `list(explain_files(...))` runs them all."""
     from brainmri.errors import RejectedInput
     from brainmri.infer.core import load_for_inference
-    from brainmri.infer.guard import guard_features, load_guard, ood_reason
+    from brainmri.infer.guard import guard_features, load_guard
     from brainmri.infer.inputs import auto_crop, load_plane
+    from brainmri.infer.ood_reason import ood_reason
     from brainmri.model.checkpoint import shipped_model_path
 
     model_path = Path(model_path or shipped_model_path())

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from brainmri.errors import RejectedInput
+from brainmri.infer.ood_reason import ood_threshold
 
 GUARD_PREFIX = "guard."
 MEANS_KEY = GUARD_PREFIX + "class_means"
@@ -183,44 +183,6 @@ def ood_from_meta(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> OOD
                 f"guard statistics hold {mu.shape[0]} class means for {n_classes} classes"
             )
     return OODScore(means, precisions, scales, source).eval()
-
-
-def ood_threshold(meta: dict[str, Any]) -> float | None:
-    """meta["guard"]["ood_threshold"] (or a flat "guard.ood_threshold"); None when absent."""
-    guard = meta.get("guard")
-    value = guard.get("ood_threshold") if isinstance(guard, dict) else None
-    if value is None:
-        value = meta.get("guard.ood_threshold")
-    return None if value is None else float(value)
-
-
-def ood_reason(score: float | None, threshold: float | None) -> str | None:
-    """The rejection reason for a score over the threshold, else None."""
-    if score is None or threshold is None:
-        return None
-    if not np.isfinite(score):
-        return f"not a brain MRI (OOD score {score})"
-    if score <= threshold:
-        return None
-    a, b = _distinct(score, threshold)
-    return f"not a brain MRI (OOD score {a} > {b})"
-
-
-def _distinct(a: float, b: float) -> tuple[str, str]:
-    """a and b with 3 significant digits, or more until they read differently (a score just
-    over a threshold of about 1 must not read "1 > 1")."""
-    for digits in range(3, 8):
-        sa, sb = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if sa != sb:
-            break
-    return sa, sb
-
-
-def check_ood(score: float | None, threshold: float | None) -> None:
-    """Raise RejectedInput when the score is over the threshold."""
-    reason = ood_reason(score, threshold)
-    if reason is not None:
-        raise RejectedInput(reason, code="ood")
 
 
 def guard_inputs(

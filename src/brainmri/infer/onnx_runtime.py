@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from brainmri.errors import BrainMRIError
 
@@ -61,9 +61,12 @@ class OnnxBackend:
             raise BrainMRIError(f"{path} is an ONNX model but not a brainmri export")
         self.meta: dict = json.loads(raw)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.device = torch.device("cpu")
+        self.device = "cpu"
 
-    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = np.ascontiguousarray(pixels.detach().cpu().numpy(), dtype=np.float32)
+    def __call__(self, pixels: Any) -> dict[str, np.ndarray]:
+        """Pixels (N, 1, S, S) in [0, 1], numpy or a CPU tensor -> float32 numpy outputs."""
+        if hasattr(pixels, "detach"):
+            pixels = pixels.detach().cpu().numpy()
+        x = np.ascontiguousarray(pixels, dtype=np.float32)
         out = self.session.run(self.output_names, {"pixels": x})
-        return {n: torch.from_numpy(o) for n, o in zip(self.output_names, out, strict=True)}
+        return dict(zip(self.output_names, out, strict=True))

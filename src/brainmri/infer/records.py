@@ -21,8 +21,8 @@ import numpy as np
 
 from brainmri.data.images import resize_square
 from brainmri.errors import BrainMRIError, RejectedInput
-from brainmri.infer.guard import ood_reason
 from brainmri.infer.inputs import CROP_MODES, auto_crop, load_plane
+from brainmri.infer.ood_reason import ood_reason
 
 
 def check_crop_mode(crop: str | bool) -> str:

@@ -23,21 +23,12 @@ from brainmri import CLASS_NAMES
 from brainmri.config import Recipe, recipe_from_dict
 from brainmri.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from brainmri.errors import BrainMRIError
+from brainmri.model.shipped import SHIPPED_MODEL as SHIPPED_MODEL
+from brainmri.model.shipped import shipped_model_path as shipped_model_path
 
 FORMAT = "brainmri-checkpoint/1"
-SHIPPED_MODEL = "lite0_cpu.safetensors"
 EXTRA_PREFIXES = ("guard.",)
 """Tensor-name prefixes of extra statistics a model file may carry beside its weights."""
-
-
-def shipped_model_path() -> Path:
-    """The model shipped inside the package (brainmri/weights/), used when none is given."""
-    from importlib import resources
-
-    path = Path(str(resources.files("brainmri") / "weights" / SHIPPED_MODEL))
-    if not path.is_file():
-        raise BrainMRIError(f"no --model given and no shipped model at {path}")
-    return path
 
 
 def atomic_write(path: Path, write) -> None:
