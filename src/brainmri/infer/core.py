@@ -305,11 +305,12 @@ class Classifier(ModelMetadata):
     ONNX runtime a .safetensors file is exported once and the export cached (see
     `infer.onnx_cache.cached_export`). On a CPU without a GPU stack the ONNX Runtime path
     imports no PyTorch unless TTA views are asked for (docs/RESULTS.md §17.15). `threads`:
-    ONNX Runtime intra-op threads (default: cores). `min_confidence`: a file whose top calibrated probability is under it gets `status:
-    rejected` ("uncertain ..."); None: the model file's `info.min_confidence` if it has one,
-    else off; 0: off. `spin_wait`: ONNX Runtime's threads spin between operators during a call
-    (onnx_runtime.session_options): quicker one image at a time on an idle machine, slower
-    when other processes share the cores (docs/RESULTS.md §17.13).
+    ONNX Runtime intra-op threads (default: cores). `min_confidence`: a file whose top
+    calibrated probability is under it gets `status: rejected` ("uncertain ..."); None: the
+    model file's `info.min_confidence` if it has one, else off; 0: off. `spin_wait`: ONNX
+    Runtime's threads spin between operators during a call (onnx_runtime.session_options):
+    quicker one image at a time on an idle machine, slower when other processes share the
+    cores (docs/RESULTS.md §17.13).
     """
 
     def __init__(
