@@ -209,7 +209,7 @@ def test_onnx_runtime_on_a_cpu_imports_no_pytorch(tmp_path: Path):
     import sys
 
     from brainmri.infer.core import gpu_stack_present
-    from brainmri.infer.onnx_cache import cached_export
+    from brainmri.infer.export import cached_export
 
     if gpu_stack_present():
         pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")

@@ -250,12 +250,10 @@ def gpu_possible() -> bool:
 
 def pick_runtime(runtime: str, device: Any, model_path: Path) -> tuple[str, str]:
     """`resolve_runtime` as (runtime, device name), without PyTorch when the answer is ONNX
-    Runtime on the CPU and no GPU can be there; otherwise PyTorch decides."""
-    if runtime not in RUNTIMES:
-        raise BrainMRIError(f"unknown runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
+    Runtime on the CPU and no GPU can be there; otherwise (bad names included) PyTorch decides."""
     on_cpu = device in (None, "", "cpu")
     is_onnx = model_path.suffix.lower() == ".onnx"
-    if runtime != "torch" and on_cpu and (is_onnx or not gpu_possible()):
+    if runtime in ("auto", "onnx") and on_cpu and (is_onnx or not gpu_possible()):
         return "onnx", "cpu"
     rt, dev = resolve_runtime(runtime, device, model_path)
     return rt, str(dev)
@@ -303,7 +301,7 @@ class Classifier(ModelMetadata):
 
     `model`: a .safetensors model file (default: the shipped one) or an .onnx export. With the
     ONNX runtime a .safetensors file is exported once and the export cached (see
-    `infer.onnx_cache.cached_export`). On a CPU without a GPU stack the ONNX Runtime path
+    `infer.export.cached_export`). On a CPU without a GPU stack the ONNX Runtime path
     imports no PyTorch unless TTA views are asked for (docs/RESULTS.md §17.15). `threads`:
     ONNX Runtime intra-op threads (default: cores). `min_confidence`: a file whose top
     calibrated probability is under it gets `status: rejected` ("uncertain ..."); None: the
@@ -324,7 +322,7 @@ class Classifier(ModelMetadata):
         spin_wait: bool = False,
     ):
         from brainmri.data.dedupe import file_sha256
-        from brainmri.infer.onnx_cache import cached_export
+        from brainmri.infer.onnx_cache import cached_path
         from brainmri.model.shipped import shipped_model_path
 
         path = Path(model) if model is not None else shipped_model_path()
@@ -335,7 +333,11 @@ class Classifier(ModelMetadata):
         if self.runtime == "onnx":
             from brainmri.infer.onnx_runtime import OnnxBackend
 
-            onnx_path = path if path.suffix.lower() == ".onnx" else cached_export(path, self.sha256)
+            onnx_path = path if path.suffix.lower() == ".onnx" else cached_path(self.sha256)
+            if not onnx_path.is_file():  # making the export needs PyTorch: imported only now
+                from brainmri.infer.export import cached_export
+
+                onnx_path = cached_export(path, self.sha256)
             self.backend: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, threads, spin_wait)
             self.meta: dict = self.backend.meta
         else:

@@ -28,8 +28,7 @@ import torch
 from brainmri.data.dedupe import file_sha256
 from brainmri.errors import BrainMRIError
 from brainmri.infer.graph import build_graph
-from brainmri.infer.onnx_cache import EXPORT_VERSION
-from brainmri.infer.onnx_cache import cached_export as cached_export
+from brainmri.infer.onnx_cache import EXPORT_VERSION, cached_path
 from brainmri.infer.ood_reason import ood_threshold
 from brainmri.model.checkpoint import atomic_write, load_model
 
@@ -194,6 +193,14 @@ def quantize_static_int8(
     finally:
         if pre.exists():
             os.unlink(pre)
+
+
+def cached_export(model_path: str | Path, sha: str | None = None) -> Path:
+    """The fp32 ONNX export of a model file, made once and reused (keyed by its sha256)."""
+    path = cached_path(sha or file_sha256(model_path))
+    if not path.is_file():
+        export_onnx(model_path, path)
+    return path
 
 
 def calibration_pixels(data_dir: Path, meta: dict, count: int = 128, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""The cached fp32 ONNX export of a model file, found without importing PyTorch; only a missing
-export is made (infer/export.py, which needs PyTorch)."""
+"""Where the cached fp32 ONNX export of a model file lives, found without importing PyTorch
+(making a missing one is infer/export.py's `cached_export`, which needs it)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,6 @@ def cache_dir() -> Path:
     return Path(root) / "onnx"
 
 
-def cached_export(model_path: str | Path, sha: str | None = None) -> Path:
-    """The fp32 ONNX export of a model file, made once and reused (keyed by its sha256)."""
-    from brainmri.data.dedupe import file_sha256
-
-    sha = sha or file_sha256(model_path)
-    path = cache_dir() / f"{sha[:20]}-v{EXPORT_VERSION}.onnx"
-    if not path.is_file():
-        from brainmri.infer.export import export_onnx
-
-        export_onnx(model_path, path)
-    return path
+def cached_path(sha: str) -> Path:
+    """Where the fp32 export of the model file with this sha256 is (or will be) cached."""
+    return cache_dir() / f"{sha[:20]}-v{EXPORT_VERSION}.onnx"
