@@ -7,7 +7,7 @@ map moves when another class is explained (mean |difference|, the smallest over 
 classes). docs/RESULTS.md §16 has the rule that picks.
 
     python bench/gradcam_compare.py [--model M] [--per-class 12] \
-        [--round 1|2|3|4|5|6] [--out bench/results/guard_compare/gradcam.json]
+        [--round 1|2|3|4|5|6|7] [--out bench/results/guard_compare/gradcam.json]
 """
 
 from __future__ import annotations
@@ -83,9 +83,18 @@ SIXTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
 """§16.20's candidates (`--round 6`): the shipped map, and the same with every value under 15 %
 of the map's maximum set to 0 (the Grad-CAM paper's localization threshold)."""
 
+SEVENTH_ROUND: dict[str, tuple[str, tuple[str, ...], dict]] = {
+    "gradcam_stage4_pad32_cut15": ("GradCAM", ("blocks.4",), {"pad": 32, "cut": 0.15}),
+    "refgradcam_stage4_pad32_cut15": (
+        "ReferenceGradCAM", ("blocks.4",), {"pad": 32, "cut": 0.15}
+    ),
+}  # fmt: skip
+"""§16.21's candidates (`--round 7`): the shipped map (since §16.20), and the same with the
+activations taken relative to an all-black input's (infer/gradcam_reference.py)."""
+
 ROUNDS = {
     1: CANDIDATES, 2: SECOND_ROUND, 3: THIRD_ROUND, 4: FOURTH_ROUND, 5: FIFTH_ROUND,
-    6: SIXTH_ROUND,
+    6: SIXTH_ROUND, 7: SEVENTH_ROUND,
 }  # fmt: skip
 
 
@@ -97,13 +106,19 @@ def cam_maps(
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    from brainmri.infer.gradcam_reference import ReferenceGradCAM, black_reference
+
     if method == "Occlusion":
         return occlusion_maps(model, x.repeat(4, 1, 1, 1), [0, 1, 2, 3])
     modules = dict(model.backbone.named_modules())
     targets = [modules[name] for name in layers]
     with torch.inference_mode(False), torch.enable_grad():
         xx = x.detach().clone().float().repeat(4, 1, 1, 1)
-        with getattr(pytorch_grad_cam, method)(model=model, target_layers=targets) as cam:
+        if method == "ReferenceGradCAM":
+            make = ReferenceGradCAM(model, targets, black_reference(xx))
+        else:
+            make = getattr(pytorch_grad_cam, method)(model=model, target_layers=targets)
+        with make as cam:
             cam.batch_size = 64  # ScoreCAM's masked inputs per forward (its default is 16)
             classes = [ClassifierOutputTarget(c) for c in range(4)]
             return cam(input_tensor=xx, targets=classes, **(options or {}))
@@ -125,7 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
         help="1: §16.2's candidates; 2: §16.5's (smoothing, other weightings, stride 8); "
         "3: §16.6's (ScoreCAM, AblationCAM, EigenGradCAM, ShapleyCAM); "
         "4: §16.7's (the input padded with black); 5: §16.8's (occlusion); "
-        "6: §16.20's (the map cut at 15 %% of its maximum)",
+        "6: §16.20's (the map cut at 15 %% of its maximum); "
+        "7: §16.21's (activations relative to an all-black input's)",
     )  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("bench/results/guard_compare/gradcam.json"))
     args = ap.parse_args(argv)

@@ -25,7 +25,9 @@ from brainmri.infer.gradcam import (
     model_input,
     plane_maps,
     render_png,
+    target_layer,
 )
+from brainmri.infer.gradcam_reference import black_reference, layer_activations
 from brainmri.model.checkpoint import save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.model.ensemble import EnsembleClassifier
@@ -88,6 +90,37 @@ def test_plane_maps_have_the_image_size_and_no_floor():
     assert maps.min() >= 0 and maps.max() <= 1
     for m in maps:  # explain's maps are cut at FLOOR_CUT of their maximum
         assert not ((m > 0) & (m < FLOOR_CUT * m.max())).any()
+
+
+def test_reference_map_weighs_activations_relative_to_a_black_input():
+    """sum_k w_k (A_k - A_black_k), w the class gradient's spatial mean, ReLU, scaled to [0, 1]
+    upsampled and scaled again as the library does; a black input itself gets an all-zero map."""
+    import cv2
+
+    model = small(0)
+    x = model_input(synthetic_brain(80, seed=4), 64)
+    layer = target_layer(model)
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.enable_grad():
+            xx = x.clone().requires_grad_(True)
+            logits = model(xx)
+            acts = seen[0]
+            (grad,) = torch.autograd.grad(logits[0, 1], acts)
+    finally:
+        handle.remove()
+    w = grad.mean(dim=(2, 3)).numpy()[0]
+    ref = layer_activations(model, layer, black_reference(x))[0]
+    cam = np.maximum((w[:, None, None] * (acts.detach().numpy()[0] - ref)).sum(0), 0)
+    cam = (cam - cam.min()) / (1e-7 + cam.max() - cam.min())
+    expected = cv2.resize(cam.astype(np.float32), (64, 64))
+    expected = (expected - expected.min()) / (1e-7 + expected.max() - expected.min())
+    got = gradcam_maps(model, x, 1, reference=True)[0]
+    np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-5)
+    assert not np.allclose(got, gradcam_maps(model, x, 1)[0], atol=1e-3)
+    black = black_reference(x)
+    assert gradcam_maps(model, black, 1, reference=True).max() == 0.0
 
 
 def test_ensemble_map_is_the_mean_of_its_members_maps():
