@@ -55,7 +55,7 @@ def score_curve(scores: np.ndarray, right: np.ndarray, points: int = 21) -> list
 
 
 def reason_kind(reason: str | None) -> str:
-    """"not a brain MRI (OOD score 3 > 1)" -> "OOD score"; "x (no dark background: …)" ->
+    """"unlike the brain MRI … (OOD score 3 > 1)" -> "OOD score"; "x (no dark background: …)" ->
     "no dark background"; otherwise the text before any parenthesis."""
     text = reason or ""
     inner = text[text.find("(") + 1 :] if "(" in text else text

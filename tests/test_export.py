@@ -49,6 +49,41 @@ def test_metadata_describes_the_model(exported: Path):
     assert batch_dim.dim_param and not batch_dim.dim_value  # a named, dynamic batch axis
 
 
+def test_the_usage_metadata_alone_reproduces_predict(small_benchmark: Path, exported: Path):
+    """Following the `usage` text with PIL, numpy and ONNX Runtime only gives predict's
+    probabilities on real test images."""
+    import onnx
+    import onnxruntime as ort
+    from PIL import Image
+
+    from brainmri.infer.core import Classifier
+
+    model = onnx.load(str(exported), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    usage = props["usage"]
+    assert model.model_version >= 1
+    assert "0.5th and 99.5th percentiles" in usage and "softmax(logits / temperature)" in usage
+    size = json.loads(props["preprocessing"])["image_size"]
+    assert f"S = {size}" in usage
+    paths = [sorted((small_benchmark / "Testing" / c).iterdir())[0] for c in CLASS_NAMES]
+    rows = []
+    for path in paths:
+        im = Image.open(path).convert("L").resize((size, size), Image.Resampling.BILINEAR)
+        v = np.asarray(im, dtype=np.float32) / 255
+        a, b = np.percentile(v, [0.5, 99.5])
+        rows.append(np.clip((v - a) / max(b - a, 0.001), 0, 1)[None])
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"pixels": np.stack(rows).astype(np.float32)})[0]
+    z = logits / float(props["temperature"])
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    clf = Classifier(shipped_model_path(), runtime="onnx")
+    for path, p in zip(paths, probs, strict=True):
+        rec = clf.predict(path)
+        want = np.array([rec["probabilities"][c] for c in json.loads(props["class_names"])])
+        np.testing.assert_allclose(p, want, atol=2e-4)
+
+
 def test_onnx_equals_the_torch_graph_on_real_images(small_benchmark: Path, exported: Path):
     model, meta = load_model(shipped_model_path())
     graph = build_graph(model, meta)

@@ -25,7 +25,7 @@ from brainmri.infer.guard import (
     ood_from_meta,
     threshold_for,
 )
-from brainmri.infer.ood_reason import check_ood, ood_reason
+from brainmri.infer.ood_reason import OOD_REASON, check_ood, ood_reason
 from brainmri.model.checkpoint import add_extra_tensors, load_model, save_model
 from brainmri.model.classifier import TumorClassifier
 
@@ -91,10 +91,10 @@ def test_depths_count_by_their_largest_scaled_distance():
 
 def test_reasons_and_missing_statistics():
     assert ood_reason(3.0, 10.0) is None and ood_reason(None, 10.0) is None
-    assert ood_reason(12.4, 10.0) == "not a brain MRI (OOD score 12.4 > 10)"
+    assert ood_reason(12.4, 10.0) == f"{OOD_REASON} (OOD score 12.4 > 10)"
     # the shipped score is a ratio near 1: the reason must still read as "over"
-    assert ood_reason(1.1234, 1.0828) == "not a brain MRI (OOD score 1.12 > 1.08)"
-    assert ood_reason(1.08312, 1.08284) == "not a brain MRI (OOD score 1.0831 > 1.0828)"
+    assert ood_reason(1.1234, 1.0828) == f"{OOD_REASON} (OOD score 1.12 > 1.08)"
+    assert ood_reason(1.08312, 1.08284) == f"{OOD_REASON} (OOD score 1.0831 > 1.0828)"
     assert "OOD score nan" in ood_reason(float("nan"), 10.0)
     with pytest.raises(RejectedInput) as info:
         check_ood(812.0, 95.0)

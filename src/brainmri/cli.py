@@ -266,7 +266,11 @@ def evaluate(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Results folder (default: results/ beside the model's run)."),
+        typer.Option(
+            "--out",
+            help="Results folder. Default: results/ in the model's run folder when the model is "
+            "a train run's models/*.safetensors, else ./results (e.g. for the shipped model).",
+        ),
     ] = None,
     tta: Annotated[
         int, typer.Option(min=1, max=5, help="Test-time augmentation views (1 = plain only).")

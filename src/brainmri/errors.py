@@ -12,7 +12,8 @@ class BrainMRIError(Exception):
 class RejectedInput(BrainMRIError):
     """An input the input guard refuses (not a brain MRI slice the model can judge).
 
-    The message is the reason, e.g. "tiny: 1x1 px" or "not a brain MRI (OOD score 1.31 > 1.08)";
+    The message is the reason, e.g. "tiny: 1x1 px" or
+    "unlike the brain MRI the model learned from (OOD score 1.31 > 1.08)";
     `code` is its short machine-readable kind ("tiny", "ood", "dicom-modality", ...).
     """
 

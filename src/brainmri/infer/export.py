@@ -8,7 +8,9 @@ dynamic. Exporter: the TorchScript-based exporter (``dynamo=False``, opset 17): 
 gives a correct dynamic-batch graph in ~12 s, where the dynamo exporter took ~100 s for the same
 numbers. The metadata (``metadata_props``) holds the model file's own metadata as JSON under
 ``brainmri`` plus plain keys ``class_names``, ``preprocessing``, ``temperature``,
-``ood_threshold`` for readers that do not want to parse it.
+``ood_threshold`` for readers that do not want to parse it, and ``usage``: in words, how to make
+``pixels`` from an image file and read the outputs, so that the graph can be used without
+brainmri. The ONNX ``model_version`` is the export format's version (``EXPORT_VERSION``).
 
 ``int8``: ONNX Runtime static quantization (QDQ, per-channel 7-bit int8 weights, uint8
 activations) calibrated on 128 training images. It does not keep fp32's accuracy on the test
@@ -59,7 +61,44 @@ def onnx_metadata(meta: dict, source_sha: str, outputs: tuple[str, ...], int8: b
     threshold = ood_threshold(meta)
     if threshold is not None:
         props["ood_threshold"] = str(float(threshold))
+    props["usage"] = usage_text(meta, threshold is not None)
     return props
+
+
+def usage_text(meta: dict, guarded: bool) -> str:
+    """How to feed the graph and read it, in words (the `usage` metadata key)."""
+    from brainmri.data.intensity import PCT_HI, PCT_LO
+
+    pre = meta.get("preprocessing", {})
+    size = int(pre.get("image_size", 0))
+    mode = pre.get("intensity", "none")
+    steps = [
+        "Input 'pixels': float32 (batch, 1, S, S) with S = "
+        f"{size}. For each image: decode it to 8-bit grayscale (the luminance of a colour "
+        f"image); resize it to {size} x {size} (bilinear, antialiased when shrinking); v = "
+        "value / 255;",
+    ]
+    if mode == "percentile":
+        lo, hi = f"{100 * PCT_LO:g}", f"{100 * PCT_HI:g}"
+        steps.append(
+            f"then pixels = clip((v - a) / max(b - a, 0.001), 0, 1), where a and b are the {lo}th "
+            f"and {hi}th percentiles of that image's v (linear interpolation between ranks)."
+        )
+    else:
+        steps.append("then pixels = v.")
+    steps.append(
+        "(brainmri's predict first crops away a wide black frame around the head, --crop auto; "
+        "images already cropped to the head need nothing.) The graph repeats the channel to "
+        "three and applies the mean and std of 'preprocessing' itself. Output 'logits' is "
+        "before the temperature: probabilities = "
+        "softmax(logits / temperature), in the order of 'class_names'."
+    )
+    if guarded:
+        steps.append(
+            "Output 'ood_score': an input scoring above 'ood_threshold' is unlike the images "
+            "the model learned from; brainmri refuses it instead of classifying it."
+        )
+    return " ".join(steps)
 
 
 def _write_metadata(path: Path, props: dict[str, str]) -> None:
@@ -71,6 +110,7 @@ def _write_metadata(path: Path, props: dict[str, str]) -> None:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.doc_string = "brainmri 4-class brain MRI tumor classifier; not for clinical use"
+    model.model_version = EXPORT_VERSION
     onnx.save(model, str(path))
 
 

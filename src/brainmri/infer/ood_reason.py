@@ -20,16 +20,22 @@ def ood_threshold(meta: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
+OOD_REASON = "unlike the brain MRI the model learned from"
+"""Start of the reason for a score over the threshold. Not "not a brain MRI": the threshold is
+set so that about 1 % of the benchmark's own scans score above it (docs/RESULTS.md §16.10), so
+the score says an input is unlike the training images, not what it is."""
+
+
 def ood_reason(score: float | None, threshold: float | None) -> str | None:
     """The rejection reason for a score over the threshold, else None."""
     if score is None or threshold is None:
         return None
     if not math.isfinite(score):
-        return f"not a brain MRI (OOD score {score})"
+        return f"{OOD_REASON} (OOD score {score})"
     if score <= threshold:
         return None
     a, b = _distinct(score, threshold)
-    return f"not a brain MRI (OOD score {a} > {b})"
+    return f"{OOD_REASON} (OOD score {a} > {b})"
 
 
 def _distinct(a: float, b: float) -> tuple[str, str]:
