@@ -205,6 +205,21 @@ def test_explain_returns_overlay_png(server: RunningServer, benchmark_dir: Path)
     assert_json_error(r.status_code, r.content, 400)
 
 
+def test_unknown_query_parameters_are_refused(server: RunningServer) -> None:
+    """A CLI-only or misspelt option is a 400 naming it, not silently ignored; errors from the
+    gate and from the app are the same compact JSON."""
+    r = httpx.post(server.url + "/v1/predict?tta=5", files={"file": ("a.png", b"x")})
+    detail = assert_json_error(r.status_code, r.content, 400)["detail"]
+    assert "'tta'" in detail and "takes: no query parameters" in detail
+    r = httpx.post(server.url + "/v1/explain?method=gradcam&class=glioma",
+                   files={"file": ("a.png", b"x")})  # fmt: skip
+    detail = assert_json_error(r.status_code, r.content, 400)["detail"]
+    assert "'class'" in detail and "takes: method" in detail
+    r = httpx.post(server.url + "/v1/predict", content=b"{}",
+                   headers={"content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 415 and b'{"error":"' in r.content
+
+
 def test_predict_several_files_keeps_order_and_status(
     server: RunningServer, benchmark_dir: Path
 ) -> None:

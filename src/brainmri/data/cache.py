@@ -36,7 +36,8 @@ def decode_images(
     workers = workers or min(os.cpu_count() or 1, 8)
     jobs = [(str(p), size) for p in paths]
     out = np.empty((len(paths), 1, size, size), dtype=np.uint8)
-    progress = tqdm(total=len(jobs), desc=desc, unit="img", leave=False, mininterval=1.0)
+    progress = tqdm(total=len(jobs), desc=desc, unit="img", leave=False, mininterval=1.0,
+                    disable=None)  # fmt: skip
     if workers <= 1 or len(jobs) < 64:
         results = map(_decode, jobs)
     else:

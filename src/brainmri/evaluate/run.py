@@ -160,7 +160,7 @@ def evaluate(
 
     def run(views: int) -> tuple[list[str], torch.Tensor, float]:
         with tqdm(total=len(images), desc=f"predict ({views} view{'s' * (views > 1)})",
-                  unit="img", leave=False, mininterval=1.0) as bar:  # fmt: skip
+                  unit="img", leave=False, mininterval=1.0, disable=None) as bar:  # fmt: skip
             t0 = time.time()
             names, logits = loaded.logits(images, views, batch_size, bar)
             return names, logits, time.time() - t0

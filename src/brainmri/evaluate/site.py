@@ -35,7 +35,7 @@ def site_report(
     try:  # the metrics are already computed: a failure here must not lose them
         clf = Classifier(model_path, device=device, batch_size=batch_size, min_confidence=0)
         with tqdm(total=len(paths), desc="site check", unit="img", leave=False,
-                  mininterval=1.0) as bar:  # fmt: skip
+                  mininterval=1.0, disable=None) as bar:  # fmt: skip
             for rec in clf.stream(paths):
                 scores.append(rec.get("ood_score"))
                 status[rec["status"]] += 1

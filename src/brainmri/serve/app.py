@@ -21,7 +21,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -155,6 +155,20 @@ def unknown_method(method: str) -> JSONResponse | None:
     return JSONResponse(error_body("bad-request", detail), status_code=400)
 
 
+def only_query(*allowed: str) -> Any:
+    """A dependency refusing query parameters the endpoint does not take (400), so that a
+    misspelt or CLI-only option (`tta`, `crop`, `class`) is not silently ignored."""
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(allowed))
+        if unknown:
+            takes = ", ".join(allowed) if allowed else "no query parameters"
+            detail = f"unknown query parameter {', '.join(map(repr, unknown))} (takes: {takes})"
+            raise UploadError(400, "bad-request", detail)
+
+    return Depends(check)
+
+
 def create_app(
     engine: Engine,
     limits: Limits | None = None,
@@ -215,7 +229,7 @@ def create_app(
         (at least 20 scored, most above its reference median): a warning, nothing refused."""
         return engine.site_status()
 
-    @app.post("/v1/predict", openapi_extra=MULTIPART_DOC)
+    @app.post("/v1/predict", openapi_extra=MULTIPART_DOC, dependencies=[only_query()])
     async def predict(request: Request) -> Any:
         """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""
         uploads, several = await read_uploads(request, limits, one=False)
@@ -236,6 +250,7 @@ def create_app(
         openapi_extra=MULTIPART_DOC,
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
+        dependencies=[only_query("method")],
     )
     async def explain(request: Request, method: str = "gradcam") -> Response:
         """Overlay PNG for one scan (field `file`), class and probability written on it.

@@ -36,7 +36,7 @@ def error_body(error: str, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 async def send_json(send: Any, status: int, body: dict[str, Any], close: bool = False) -> None:
-    raw = json.dumps(body).encode()
+    raw = json.dumps(body, separators=(",", ":")).encode()  # as JSONResponse writes it
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
     if close:
         headers.append((b"connection", b"close"))

@@ -157,7 +157,8 @@ def fit_member(
     ctx = Context(recipe, Dist(), member, data, TrainAugment(recipe.augment), mean, std, weights)
     run = setup_stage(ctx, 0)
     history = []
-    bar = tqdm(range(run.config.epochs), desc=f"adapt {label}", unit="epoch", leave=False)
+    bar = tqdm(range(run.config.epochs), desc=f"adapt {label}", unit="epoch", leave=False,
+               disable=None)  # fmt: skip
     for epoch in bar:
         fig = train_one_epoch(ctx, run, epoch, epoch)
         bar.set_postfix(loss=f"{fig['train_loss']:.3f}", acc=f"{fig['train_acc']:.3f}")
