@@ -4,18 +4,20 @@ real test images with the shipped model (the map depends on the class; it sits o
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import synthetic_brain
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from brainmri.cli import app
 from brainmri.config import load_recipe
 from brainmri.infer.gradcam import (
     FLOOR_CUT,
+    answer_text,
     border_for,
     cut_border,
     cut_floor,
@@ -168,7 +170,7 @@ def test_explain_command_writes_pngs_and_reports_bad_files(tmp_path):
     assert (out / "scan_gradcam.png").is_file() and not (out / "notes_gradcam.png").exists()
     assert "cannot read image" in res.output
     res = CliRunner().invoke(app, ["explain", str(good), "--out", str(out), "--model",
-                                   str(model), "--class", "pituitary"])  # fmt: skip
+                                   str(model), "--class", "pituitary", "--force"])  # fmt: skip
     assert res.exit_code == 0 and "pituitary" in res.output
     res = CliRunner().invoke(app, ["explain", str(good), "--out", str(out), "--crop", "x"])
     assert res.exit_code == 1 and "--crop" in res.output
@@ -214,6 +216,148 @@ def test_explain_refuses_a_score_just_over_the_threshold(tmp_path, monkeypatch):
     assert rec["status"] == "rejected" and rec["ood_score"] == 1.085
     assert "1.085 > 1.083" in rec["reason"]
     assert not (tmp_path / "cams" / "scan_gradcam.png").exists()
+
+
+def saved_small(tmp_path) -> Path:
+    recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
+    return save_model(tmp_path / "m.safetensors", small(0), recipe, {"temperature": 1.0})
+
+
+def scan_file(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(synthetic_brain(96, seed=seed)).save(path)
+    return path
+
+
+def explain(*args: str) -> Result:
+    return CliRunner().invoke(app, ["explain", *args, "--no-progress"])
+
+
+def test_inputs_with_the_same_name_keep_both_maps(tmp_path):
+    """Two inputs named scan.png in one run: the second gets scan_2_gradcam.png and its record
+    says so; neither map is lost."""
+    model = saved_small(tmp_path)
+    a = scan_file(tmp_path / "dup" / "a" / "scan.png", seed=1)
+    b = scan_file(tmp_path / "dup" / "b" / "scan.png", seed=2)
+    out = tmp_path / "cams"
+    first, second = explain_files([a, b], out, model)
+    assert first["status"] == second["status"] == "ok"
+    assert first["png"] == str(out / "scan_gradcam.png")
+    assert second["png"] == str(out / "scan_2_gradcam.png")
+    assert Path(first["png"]).read_bytes() != Path(second["png"]).read_bytes()
+    assert sorted(f.name for f in out.iterdir()) == ["scan_2_gradcam.png", "scan_gradcam.png"]
+    res = explain(str(a), str(b), str(a), "--out", str(tmp_path / "cli"), "--model", str(model))
+    assert res.exit_code == 0, res.output
+    assert "-> " + str(tmp_path / "cli" / "scan_3_gradcam.png") in res.output
+
+
+def test_explain_refuses_to_overwrite_a_png_without_force(tmp_path):
+    """A PNG left by an earlier run is an error record for that file (the batch goes on), as
+    predict --json and export refuse; --force overwrites it."""
+    model = saved_small(tmp_path)
+    old, new = scan_file(tmp_path / "old.png", seed=1), scan_file(tmp_path / "new.png", seed=2)
+    out = tmp_path / "cams"
+    out.mkdir()
+    (out / "old_gradcam.png").write_bytes(b"earlier run")
+    stale, fresh = explain_files([old, new], out, model)
+    assert stale["status"] == "error" and "png" not in stale
+    assert stale["reason"] == f"{out / 'old_gradcam.png'} exists; use --force to overwrite it"
+    assert (out / "old_gradcam.png").read_bytes() == b"earlier run"
+    assert fresh["status"] == "ok" and (out / "new_gradcam.png").is_file()
+    res = explain(str(old), "--out", str(out), "--model", str(model))
+    assert res.exit_code == 1 and "use --force" in res.output
+    assert (out / "old_gradcam.png").read_bytes() == b"earlier run"
+    res = explain(str(old), "--out", str(out), "--model", str(model), "--force")
+    assert res.exit_code == 0, res.output
+    assert (out / "old_gradcam.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_an_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, where):
+    model = saved_small(tmp_path)
+    scan = scan_file(tmp_path / "scan.png", seed=1)
+    out = scan if where == "a file" else scan / "cams"
+    res = explain(str(scan), "--out", str(out), "--model", str(model))
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)  # no traceback
+    (line,) = res.output.strip().splitlines()
+    assert line.startswith("error: ") and str(out) in line
+    assert line.endswith("is a file, not a folder" if where == "a file" else "Not a directory")
+
+
+def test_printed_line_and_caption_show_the_same_probability(tmp_path, monkeypatch):
+    """p = 0.99847 is 0.998 on the PNG and on the line: rounded once, not to 4 decimals and
+    then to 3 (which gave 0.999 on the line)."""
+    import brainmri.infer.gradcam as gradcam
+
+    probs = np.array([0.99847, 0.001, 0.0003, 0.00023], np.float32)
+    monkeypatch.setattr(gradcam, "explain_plane",
+                        lambda *a, **k: (np.zeros((64, 64), np.float32), probs, 0))  # fmt: skip
+    captions: list[str] = []
+    real_render = gradcam.render_png
+    monkeypatch.setattr(gradcam, "render_png",
+                        lambda plane, cam, caption: captions.append(caption)
+                        or real_render(plane, cam, caption))  # fmt: skip
+    model = saved_small(tmp_path)
+    scan = scan_file(tmp_path / "scan.png", seed=1)
+    res = explain(str(scan), "--out", str(tmp_path / "cams"), "--model", str(model))
+    assert res.exit_code == 0, res.output
+    (caption,) = captions
+    (line,) = [x for x in res.output.splitlines() if x.startswith(str(scan))]
+    assert caption.endswith("p = 0.998") and "0.998" in line and "0.999" not in line
+    assert f"{scan}  {caption}  -> " in line  # the line shows what the PNG says
+    assert answer_text(["glioma", "meningioma", "notumor", "pituitary"], probs, 0) == caption
+
+
+def test_explain_takes_from_folders_what_predict_takes(tmp_path):
+    """Folders are expanded by predict's expand_inputs: notes, .DS_Store and JSON are not
+    inputs; missing files and broken links read as predict says them; a count line ends."""
+    model = saved_small(tmp_path)
+    folder = tmp_path / "scans"
+    scan_file(folder / "one.png", seed=1)
+    scan_file(folder / "sub" / "two.jpg", seed=2)
+    (folder / "README.txt").write_text("notes")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "labels.json").write_text("{}")
+    out = tmp_path / "cams"
+    res = explain(str(folder), "--out", str(out), "--model", str(model))
+    assert res.exit_code == 0, res.output
+    assert sorted(f.name for f in out.iterdir()) == ["one_gradcam.png", "two_gradcam.png"]
+    assert "README" not in res.output and "labels" not in res.output
+    assert f"2 files: 2 ok, 0 rejected, 0 error; maps in {out}" in res.output
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    missing = tmp_path / "missing.jpg"
+    res = explain(str(folder), str(missing), "--out", str(out), "--model", str(model), "--force")
+    assert res.exit_code == 1
+    assert f"error: {missing}: no such file" in res.output and "Errno" not in res.output
+    assert f"error: {folder / 'gone.png'}: broken symbolic link" in res.output
+    assert "4 files: 2 ok, 0 rejected, 2 error" in res.output
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("notes")
+    res = explain(str(notes), "--out", str(out), "--model", str(model))
+    assert res.exit_code == 1
+    assert res.output.strip() == "error: no image files found in the given inputs"
+
+
+def test_explaining_another_class_shows_the_models_answer(tmp_path):
+    """--class X on an image the model calls Y writes Y and its probability beside X's, on
+    the PNG and on the line; the model's own class is written alone."""
+    model = saved_small(tmp_path)
+    scan = scan_file(tmp_path / "scan.png", seed=1)
+    (own,) = explain_files([scan], tmp_path / "own", model)
+    names = ["glioma", "meningioma", "notumor", "pituitary"]
+    other = next(n for n in names if n != own["label"])
+    assert own["predicted"] == own["label"] and "model:" not in own["caption"]
+    (rec,) = explain_files([scan], tmp_path / "other", model, class_name=other)
+    assert rec["label"] == other and rec["predicted"] == own["label"]
+    assert rec["caption"].startswith(f"{other} p = ")
+    assert rec["caption"].endswith(f" (model: {own['caption'].replace(' p =', '')})")
+    res = explain(str(scan), "--out", str(tmp_path / "cli"), "--model", str(model),
+                  "--class", other)  # fmt: skip
+    assert res.exit_code == 0 and f"(model: {own['label']} " in res.output
+    probs = np.array([0.0002, 0.9991, 0.0004, 0.0003], np.float32)
+    assert answer_text(names, probs, 0) == "glioma p = 0.000 (model: meningioma 0.999)"
+    assert answer_text(names, probs, 1) == "meningioma p = 0.999"
 
 
 @pytest.fixture(scope="module")

@@ -278,6 +278,15 @@ def explain_plane(
     return maps[0], probs, k
 
 
+def answer_text(names: Sequence[str], probs: np.ndarray, k: int) -> str:
+    """'glioma p = 0.998': the class explained and its probability, rounded once from the
+    unrounded value; when it is not the model's answer, that answer too:
+    'glioma p = 0.000 (model: meningioma 0.999)'. Both the PNG caption and explain's line."""
+    text = f"{names[k]} p = {float(probs[k]):.3f}"
+    top = int(np.argmax(probs))
+    return text if top == k else f"{text} (model: {names[top]} {float(probs[top]):.3f})"
+
+
 def explain_png(
     classifier: Any,
     plane: np.ndarray,
@@ -287,13 +296,37 @@ def explain_png(
     backend: Any = None,
     probs: np.ndarray | None = None,
 ) -> bytes:
-    """Overlay PNG (input | map) with the class and its probability written on it; `probs`
-    as explain_plane takes them."""
+    """Overlay PNG (input | map) with the class and its probability written on it (and the
+    model's own answer when another class is explained: answer_text); `probs` as explain_plane
+    takes them."""
     _, meta = _torch_parts(classifier)
     cam, probs, k = explain_plane(classifier, plane, class_idx, method, backend, probs)
-    names = list(meta["class_names"])
-    caption = f"{names[k]}  p = {probs[k]:.3f}" + (f"   {title}" if title else "")
-    return render_png(plane, cam, caption)
+    caption = answer_text(list(meta["class_names"]), probs, k)
+    return render_png(plane, cam, caption + (f"   {title}" if title else ""))
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create explain's output folder; a path that is a file or cannot be created is a
+    one-line user error."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BrainMRIError(f"--out {out_dir} is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BrainMRIError(f"cannot create --out folder {out_dir}: {exc.strerror or exc}") from exc
+
+
+def png_target(out_dir: Path, path: Path, method: str, taken: set[str]) -> Path:
+    """OUT/<stem>_<method>.png, or OUT/<stem>_2_<method>.png, _3_ ... when an earlier input of
+    the same run already claimed that name (`taken`: names claimed, case-folded, so two inputs
+    never share a PNG on a case-insensitive file system either). The name depends only on the
+    inputs before it, so a rerun with --force overwrites the same files."""
+    stem = Path(path).stem
+    target, n = out_dir / f"{stem}_{method}.png", 1
+    while target.name.casefold() in taken:
+        n += 1
+        target = out_dir / f"{stem}_{n}_{method}.png"
+    return target
 
 
 def explain_files(
@@ -304,16 +337,20 @@ def explain_files(
     class_name: str | None = None,
     device: str | None = None,
     method: str = "gradcam",
+    force: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Write OUT/<stem>_<method>.png for each file, yielding one record per file as soon as its
     PNG is written (status ok / rejected / error with a reason, like predict; the class
-    explained and the PNG). Lazy: the arguments are checked and the model loaded on the first
-    record asked for, so `list(explain_files(...))` runs them all."""
+    explained, the model's answer, `caption`: the text on the PNG, and the PNG). Two inputs of
+    one run with the same stem never share a PNG (png_target); a PNG already there from an
+    earlier run is an `error` record unless `force`. Lazy: the arguments are checked and the
+    model loaded on the first record asked for, so `list(explain_files(...))` runs them all."""
     from brainmri.errors import RejectedInput
     from brainmri.infer.core import load_for_inference
     from brainmri.infer.guard import guard_features, load_guard
     from brainmri.infer.inputs import auto_crop, load_plane
     from brainmri.infer.ood_reason import ood_reason
+    from brainmri.infer.records import read_input
     from brainmri.model.checkpoint import shipped_model_path
 
     model_path = Path(model_path or shipped_model_path())
@@ -329,11 +366,16 @@ def explain_files(
         from brainmri.infer.core import Classifier
 
         backend = Classifier(model_path, runtime="onnx").backend
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_out_dir(out_dir)
+    taken: set[str] = set()
     for path in paths:
         rec: dict[str, Any] = {"path": str(path), "status": "ok", "reason": None}
         try:
-            plane, cropped = auto_crop(load_plane(Path(path).read_bytes(), Path(path).name), crop)
+            target = png_target(out_dir, path, method, taken)
+            taken.add(target.name.casefold())  # claimed in input order, whatever the outcome
+            if target.exists() and not force:
+                raise BrainMRIError(f"{target} exists; use --force to overwrite it")
+            plane, cropped = auto_crop(load_plane(read_input(path), str(path)), crop)
             rec["cropped"] = cropped
             logits = None
             if scorer is not None:
@@ -350,9 +392,10 @@ def explain_files(
             k = None if class_name is None else names.index(class_name)
             probs = None if logits is None else calibrated(logits[0], loaded.meta)
             cam, probs, k = explain_plane(loaded, plane, k, method, backend, probs)
-            target = out_dir / f"{Path(path).stem}_{method}.png"
-            target.write_bytes(render_png(plane, cam, f"{names[k]}  p = {probs[k]:.3f}"))
+            caption = answer_text(names, probs, k)
+            target.write_bytes(render_png(plane, cam, caption))
             rec |= {"label": names[k], "probability": round(float(probs[k]), 4)}
+            rec |= {"predicted": names[int(np.argmax(probs))], "caption": caption}
             rec |= {"png": str(target)}
         except RejectedInput as exc:
             rec |= {"status": "rejected", "reason": str(exc)}
