@@ -89,8 +89,8 @@ def stream(
         rates.append(len(paths) / wall)
         cpu_ms.append(cpu / len(paths) * 1e3)
     recs = passes[0]
-    probs = np.array([[(r.get("probabilities") or {}).get(c, np.nan) for c in clf.class_names]
-                      for r in recs])  # fmt: skip
+    probs = np.array([[(r.get("probabilities") or {}).get(c, np.nan) if r["status"] == "ok"
+                       else np.nan for c in clf.class_names] for r in recs])  # fmt: skip
     ok = np.isfinite(probs).all(axis=1)
     correct = int(((probs.argmax(1) == np.array(labels)) & ok).sum())
     return {"images": len(paths), "img_per_s": float(np.median(rates)), "img_per_s_passes": rates,

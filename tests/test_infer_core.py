@@ -133,6 +133,40 @@ def test_predict_single_path_bytes_and_failures(small_benchmark: Path, runtimes,
     assert bad["status"] in ("error", "rejected") and bad["reason"]
 
 
+@pytest.mark.parametrize("tta", [0, -2, 6, 7, "3", 2.5, True])
+def test_every_entry_point_refuses_a_bad_tta_naming_the_range(small_benchmark: Path, runtimes, tta):
+    clf = runtimes[0]
+    path = _test_paths(small_benchmark, 1)[0][0]
+    planes = np.zeros((1, 1, clf.image_size, clf.image_size), np.uint8)
+    calls = {
+        "predict": lambda: clf.predict(path, tta=tta),
+        "predict list": lambda: clf.predict([path], tta=tta),
+        "predict_bytes": lambda: clf.predict_bytes(path.name, path.read_bytes(), tta=tta),
+        "stream": lambda: clf.stream(iter([path]), tta=tta),  # at the call, before any file
+        "run": lambda: clf.run(planes, tta=tta),
+    }
+    for name, call in calls.items():
+        with pytest.raises(BrainMRIError, match="from 1 to 5"):
+            call()
+            pytest.fail(f"{name} took tta={tta!r}")
+
+
+def test_predict_on_a_folder_points_to_expand_inputs(small_benchmark: Path, runtimes):
+    from brainmri.infer.predict import expand_inputs
+
+    clf = runtimes[0]
+    folder = small_benchmark / "Testing" / "glioma"
+    rec = clf.predict(folder)
+    assert rec["status"] == "error" and "is a folder" in rec["reason"]
+    doc = Classifier.predict.__doc__ or ""
+    assert "brainmri.infer.predict.expand_inputs" in doc and "1 (plain) to 5" in doc
+    for key in ("path", "status", "reason", "label", "probability", "probabilities",
+                "ood_score", "cropped"):  # fmt: skip
+        assert f"`{key}`" in doc
+    recs = clf.predict(expand_inputs([folder])[:3])  # the way the docstring says
+    assert [r["path"] for r in recs] == [str(p) for p in sorted(folder.iterdir())[:3]]
+
+
 def test_stream_keeps_order_and_reads_a_bounded_number_ahead(small_benchmark: Path, runtimes):
     clf = runtimes[0]
     good = [p for p, _ in _test_paths(small_benchmark, 2)]
@@ -183,8 +217,8 @@ def test_ood_score_comes_from_the_graph_and_rejects(
 
     add_extra_tensors(guarded, stats, {"guard": {"ood_threshold": 0.0}})
     rec = Classifier(guarded, "torch", "cpu").predict(items[0][0])
-    assert rec["status"] == "rejected" and "not a brain MRI" in rec["reason"]
-    assert rec["label"] is None and rec["ood_score"] > 0
+    assert rec["status"] == "rejected" and "(OOD score " in rec["reason"]
+    assert rec["label"] is None and rec["probabilities"] == {} and rec["ood_score"] > 0
 
 
 def test_bad_device_and_runtime_are_user_errors(tmp_path: Path):

@@ -371,8 +371,9 @@ def predict(
         typer.Option(
             "--min-confidence",
             help="Mark files whose top calibrated probability is under P as 'rejected: "
-            "uncertain' (0: off; default: the model file's own threshold if it has one, else "
-            "off). What it buys off the benchmark: docs/RESULTS.md section 13.",
+            "uncertain', no label, probabilities kept (0: off; default: the model file's own "
+            "threshold if it has one, else off). What it buys off the benchmark: "
+            "docs/RESULTS.md section 13.",
         ),
     ] = None,
 ) -> None:
@@ -391,13 +392,14 @@ def predict(
     from brainmri.infer.records import check_crop_mode
 
     crop = check_crop_mode(crop)
-    check_outputs([json_out, csv_out], force)
     paths = expand_inputs(inputs)
+    check_outputs([json_out, csv_out], force, paths)
     if not paths:
         raise BrainMRIError("no image files found in the given inputs")
     classifier = Classifier(
-        model, runtime, device, batch_size=batch_size, min_confidence=min_confidence
-    )
+        model, runtime, device, batch_size=batch_size, min_confidence=min_confidence,
+        notice=lambda line: typer.echo(line, err=True),
+    )  # fmt: skip
     counts = run_predict(classifier, paths, tta, crop, json_out, csv_out, workers, progress)
     if counts["ok"] != sum(counts.values()):
         raise typer.Exit(1)
@@ -590,43 +592,50 @@ def explain(
         bool | None,
         typer.Option(help="Progress bar on stderr (default: only on a terminal)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite PNGs already in --out (from an earlier run).")
+    ] = False,
 ) -> None:
     """Grad-CAM or occlusion map: where the model looked, as one PNG overlay per input.
 
     Writes OUT/<name>_<method>.png (input | overlay, class and probability written on it) and
-    prints one line per file as soon as it is done. An ensemble shows the mean of its members'
-    Grad-CAM maps. Inputs the guard refuses are listed and skipped; the exit code is 1 if any
-    file was not explained. How much of each map lies
-    on the head: docs/RESULTS.md sections 16.7, 16.8 and 16.20."""
+    prints one line per file as soon as it is done; folders are searched as predict searches
+    them (image and DICOM files). A later input with the same name gets
+    OUT/<name>_2_<method>.png (_3_, ...); a PNG already there is an error unless --force.
+    When another class than the model's answer is explained (--class), the answer is written
+    beside it. An ensemble shows the mean of its members' Grad-CAM maps. Inputs the guard
+    refuses are listed and skipped; the exit code is 1 if any file was not explained. How much
+    of each map lies on the head: docs/RESULTS.md sections 16.7, 16.8 and 16.20."""
+    from collections import Counter
+
     from tqdm import tqdm
 
     from brainmri.infer.gradcam import explain_files
     from brainmri.infer.inputs import CROP_MODES
+    from brainmri.infer.predict import expand_inputs, format_record, summary_line
 
     if crop not in CROP_MODES:
         raise BrainMRIError(f"--crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
-    paths = [
-        p
-        for item in inputs
-        for p in (sorted(q for q in item.rglob("*") if q.is_file()) if item.is_dir() else [item])
-    ]
+    paths = expand_inputs(inputs)
     if not paths:
-        raise BrainMRIError("no files found in the given inputs")
-    failed = 0
+        raise BrainMRIError("no image files found in the given inputs")
+    counts: Counter = Counter()
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False,
                disable=None if progress is None else not progress)  # fmt: skip
     try:
-        for r in explain_files(paths, out, model, crop, class_name, device, method):
+        for r in explain_files(paths, out, model, crop, class_name, device, method, force):
+            counts[r["status"]] += 1
             if r["status"] == "ok":
-                line = f"{r['path']}  {r['label']} {r['probability']:.3f}  -> {r['png']}"
-                bar.write(line, file=sys.stdout)
+                bar.write(f"{r['path']}  {r['caption']}  -> {r['png']}", file=sys.stdout)
             else:
-                failed += 1
-                bar.write(f"{r['status']}: {r['path']}: {r['reason']}", file=sys.stderr)
+                bar.write(format_record(r, 0)[0], file=sys.stderr)
             bar.update(1)
+        if len(paths) > 1:
+            where = f"; maps in {out}" if counts["ok"] else ""
+            bar.write(summary_line(counts, []) + where, file=sys.stderr)
     finally:
         bar.close()
-    if failed:
+    if counts["ok"] != len(paths):
         raise typer.Exit(1)
 
 

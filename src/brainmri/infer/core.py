@@ -9,10 +9,11 @@ when asked), and turns files, bytes or planes into records. Both runtimes run th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from brainmri.errors import BrainMRIError
 from brainmri.infer.records import (
     check_crop_mode,
     check_min_confidence,
+    check_tta,
     decode_stream,
     failed_record,
     prepare_bytes,
@@ -36,6 +38,8 @@ if TYPE_CHECKING:  # PyTorch is imported where it is used: ONNX Runtime on a CPU
     from torch import nn
 
 RUNTIMES = ("auto", "onnx", "torch")
+
+log = logging.getLogger("brainmri.infer")
 
 
 @contextlib.contextmanager
@@ -308,7 +312,9 @@ class Classifier(ModelMetadata):
     model file's `info.min_confidence` if it has one, else off; 0: off. `spin_wait`: ONNX
     Runtime's threads spin between operators during a call (onnx_runtime.session_options):
     quicker one image at a time on an idle machine, slower when other processes share the
-    cores (docs/RESULTS.md §17.13).
+    cores (docs/RESULTS.md §17.13). `notice`: called with one line when the model is about
+    to be exported to ONNX (the first time a model file is used; seconds), default: logged at
+    INFO on the "brainmri.infer" logger.
     """
 
     def __init__(
@@ -320,6 +326,7 @@ class Classifier(ModelMetadata):
         batch_size: int = 32,
         min_confidence: float | None = None,
         spin_wait: bool = False,
+        notice: Callable[[str], None] | None = None,
     ):
         from brainmri.data.dedupe import file_sha256
         from brainmri.infer.onnx_cache import cached_path
@@ -337,6 +344,8 @@ class Classifier(ModelMetadata):
             if not onnx_path.is_file():  # making the export needs PyTorch: imported only now
                 from brainmri.infer.export import cached_export
 
+                msg = f"exporting the model to ONNX once (cached in {onnx_path.parent})"
+                (notice or log.info)(msg)
                 onnx_path = cached_export(path, self.sha256)
             self.backend: TorchBackend | OnnxBackend = OnnxBackend(onnx_path, threads, spin_wait)
             self.meta: dict = self.backend.meta
@@ -371,7 +380,8 @@ class Classifier(ModelMetadata):
     def run(self, planes: torch.Tensor | np.ndarray, tta: int = 1) -> dict:
         """uint8 planes (N, 1, S, S) -> logits (V, N, C) per TTA view, calibrated probs (N, C)
         averaged over views, features (N, F) and ood_score (N,) | None of the plain view; all
-        float32 numpy arrays. `planes` may also be a tensor."""
+        float32 numpy arrays. `planes` may also be a tensor; `tta`: views, 1 to 5."""
+        tta = check_tta(tta)
         if hasattr(planes, "detach"):
             planes = planes.detach().cpu().numpy()
         x = np.asarray(planes)
@@ -433,9 +443,10 @@ class Classifier(ModelMetadata):
 
     # files and bytes --------------------------------------------------------------------
     def predict_bytes(self, name: str, data: bytes, tta: int = 1, crop: str = "auto") -> dict:
-        """One record for an uploaded file's bytes."""
+        """One record for an uploaded file's bytes (as `predict`)."""
+        tta, crop = check_tta(tta), check_crop_mode(crop)
         try:
-            plane, cropped = prepare_bytes(data, name, self.image_size, check_crop_mode(crop))
+            plane, cropped = prepare_bytes(data, name, self.image_size, crop)
         except BrainMRIError as exc:
             return failed_record(name, exc)
         return self._records([(name, plane, cropped)], tta)[0]
@@ -443,7 +454,20 @@ class Classifier(ModelMetadata):
     def predict(
         self, path: str | Path | list[str | Path], tta: int = 1, crop: str = "auto"
     ) -> dict | list[dict]:
-        """A record for one path, or a list of records (in order) for a list of paths."""
+        """A record for one file, or a list of records (in order) for a list of files.
+
+        A record is a dict: `path`, `status` ("ok" | "rejected" | "error"), `reason` (None
+        when ok), `label` and `probability` (the top class and its calibrated probability; None
+        unless ok), `probabilities` ({class: p}; empty for errors and out-of-distribution
+        rejections, kept for "uncertain" ones under `min_confidence`), `ood_score`, `cropped`.
+        `tta`: test-time augmentation views averaged, 1 (plain) to 5. `crop`: auto | on | off.
+
+        Paths are files: a folder gets an `error` record. To take folders as `brainmri predict`
+        does (walked recursively for image and DICOM files), expand them first with
+        `brainmri.infer.predict.expand_inputs([Path("scans")])`. A bad `tta` or `crop` raises
+        BrainMRIError; a bad file gives a record, never an exception.
+        """
+        tta, crop = check_tta(tta), check_crop_mode(crop)
         if isinstance(path, (str, Path)):
             try:
                 data = read_input(path)
@@ -460,11 +484,16 @@ class Classifier(ModelMetadata):
         workers: int | None = None,
         prefetch: int | None = None,
     ) -> Iterator[dict]:
-        """Records in input order; files decoded by a thread pool at most `prefetch` ahead."""
-        crop = check_crop_mode(crop)
+        """Records in input order (as `predict`); files decoded by a thread pool at most
+        `prefetch` ahead. A bad `tta` or `crop` raises BrainMRIError here, before any file."""
+        tta, crop = check_tta(tta), check_crop_mode(crop)
+        return self._stream(paths, tta, crop, workers, prefetch or 4 * self.batch_size)
+
+    def _stream(
+        self, paths: Iterable[str | Path], tta: int, crop: str, workers: int | None, prefetch: int
+    ) -> Iterator[dict]:
         pending: list[dict | tuple[str, np.ndarray, bool]] = []
         n_planes = 0
-        prefetch = prefetch or 4 * self.batch_size
         for path, plane, cropped, rec in decode_stream(
             paths, self.image_size, crop, workers, prefetch
         ):

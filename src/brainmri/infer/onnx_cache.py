@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
 """Bumped when the graph or its metadata change, so cached exports are rebuilt."""
 
 

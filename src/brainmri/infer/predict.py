@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from brainmri.data.folders import IMAGE_EXTENSIONS
 from brainmri.errors import BrainMRIError
 from brainmri.infer.core import Classifier
+from brainmri.infer.records import check_tta
 from brainmri.infer.site_check import shift_message
 
 INPUT_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {".dcm", ".dicom"}
@@ -47,13 +49,49 @@ def expand_inputs(inputs: Iterable[Path]) -> list[Path]:
     return out
 
 
-def check_outputs(paths: list[Path | None], force: bool) -> None:
-    """Refuse to overwrite an existing output file unless forced."""
-    for p in paths:
-        if p is not None and p.exists() and not force:
-            raise BrainMRIError(f"{p} exists; use --force to overwrite it")
-        if p is not None and p.is_dir():
+def check_outputs(
+    paths: list[Path | None], force: bool, inputs: Iterable[Path] = ()
+) -> None:
+    """Refuse, before any work, an output that cannot be written: the same file twice, one of
+    the `inputs` (even with force: predict never writes its input), a folder, an existing file
+    unless forced, or a place where no file can be made."""
+    given = [p for p in paths if p is not None]
+    if len({p.resolve() for p in given}) < len(given):
+        raise BrainMRIError(f"--json and --csv name the same file ({given[0]})")
+    read = {p.resolve() for p in inputs}
+    for p in given:
+        if p.resolve() in read:
+            raise BrainMRIError(f"{p} is one of the inputs; predict does not overwrite its input")
+    for p in given:
+        if p.is_dir():
             raise BrainMRIError(f"{p} is a folder, not a file")
+        if p.exists() and not force:
+            raise BrainMRIError(f"{p} exists; use --force to overwrite it")
+        check_writable(p)
+
+
+def check_writable(path: Path) -> None:
+    """A one-line error unless a file can be written at `path`. When its folder exists, a
+    trial open tells (an existing file is left as it is, a new one removed again: this also
+    catches /proc and read-only mounts); otherwise the nearest existing folder above it must
+    be a folder we may write in (the missing ones are made when writing starts)."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise BrainMRIError(f"cannot write {path}: {folder} is not a folder")
+    if folder != path.parent:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise BrainMRIError(f"cannot write {path}: no permission to make folders in {folder}")
+        return
+    existed = path.exists() or path.is_symlink()
+    try:
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise BrainMRIError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
 
 
 class RecordWriter:
@@ -75,8 +113,13 @@ class RecordWriter:
     def _open(self, path: Path | None) -> IO[str] | None:
         if path is None:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        f = path.open("w", newline="")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = path.open("w", newline="")
+        except OSError as exc:
+            for opened in self.files:
+                opened.close()
+            raise BrainMRIError(f"cannot write {path}: {exc.strerror or exc}") from None
         self.files.append(f)
         return f
 
@@ -136,7 +179,9 @@ def run_predict(
     """Classify `paths`, print one line each, stream records to the outputs; status counts.
     Several files end with a line of status counts (stderr), and with one warning line when the
     batch as a whole does not look like the images the model was checked on
-    (infer/site_check.py)."""
+    (infer/site_check.py). A bad `tta` or an output that cannot be opened is a BrainMRIError
+    before any file is read."""
+    tta = check_tta(tta)
     extra = {"model_sha256": classifier.sha256, "runtime": classifier.runtime, "tta": tta,
              "crop": crop, "min_confidence": classifier.min_confidence}  # fmt: skip
     writer = RecordWriter(json_out, csv_out, classifier.class_names)
@@ -144,6 +189,7 @@ def run_predict(
     width = min(60, max(len(str(p)) for p in paths))
     disable = None if progress is None else not progress  # None: a bar only on a terminal
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, disable=disable, leave=False)
+
     def say(line: str, to_err: bool) -> None:
         if echo is not None:
             echo(line, to_err)

@@ -4,12 +4,15 @@ Decoding and cropping are the input guard's (``brainmri.infer.inputs``: the qual
 ``clean``, DICOM, wide-black-frame detection); the OOD rejection reason is ``infer.guard``'s.
 
 A record is a plain dict: ``path``, ``status`` (``ok`` | ``rejected`` | ``error``), ``reason``,
-``label``, ``probability``, ``probabilities`` ({class: p}), ``ood_score``, ``cropped``; label
-and probabilities are empty unless the status is ``ok``.
+``label``, ``probability``, ``probabilities`` ({class: p}), ``ood_score``, ``cropped``. Label
+and probability are None unless the status is ``ok``; probabilities are empty unless the model
+scored the file and the input guard let it through (``ok``, or ``rejected`` as uncertain under
+``min_confidence``: what the model said is kept).
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -32,6 +35,22 @@ def check_crop_mode(crop: str | bool) -> str:
     if crop not in CROP_MODES:
         raise BrainMRIError(f"unknown crop mode {crop!r} (one of {', '.join(CROP_MODES)})")
     return crop
+
+
+TTA_MAX = 5
+"""The most test-time augmentation views (len of data.transforms.TTA_VIEWS; kept here so
+checking a `tta` argument imports no PyTorch)."""
+
+
+def check_tta(tta: object) -> int:
+    """`tta` as an int in [1, TTA_MAX]; anything else (0, negatives, too many, non-integers,
+    bools) is one user error naming the range."""
+    if isinstance(tta, numbers.Integral) and not isinstance(tta, bool) and 1 <= tta <= TTA_MAX:
+        return int(tta)
+    raise BrainMRIError(
+        f"tta must be a whole number of test-time augmentation views from 1 to {TTA_MAX} "
+        f"(1 = plain), got {tta!r}"
+    )
 
 
 def read_input(path: str | Path) -> bytes:
@@ -78,30 +97,41 @@ def scored_record(
     cropped: bool,
     min_confidence: float | None = None,
 ) -> dict[str, Any]:
-    """An `ok` record, or `rejected` when the OOD score is over the model's threshold or the
-    top calibrated probability is under `min_confidence` (reason starting "uncertain")."""
+    """An `ok` record; `rejected` (label None) when the OOD score is over the model's threshold
+    or the top calibrated probability is under `min_confidence`. An uncertain record keeps its
+    probabilities, and its reason (starting "uncertain") names the top class."""
     ood = None if ood_score is None else round(float(ood_score), 3)
-    k = int(np.argmax(probs))
-    reason = ood_reason(ood_score, ood_threshold) or uncertain_reason(probs[k], min_confidence)
-    if reason is not None:
+    reason = ood_reason(ood_score, ood_threshold)
+    if reason is not None:  # not a slice the model can judge: what it said means nothing
         rec = empty_record(path, "rejected", reason, cropped)
         rec["ood_score"] = ood
         return rec
+    k = int(np.argmax(probs))
     rec = empty_record(path, "ok", None, cropped)
     rec.update(
-        label=class_names[k],
-        probability=round(float(probs[k]), 6),
         probabilities={n: round(float(p), 6) for n, p in zip(class_names, probs, strict=True)},
         ood_score=ood,
     )
+    reason = uncertain_reason(probs[k], min_confidence, class_names[k])
+    if reason is not None:
+        rec.update(status="rejected", reason=reason)
+        return rec
+    rec.update(label=class_names[k], probability=rec["probabilities"][class_names[k]])
     return rec
 
 
-def uncertain_reason(top: float, min_confidence: float | None) -> str | None:
-    """`rejected: uncertain` when the top probability is under the asked confidence."""
+def uncertain_reason(top: float, min_confidence: float | None, label: str = "") -> str | None:
+    """`rejected: uncertain` when the top probability is under the asked confidence, e.g.
+    "uncertain (top probability 0.620 < 0.9, for glioma)"; the probability is shown with as
+    many decimals (3 to 6) as it takes to read as under the threshold."""
     if not min_confidence or top >= min_confidence:
         return None
-    return f"uncertain (top probability {top:.3f} < {min_confidence:g})"
+    shown = next(
+        (f"{top:.{d}f}" for d in range(3, 7) if float(f"{top:.{d}f}") < min_confidence),
+        f"{top:.6f}",
+    )
+    of = f", for {label}" if label else ""
+    return f"uncertain (top probability {shown} < {min_confidence:g}{of})"
 
 
 def check_min_confidence(value: float | None) -> float | None:

@@ -68,8 +68,11 @@ function showWarning(card, status, title, reason) {
 
 function showRecord(card, rec) {
   if (rec.status === "rejected") {
-    showWarning(card, "rejected", "Not classified: this does not look like a brain MRI slice " +
-      "the model can judge.", rec.reason);
+    const uncertain = (rec.reason || "").startsWith("uncertain");
+    showWarning(card, "rejected", uncertain
+      ? "Not classified: the model is not confident enough about this scan."
+      : "Not classified: this does not look like a brain MRI slice the model can judge.",
+      rec.reason);
     return false;
   }
   if (rec.status !== "ok") {
