@@ -350,14 +350,14 @@ def test_explaining_another_class_shows_the_models_answer(tmp_path):
     assert own["predicted"] == own["label"] and "model:" not in own["caption"]
     (rec,) = explain_files([scan], tmp_path / "other", model, class_name=other)
     assert rec["label"] == other and rec["predicted"] == own["label"]
-    assert rec["caption"].startswith(f"{other} p = ")
-    assert rec["caption"].endswith(f" (model: {own['caption'].replace(' p =', '')})")
+    assert rec["caption"].startswith(f"{other}  p = ")
+    assert rec["caption"].endswith(f" (model: {own['caption'].replace('  p =', '')})")
     res = explain(str(scan), "--out", str(tmp_path / "cli"), "--model", str(model),
                   "--class", other)  # fmt: skip
     assert res.exit_code == 0 and f"(model: {own['label']} " in res.output
     probs = np.array([0.0002, 0.9991, 0.0004, 0.0003], np.float32)
-    assert answer_text(names, probs, 0) == "glioma p = 0.000 (model: meningioma 0.999)"
-    assert answer_text(names, probs, 1) == "meningioma p = 0.999"
+    assert answer_text(names, probs, 0) == "glioma  p = 0.000 (model: meningioma 0.999)"
+    assert answer_text(names, probs, 1) == "meningioma  p = 0.999"
 
 
 @pytest.fixture(scope="module")

@@ -279,10 +279,10 @@ def explain_plane(
 
 
 def answer_text(names: Sequence[str], probs: np.ndarray, k: int) -> str:
-    """'glioma p = 0.998': the class explained and its probability, rounded once from the
+    """'glioma  p = 0.998': the class explained and its probability, rounded once from the
     unrounded value; when it is not the model's answer, that answer too:
-    'glioma p = 0.000 (model: meningioma 0.999)'. Both the PNG caption and explain's line."""
-    text = f"{names[k]} p = {float(probs[k]):.3f}"
+    'glioma  p = 0.000 (model: meningioma 0.999)'. Both the PNG caption and explain's line."""
+    text = f"{names[k]}  p = {float(probs[k]):.3f}"  # two spaces: the PNG's font runs them together
     top = int(np.argmax(probs))
     return text if top == k else f"{text} (model: {names[top]} {float(probs[top]):.3f})"
 
