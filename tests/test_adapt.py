@@ -87,7 +87,7 @@ def test_adapt_writes_a_usable_model_with_a_refitted_guard(
     assert len(recs) == 4 and all(r["status"] in ("ok", "rejected") for r in recs)
     assert {r["model_sha256"] for r in recs} != {adapted["source_sha256"]}
     again = CliRunner().invoke(app, args)
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == 2 and "exists" in again.output
 
 
 def test_probe_adapt_writes_a_linear_head_that_answers_like_its_regression(
@@ -207,7 +207,7 @@ def test_calibration_is_refused_for_fitted_heads(site: Path, small_benchmark: Pa
 def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))
     result = CliRunner().invoke(app, ["adapt", "--data", str(site), "--out", str(tmp_path / "r")])
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "BRAINMRI_DATA" in result.output
     result = CliRunner().invoke(
         app,
@@ -221,7 +221,7 @@ def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path
             "replay_ratio=0",
         ],  # fmt: skip
     )
-    assert result.exit_code == 1 and "class folders" in result.output
+    assert result.exit_code == 2 and "class folders" in result.output
 
 
 def test_replay_draw_is_disjoint_and_deals_every_class():

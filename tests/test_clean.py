@@ -408,14 +408,14 @@ def test_cli_clean(small_benchmark, tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["missing", "empty", "policy"])
-def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, small_benchmark, bad):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, small_benchmark, bad):
     (tmp_path / "empty").mkdir()
     data = {"missing": tmp_path / "nope", "empty": tmp_path / "empty"}.get(bad, small_benchmark)
     args = ["clean", "--data", str(data), "--out", str(tmp_path / "o")]
     if bad == "policy":
         args += ["--policy", "nonsense"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output

@@ -156,7 +156,7 @@ def test_ensemble_command_combines_runs_and_rejects_a_single_run(ensemble_run, t
     assert "ensemble of 2" in result.output
     assert load_recipe(out / "recipe.yaml").ensemble == 2
     one = CliRunner().invoke(app, ["ensemble", runs[0], "--out", str(tmp_path / "one")])
-    assert one.exit_code == 1
+    assert one.exit_code == 2
     assert "at least two" in one.output
 
 
@@ -167,4 +167,4 @@ def test_ensemble_refuses_the_same_run_twice(ensemble_run, tmp_path: Path):
     shutil.copytree(run_dir / "member1", copy)
     for runs in ([one, one], [one, str(copy)]):
         res = CliRunner().invoke(app, ["ensemble", *runs, "--out", str(tmp_path / "o")])
-        assert res.exit_code == 1 and "same run" in res.output, res.output
+        assert res.exit_code == 2 and "same run" in res.output, res.output

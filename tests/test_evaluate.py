@@ -44,7 +44,7 @@ def stderr_of(result) -> str:
 
 
 def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     err = stderr_of(result).strip()
     assert err.startswith("error: "), err
     assert len(err.splitlines()) == 1, err

@@ -118,10 +118,10 @@ def test_export_command(tmp_path: Path, exported: Path, monkeypatch):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")
     result = CliRunner().invoke(app, ["export", "--out", str(out)])
-    assert result.exit_code == 1 and "--force" in result.output
+    assert result.exit_code == 2 and "--force" in result.output
     assert out.read_bytes() == b"old"
     result = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "m.txt")])
-    assert result.exit_code == 1 and ".onnx" in result.output
+    assert result.exit_code == 2 and ".onnx" in result.output
 
     import brainmri.infer.export as export_mod
 

@@ -173,7 +173,7 @@ def test_explain_command_writes_pngs_and_reports_bad_files(tmp_path):
                                    str(model), "--class", "pituitary", "--force"])  # fmt: skip
     assert res.exit_code == 0 and "pituitary" in res.output
     res = CliRunner().invoke(app, ["explain", str(good), "--out", str(out), "--crop", "x"])
-    assert res.exit_code == 1 and "--crop" in res.output
+    assert res.exit_code == 2 and "--crop" in res.output
 
 
 def test_explain_yields_each_record_as_soon_as_its_png_is_written(tmp_path):
@@ -278,7 +278,7 @@ def test_an_out_that_cannot_be_a_folder_is_one_error_line(tmp_path, where):
     scan = scan_file(tmp_path / "scan.png", seed=1)
     out = scan if where == "a file" else scan / "cams"
     res = explain(str(scan), "--out", str(out), "--model", str(model))
-    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)  # no traceback
+    assert res.exit_code == 2 and isinstance(res.exception, SystemExit)  # no traceback
     (line,) = res.output.strip().splitlines()
     assert line.startswith("error: ") and str(out) in line
     assert line.endswith("is a file, not a folder" if where == "a file" else "Not a directory")
@@ -335,7 +335,7 @@ def test_explain_takes_from_folders_what_predict_takes(tmp_path):
     notes.mkdir()
     (notes / "README.txt").write_text("notes")
     res = explain(str(notes), "--out", str(out), "--model", str(model))
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert res.output.strip() == "error: no image files found in the given inputs"
 
 

@@ -76,7 +76,7 @@ def test_explain_command_with_occlusion(tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "scan_occlusion.png").is_file() and not (out / "scan_gradcam.png").exists()
     res = CliRunner().invoke(app, [*args, "--method", "lime"])
-    assert res.exit_code == 1 and "--method must be one of gradcam, occlusion" in res.output
+    assert res.exit_code == 2 and "--method must be one of gradcam, occlusion" in res.output
 
 
 def test_onnx_runtime_occlusion_gives_the_same_map(tmp_path):

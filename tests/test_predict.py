@@ -68,7 +68,7 @@ def test_predict_refuses_to_overwrite_outputs(folder: Path, tmp_path: Path, onnx
     out = tmp_path / "pred.csv"
     out.write_text("keep me")
     result = CliRunner().invoke(app, ["predict", str(folder), "--csv", str(out)])
-    assert result.exit_code == 1 and "--force" in result.output
+    assert result.exit_code == 2 and "--force" in result.output
     assert out.read_text() == "keep me"
     good = next(folder.glob("glioma_*"))
     args = ["predict", str(good), "--csv", str(out), "--force", "--runtime", "torch", "--tta", "2"]
@@ -117,7 +117,7 @@ def test_min_confidence_rejects_exactly_the_uncertain(folder: Path, tmp_path: Pa
 )
 def test_bad_choices_are_one_line_errors(folder: Path, args: list[str], message: str):
     result = CliRunner().invoke(app, ["predict", str(folder), *args])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
 
 
@@ -127,13 +127,13 @@ def test_cuda_without_a_gpu_is_one_line(folder: Path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     result = CliRunner().invoke(app, ["predict", str(folder), "--device", "cuda"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert result.output.strip() == "error: device 'cuda': no CUDA GPU is available here (use cpu)"
 
 
 def test_predict_rejects_inputs_with_no_images(tmp_path: Path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "no image files" in result.output
 
 
@@ -148,7 +148,7 @@ def test_expand_inputs_walks_folders_in_order(tmp_path: Path):
 
 def _one_line_error(args: list[str]) -> str:
     result = CliRunner().invoke(app, ["predict", *args])
-    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]

@@ -168,7 +168,7 @@ def test_resume_refuses_options_it_would_ignore(trained_run):
     with pytest.raises(BrainMRIError, match="recorded recipe"):
         train(recipe, None, run_dir, resume=True)
     res = CliRunner().invoke(app, ["train", "--resume", str(run_dir), "--set", "seed=1"])
-    assert res.exit_code == 1 and "does not take --set" in res.output, res.output
+    assert res.exit_code == 2 and "does not take --set" in res.output, res.output
 
 
 def test_train_without_config_says_recipe_and_measured_time(monkeypatch, tmp_path):
@@ -180,7 +180,7 @@ def test_train_without_config_says_recipe_and_measured_time(monkeypatch, tmp_pat
 
     monkeypatch.setattr(loop, "train", stop)
     res = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "`cpu` recipe" in res.output and "44.5 min on a 2-core CPU" in res.output
     assert seen["recipe"].name == "cpu"
 

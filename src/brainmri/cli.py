@@ -52,8 +52,15 @@ def _main(
     """Train, evaluate and ship a 4-class brain MRI tumor classifier."""
 
 
+EXIT_USER_ERROR = 2
+"""Exit code of a command that could not run (a bad option, model, input or output: one
+`error:` line), as for typer's own option checks; predict and explain exit 1 when they ran but
+some file was not ok, so a script can tell the two apart."""
+
+
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a user error as one line on stderr and exit 1; bugs keep their traceback."""
+    """Print a user error as one line on stderr and exit EXIT_USER_ERROR; bugs keep their
+    traceback."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -61,7 +68,7 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except BrainMRIError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
@@ -382,7 +389,8 @@ def predict(
     Files are streamed (decoded a bounded number ahead), so any number of files fits in memory.
     Each file gets a status: ok, rejected (the input guard refused it, with the reason) or
     error (unreadable); the others are still classified and the exit code is 1 if any file was
-    not ok. Records in --json/--csv carry the model sha256, runtime, TTA and crop mode.
+    not ok (2: the command could not run, one error line). Records in --json/--csv carry the
+    model sha256, runtime, TTA and crop mode.
     When 20 or more files were scored and most of them (75 %) score above the median of the
     model's validation images, one warning line says the batch does not look like what the model
     was checked on (docs/RESULTS.md section 24). Not for clinical use.
@@ -604,7 +612,8 @@ def explain(
     OUT/<name>_2_<method>.png (_3_, ...); a PNG already there is an error unless --force.
     When another class than the model's answer is explained (--class), the answer is written
     beside it. An ensemble shows the mean of its members' Grad-CAM maps. Inputs the guard
-    refuses are listed and skipped; the exit code is 1 if any file was not explained. How much
+    refuses are listed and skipped; the exit code is 1 if any file was not explained (2: the
+    command could not run, one error line). How much
     of each map lies on the head: docs/RESULTS.md sections 16.7, 16.8 and 16.20."""
     from collections import Counter
 
