@@ -371,6 +371,8 @@ def test_clean_raw_subset_is_deterministic_and_leaves_input_alone(raw_dir, tmp_p
     (out / "Training/glioma/stale.jpg").write_bytes(b"left over")
     r2 = run_clean(raw, out, CleanOptions(workers=1, progress=False))  # same OUT, 1 worker
     assert outputs(out) == first  # byte-identical, stale file gone
+    # replaced: the earlier outputs (less the marker, plus the report) and the stale file
+    assert r2.pop("replaced_files") == len(first) + 1 and r1.pop("replaced_files") == 0
     assert strip_timing(r2) == strip_timing(r1)
     assert snapshot(raw) == before
 
@@ -405,6 +407,18 @@ def test_cli_clean(small_benchmark, tmp_path):
     report = json.loads((out / "clean_report.json").read_text())
     assert report["counts"]["before"]["Training"]["total"] == 48
     assert (out / "splits/train.txt").is_file() and (out / "leak_free_test.txt").is_file()
+    assert "replaced" not in result.stdout and report["replaced_files"] == 0
+    # A second run into the same folder rebuilds it and says how many files it replaced,
+    # a file the user put inside the rebuilt folders included; other files stay.
+    written = sum(1 for f in out.rglob("*") if f.is_file()) - 1  # less the marker
+    (out / "Training" / "glioma" / "mine.jpg").write_bytes(b"x")
+    (out / "notes.txt").write_text("kept")
+    again = CliRunner().invoke(app, ["clean", "--data", str(small_benchmark), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    line = next(x for x in again.stdout.splitlines() if x.startswith("replaced "))
+    assert line.split()[1:3] == [str(written + 1), "files"], line
+    assert not (out / "Training" / "glioma" / "mine.jpg").exists()
+    assert (out / "notes.txt").read_text() == "kept"
 
 
 @pytest.mark.parametrize("bad", ["missing", "empty", "policy"])

@@ -151,7 +151,8 @@ def test_evaluate_cli_writes_results(untrained_model, synthetic_dataset, tmp_pat
         assert set(ci["recall"]) == set(CLASS_NAMES)
         assert ci["sensitivity"]["n"] == 9 and ci["specificity"]["n"] == 3
     assert data["model_sha256"] == hashlib.sha256(untrained_model.read_bytes()).hexdigest()
-    assert data["site_check"] is None  # no guard reference in this file: no extra pass
+    assert "no input-guard reference" in data["site_check"]["skipped"]  # no extra pass
+    assert "site check: skipped (the model file has no input-guard reference" in res.stdout
     for name in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
         assert (out / name).is_file(), name
     if data["tta"]["errors"]:
@@ -164,7 +165,7 @@ def test_evaluate_cli_writes_results(untrained_model, synthetic_dataset, tmp_pat
         data["n_leak_free"] not in (None, 0, data["n_test"])
     )
     assert "support" not in res.stdout  # the scikit-learn text report is gone
-    assert "site check" not in res.stdout
+    assert res.stdout.count("site check") == 1  # the one line saying it was skipped
 
     # A second run into the same folder refuses, names the files and leaves them as they were.
     before = (out / RESULTS_NAME).read_bytes()

@@ -193,8 +193,10 @@ def _check_paths(data: Path, out: Path) -> tuple[Path, Path]:
     return data_r, out_r
 
 
-def _prepare_out(out: Path) -> None:
-    """Create OUT, or clear the outputs of an earlier clean run there (never anything else)."""
+def _prepare_out(out: Path) -> int:
+    """Create OUT, or clear the outputs of an earlier clean run there (never anything else);
+    the number of files removed, which the summary reports (files a user put in those folders
+    go with them)."""
     if out.exists() and not out.is_dir():
         raise BrainMRIError(f"--out {out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
@@ -204,12 +206,16 @@ def _prepare_out(out: Path) -> None:
         )
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by brainmri clean; rebuilt on every run\n")
+    removed = 0
     for name in MANAGED:
         p = out / name
         if p.is_symlink() or p.is_file():
             p.unlink()
+            removed += 1
         elif p.is_dir():
+            removed += sum(1 for f in p.rglob("*") if not f.is_dir())
             shutil.rmtree(p)
+    return removed
 
 
 def _output_names(samples: list[Sample]) -> list[str]:
@@ -271,7 +277,7 @@ def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
     samples = [s for split in SPLITS for s in scanned[split]]
     rel_in = [s.path.relative_to(data).as_posix() for s in samples]
     rel_out = _output_names(samples)
-    _prepare_out(out)
+    replaced = _prepare_out(out)
     t["scan"] = time.perf_counter()
 
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(samples)))
@@ -326,6 +332,7 @@ def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
             "original (pre-drop) Training images",
         },
         "splits": split,
+        "replaced_files": replaced,
         "timings": _timings(t, len(samples), workers),
     }
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
@@ -635,7 +642,8 @@ def format_summary(report: dict) -> str:
             if "not_written" in report["splits"]
             else f"{report['splits']['val_count']} of "
             f"{report['splits']['train_count'] + report['splits']['val_count']} Training images "
-            f"in {report['splits']['groups']} duplicate groups -> splits/",
+            f"in {report['splits']['groups']} groups (copies of one scan kept together) "
+            "-> splits/",
         ),
         ("crop fallbacks", f"{report['crop']['fallback_count']}"),
         (
@@ -643,6 +651,9 @@ def format_summary(report: dict) -> str:
             f"{t['wall_s']:.1f} s, {t['images_per_s']} images/s, {t['workers']} workers",
         ),
     ]
+    if report.get("replaced_files"):
+        rows.insert(0, ("replaced", f"{report['replaced_files']} files of an earlier clean run "
+                                    "in this folder (rebuilt on every run)"))  # fmt: skip
     width = max(len(k) for k, _ in rows)
     lines.append("")
     lines += [f"{k:<{width}}  {v}" for k, v in rows]

@@ -169,7 +169,7 @@ def plot_reliability(
     ax.bar(centers[filled], acc[filled], width=width * 0.9, color="tab:blue",
            edgecolor="black", linewidth=0.5, label="accuracy in bin")  # fmt: skip
     ax.scatter(conf[filled], acc[filled], s=14, color="tab:red", zorder=3,
-               label="mean confidence in bin")  # fmt: skip
+               label="accuracy at the bin's mean confidence")  # fmt: skip
     ax.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="perfect calibration")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("accuracy")

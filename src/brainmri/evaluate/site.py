@@ -16,19 +16,22 @@ from tqdm import tqdm
 
 from brainmri.errors import BrainMRIError
 
+SKIPPED = "the model file has no input-guard reference (models from `train` have none)"
+
 
 def site_report(
     model_path: Path, paths: list[Path], device: str | None = None, batch_size: int = 64
-) -> dict | None:
-    """The guard's verdicts and the site check of `paths`; None when the model file stores no
-    reference median (no guard, or fitted before the site check existed)."""
+) -> dict:
+    """The guard's verdicts and the site check of `paths`; {"skipped": why} when the model file
+    stores no reference median (no guard, e.g. a model from `train`, or one fitted before the
+    site check existed): no extra pass."""
     from brainmri.infer.core import Classifier
     from brainmri.infer.site_check import MIN_IMAGES, reference_median
     from brainmri.model.checkpoint import read_metadata
 
     median = reference_median(read_metadata(model_path))
     if median is None:
-        return None
+        return {"skipped": SKIPPED}
     t0 = time.time()
     scores: list[float | None] = []
     status: Counter[str] = Counter()
@@ -59,6 +62,8 @@ def site_lines(site: dict | None) -> list[str]:
     """The report's lines for `site_report`'s result (none when it did not run)."""
     if site is None:
         return []
+    if "skipped" in site:
+        return [f"site check: skipped ({site['skipped']})"]
     if "error" in site:
         return [f"site check: not run ({site['error']})"]
     g = site["guard"]
