@@ -255,7 +255,8 @@ def _counts(samples: list[Sample], keep: set[int] | None = None) -> dict[str, di
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
-    bar = dict(total=len(jobs), desc="clean: decode", unit="img", disable=not progress)
+    off = None if progress else True  # None: a bar only on a terminal
+    bar = dict(total=len(jobs), desc="clean: decode", unit="img", disable=off)
     if workers <= 1:
         return [process_file(j) for j in tqdm(jobs, **bar)]
     import multiprocessing as mp

@@ -88,7 +88,8 @@ def compute_features(
 
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(paths)))
     items = [str(p) for p in paths]
-    bar = dict(total=len(items), desc="hash+thumb", unit="img", disable=not progress)
+    off = None if progress else True  # None: a bar only on a terminal
+    bar = dict(total=len(items), desc="hash+thumb", unit="img", disable=off)
     if n_workers == 1 or len(items) < 64:
         results = [_features_worker(p) for p in tqdm(items, **bar)]
     else:
