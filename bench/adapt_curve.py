@@ -55,7 +55,7 @@ from brainmri.data.folders import scan_split  # noqa: E402
 from brainmri.infer.core import load_for_inference  # noqa: E402
 from brainmri.infer.guard import guard_features, load_guard  # noqa: E402
 from brainmri.model.checkpoint import read_metadata  # noqa: E402
-from brainmri.train.adapt import adapt  # noqa: E402
+from brainmri.train.adapt import adapt, check_overrides  # noqa: E402
 from brainmri.train.data import model_split  # noqa: E402
 
 BENCH = ROOT.parent / "shared" / "data" / "brain-tumor-mri"
@@ -277,11 +277,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     samples = scan_external(args.data)
     labels = np.array([s.label for s in samples])
     train, val, _ = model_split(BENCH, read_metadata(args.model))  # the model's own split
+    cfg = load_adapt_config("default", args.overrides)
+    check_overrides(cfg, args.overrides)  # a setting adapt would not use is an error
     ctx = {
         "samples": samples,
         "labels": labels,
         "groups": scan_groups([s.path for s in samples], args.group_threshold),
-        "cfg": load_adapt_config("default", args.overrides),
+        "cfg": cfg,
         "replay_pool": train,
         "val": val,
         "test": [] if args.no_test else scan_split(BENCH, "Testing"),

@@ -67,7 +67,17 @@ def test_adapt_writes_a_usable_model_with_a_refitted_guard(
     new, old = load_file(str(model)), load_file(str(shipped_model_path()))
     key = next(k for k in old if k.endswith("backbone.conv_stem.weight"))  # first member's
     assert not torch.equal(new[key], old[key])  # the whole network trained
-    assert json.loads((out / "adapt.json").read_text())["source_sha256"] == adapted["source_sha256"]
+    summary = json.loads((out / "adapt.json").read_text())
+    assert summary["source_sha256"] == adapted["source_sha256"]
+    replay = str(small_benchmark.resolve())
+    assert summary["site"] == str(site.resolve()) and summary["replay"] == replay
+    assert f"(+12 benchmark from {replay})" in result.output
+    # what ran, not the YAML's stage.epochs: 24 images in batches of 23 (the one left over
+    # dropped) is 1 step per epoch, so steps=2 is 2 epochs
+    run = {"images": 24, "batch_size": 23, "steps_per_epoch": 1, "epochs": 2, "steps": 2}
+    assert summary["run"] == run and [len(h) for h in summary["history"]] == [2] * members
+    assert summary["settings"]["steps"] == 2 and "epochs" not in summary["settings"]["stage"]
+    assert "site_weight" not in summary["settings"]  # a probe setting, not used here
     records = tmp_path / "pred.json"
     pred = CliRunner().invoke(
         app,
@@ -185,6 +195,9 @@ def test_calibrated_adapt_fits_its_temperature_on_held_out_site_images(
     held = cal["held_out_files"]
     assert cal["held_out_images"] == len(held) and 0 < len(held) < 12
     assert cal["fit_images"] + len(held) == 12
+    trained = 12 if refit else cal["fit_images"]  # the fine-tune saved: + 12 replay images
+    assert res.summary["run"]["images"] == trained + 12
+    assert "calibration_refit" in res.summary["settings"]
     assert {Path(p).parent.name for p in held} <= {"glioma", "meningioma", "notumor"}
     if not refit:
         model, _ = load_model(res.model_path, "cpu")
@@ -222,6 +235,80 @@ def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path
         ],  # fmt: skip
     )
     assert result.exit_code == 2 and "class folders" in result.output
+
+
+@pytest.mark.parametrize("sub", ["", "Testing", "Training", "lowercase"])
+def test_adapt_refuses_a_benchmark_split(small_benchmark: Path, tmp_path: Path, sub: str):
+    """--data of a Kaggle-layout folder (or one of its splits) must not train on its Testing/
+    images: a one-line user error, before any model is loaded."""
+    data = small_benchmark / sub
+    if sub == "lowercase":  # a testing/<class>/ folder beside the class folders, any case
+        data = tmp_path / "site"
+        for name in ("glioma", "testing/glioma"):
+            (data / name).mkdir(parents=True)
+            for f in sorted((small_benchmark / "Testing" / "glioma").iterdir())[:2]:
+                (data / name / f.name).symlink_to(f)
+    args = ["adapt", "--data", str(data), "--out", str(tmp_path / "r"), "--replay",
+            str(small_benchmark), "--set", "steps=1", "--set", "guard_holdout=0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "never a benchmark split" in result.output
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "sets, key",
+    [
+        (["stage.epochs=8"], "steps"),  # adapt runs `steps`; the epochs follow from them
+        (["method=probe", "steps=5"], "method=probe"),
+        (["method=gated", "site_weight=3"], "method=gated"),
+        (["probe_c=0.1"], "method=finetune"),
+        (["replay_clusters=4"], "replay_draw=clusters"),
+        (["calibration_refit=false"], "calibration_share"),
+    ],
+)
+def test_a_setting_adapt_does_not_use_is_refused(
+    site: Path, tmp_path: Path, monkeypatch, sets: list[str], key: str
+):
+    monkeypatch.setenv("BRAINMRI_DATA", str(tmp_path / "nowhere"))  # refused before replay
+    args = ["adapt", "--data", str(site), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert f"--set {sets[-1].split('=')[0]}: not used" in result.output and key in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_settings_record_only_what_is_used_and_the_help_example_works():
+    from brainmri.train.adapt import check_overrides, recorded_settings
+
+    sets = ["steps=null", "stage.epochs=8"]  # stage.epochs is read once steps is null
+    cfg = load_adapt_config("default", sets)
+    check_overrides(cfg, sets)
+    settings = recorded_settings(cfg)
+    assert settings["stage"]["epochs"] == 8 and settings["steps"] is None
+    assert adapt_recipe(load_recipe("cpu"), cfg, 0, 24).train.stages[0].epochs == 8
+    shown = CliRunner().invoke(app, ["adapt", "--help"], terminal_width=200).output
+    assert "--set steps=100" in shown and "stage.epochs" not in shown
+    cfg = load_adapt_config("default", ["steps=100"])  # the --help example
+    check_overrides(cfg, ["steps=100"])
+    settings = recorded_settings(cfg)
+    assert settings["steps"] == 100 and "epochs" not in settings["stage"]
+    assert settings["stage"]["lr"] == cfg.stage.lr
+    assert not {"site_weight", "probe_c", "gate_blocks", "replay_clusters"} & set(settings)
+    probe = recorded_settings(load_adapt_config("default", ["method=probe"]))
+    assert {"probe_c", "site_weight"} <= set(probe)
+    assert not {"stage", "steps", "batch_size", "gate_blocks"} & set(probe)
+
+
+@pytest.mark.parametrize("n, steps, run", [(24, 50, (1, 50, 50)), (100, 50, (4, 13, 52)),
+                                           (150, 50, (5, 10, 50)), (24, 2, (1, 2, 2))])  # fmt: skip
+def test_run_length_is_steps_rounded_up_to_whole_epochs(n: int, steps: int, run: tuple):
+    from brainmri.train.adapt import fine_tune_length
+
+    cfg = load_adapt_config("default", [f"steps={steps}"])
+    got = fine_tune_length(cfg, n)
+    assert (got["steps_per_epoch"], got["epochs"], got["steps"]) == run
+    assert adapt_recipe(load_recipe("cpu"), cfg, 0, n).train.stages[0].epochs == got["epochs"]
 
 
 def test_replay_draw_is_disjoint_and_deals_every_class():

@@ -39,7 +39,14 @@ from tqdm import tqdm
 from brainmri import CLASS_NAMES
 from brainmri.config import AdaptConfig, Recipe, recipe_from_dict
 from brainmri.data.cache import cache_samples
-from brainmri.data.folders import Sample, class_counts, scan_split
+from brainmri.data.folders import (
+    SPLITS,
+    Sample,
+    class_counts,
+    class_dirs,
+    is_image_file,
+    scan_split,
+)
 from brainmri.data.mri_augment import TrainAugment
 from brainmri.errors import BrainMRIError
 from brainmri.model.checkpoint import (
@@ -57,6 +64,7 @@ from brainmri.train.probe_head import fit_linear_head, head_recipe
 
 MODEL_NAME = "model.safetensors"
 SUMMARY_NAME = "adapt.json"
+_SPLITS = {name.lower() for name in SPLITS}
 
 
 @dataclass
@@ -65,15 +73,33 @@ class AdaptResult:
     summary: dict
 
 
-def site_samples(site_dir: Path) -> list[Sample]:
-    """Labelled site images: a plain <class>/ folder (any subset of the classes)."""
-    from brainmri.evaluate.run import find_eval_set
+SITE_FOLDER = (
+    f"adapt --data takes a folder of <class>/ sub-folders ({', '.join(CLASS_NAMES)}; any "
+    "subset) of the site's labelled images, never a benchmark split"
+)
 
-    samples = find_eval_set(Path(site_dir)).samples
-    counts = class_counts(samples)
-    if sum(counts) < 2:
+
+def site_samples(site_dir: Path) -> list[Sample]:
+    """Labelled site images: a plain <class>/ folder (any subset of the classes).
+
+    A benchmark folder (one with Training/ or Testing/, or one of those splits) is refused:
+    adapting on it would train on the benchmark, its official test images included."""
+    site_dir = Path(site_dir)
+    if not site_dir.is_dir():
+        raise BrainMRIError(f"site folder not found: {site_dir} ({SITE_FOLDER})")
+    names = [c.name for c in sorted(site_dir.iterdir()) if c.is_dir()]
+    splits = [name for name in names if name.lower() in _SPLITS]
+    if splits or site_dir.resolve().name.lower() in _SPLITS:
+        found = f"has {'/, '.join(splits)}/" if splits else "is a benchmark split"
+        raise BrainMRIError(f"{site_dir} {found}: {SITE_FOLDER}")
+    folders = class_dirs(site_dir)
+    if not folders:
+        raise BrainMRIError(f"{site_dir}: no class folders: {SITE_FOLDER}")
+    samples = [Sample(f, label, "Training") for label, folder in sorted(folders.items())
+               for f in sorted(folder.iterdir()) if is_image_file(f)]  # fmt: skip
+    if len(samples) < 2:
         raise BrainMRIError(f"{site_dir}: adapt needs at least 2 labelled images")
-    return [Sample(s.path, s.label, "Training") for s in samples]
+    return samples
 
 
 def _dealt(pool: list[Sample], rng: np.random.Generator) -> list[int]:
@@ -133,11 +159,67 @@ def interpolate_weights(member: torch.nn.Module, source: dict[str, torch.Tensor]
             value.copy_(a * value + (1.0 - a) * source[name].to(value.dtype))
 
 
+def unused_settings(cfg: AdaptConfig) -> dict[str, str]:
+    """Settings (dotted keys) that adapt never reads with `cfg`, each with the reason: they are
+    left out of adapt.json, and a --set of one is refused (check_overrides)."""
+    unused: dict[str, str] = {}
+    if cfg.method == "finetune":
+        fitted_only = ("site_weight", "probe_c", "gate_blocks")
+        unused |= dict.fromkeys(fitted_only, "not used with method=finetune")
+        if cfg.steps is not None:
+            unused["stage.epochs"] = (
+                f"not used: adapt runs `steps` optimizer steps per member (now {cfg.steps}; the "
+                "epochs follow from them): --set steps=N, or steps=null to run stage.epochs"
+            )
+        if cfg.calibration_share == 0:
+            unused["calibration_refit"] = "not used without calibration_share > 0"
+    else:
+        only = "gate_blocks" if cfg.method == "probe" else "site_weight"
+        for key in ("stage", "steps", "batch_size", "interpolate", "calibration_refit", only):
+            unused[key] = f"not used with method={cfg.method}"
+    if cfg.replay_ratio == 0:
+        unused |= dict.fromkeys(("replay_draw", "replay_clusters"), "not used: replay_ratio=0")
+    elif cfg.replay_draw != "clusters":
+        unused["replay_clusters"] = "not used without replay_draw=clusters"
+    return unused
+
+
+def check_overrides(cfg: AdaptConfig, overrides: list[str] | None) -> None:
+    """A --set of a setting that adapt does not use is a user error (not a value recorded in
+    adapt.json and ignored)."""
+    unused = unused_settings(cfg)
+    for item in overrides or []:
+        key = item.partition("=")[0].strip()
+        hit = next((u for u in unused if key == u or key.startswith(f"{u}.")), None)
+        if hit is not None:
+            raise BrainMRIError(f"--set {key}: {unused[hit]}")
+
+
+def recorded_settings(cfg: AdaptConfig) -> dict:
+    """The settings as adapt.json records them: those adapt used, none that it did not."""
+    data = cfg.model_dump(mode="json")
+    for key in unused_settings(cfg):
+        *path, last = key.split(".")
+        node = data
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    return data
+
+
+def fine_tune_length(cfg: AdaptConfig, n_train: int) -> dict[str, int]:
+    """What one member's fine-tune on n_train images runs: `steps` rounded up to whole epochs
+    (stage.epochs when steps is null)."""
+    per_epoch = steps_per_epoch(n_train, cfg.batch_size)
+    epochs = math.ceil(cfg.steps / per_epoch) if cfg.steps is not None else cfg.stage.epochs
+    return {"images": n_train, "batch_size": cfg.batch_size, "steps_per_epoch": per_epoch,
+            "epochs": epochs, "steps": epochs * per_epoch}  # fmt: skip
+
+
 def adapt_recipe(recipe: Recipe, cfg: AdaptConfig, member: int, n_train: int) -> Recipe:
     """The source recipe with the adaptation stage in place of its stages (epochs from steps)."""
     stage = cfg.stage.model_dump(mode="json")
-    if cfg.steps is not None:
-        stage["epochs"] = math.ceil(cfg.steps / steps_per_epoch(n_train, cfg.batch_size))
+    stage["epochs"] = fine_tune_length(cfg, n_train)["epochs"]
     data = recipe.model_dump(mode="json")
     data["seed"] = cfg.seed + member
     data["ensemble"] = 1
@@ -314,9 +396,9 @@ def adapt(
     out_dir = Path(out_dir)
     if (out_dir / MODEL_NAME).exists():
         raise BrainMRIError(f"{out_dir / MODEL_NAME} exists: pass another --out")
+    site = site_samples(site_dir)
     model, meta = load_model(model_path, "cpu")
     recipe = recipe_from_dict(meta["recipe"], str(model_path))
-    site = site_samples(site_dir)
     if replay_pool is None:
         replay_pool = scan_split(replay_dir, "Training") if replay_dir is not None else []
     n_replay = round(cfg.replay_ratio * len(site))
@@ -351,7 +433,12 @@ def adapt(
         else:
             history = finetune_members(model, recipe, meta, cfg, (x, y), site + replay)
     adapted = model.eval()
-    summary = _summary(model_path, site_dir, site, replay, cfg, history, time.time() - t0)
+    summary = _summary(model_path, (site_dir, replay_dir), site, replay, cfg, history)
+    summary["train_seconds"] = round(time.time() - t0, 1)
+    if not fitted:  # the fine-tune whose history this is: on every site image, or the first's
+        first_only = calibration is not None and not cfg.calibration_refit
+        n_train = calibration["fit_images"] + len(replay) if first_only else len(x)
+        summary["run"] = fine_tune_length(cfg, n_train)
     info = dict(meta.get("info", {})) | {"adapted": summary}
     if calibration is not None:
         summary["calibration"] = calibration
@@ -374,22 +461,24 @@ def adapt(
 
 def _summary(
     model_path: Path,
-    site_dir: Path,
+    folders: tuple[Path, Path | None],
     site: list[Sample],
     replay: list[Sample],
     cfg: AdaptConfig,
     history: list[list[dict]],
-    seconds: float,
 ) -> dict:
+    """adapt.json: folders (site, replay) as absolute paths; replay null when there was no
+    replay folder (replay_ratio 0, or a replay_pool passed by the caller)."""
     from brainmri.data.dedupe import file_sha256
 
+    site_dir, replay_dir = folders
     return {
         "source_model": str(model_path),
         "source_sha256": file_sha256(model_path),
-        "site": str(site_dir),
+        "site": str(Path(site_dir).resolve()),
+        "replay": str(Path(replay_dir).resolve()) if replay_dir is not None else None,
         "site_counts": dict(zip(CLASS_NAMES, class_counts(site), strict=True)),
         "replay_counts": dict(zip(CLASS_NAMES, class_counts(replay), strict=True)),
-        "settings": cfg.model_dump(mode="json"),
-        "train_seconds": round(seconds, 1),
+        "settings": recorded_settings(cfg),
         "history": history,
     }
