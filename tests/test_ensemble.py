@@ -30,7 +30,7 @@ from brainmri.train.data import load_split
 from brainmri.train.ensemble import assemble, member_recipe
 from brainmri.train.epoch import view_logits
 from brainmri.train.loop import train
-from brainmri.train.loss import fit_temperature
+from brainmri.train.loss import fit_temperature, temperature_bound
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +117,10 @@ def test_resume_of_a_finished_ensemble_skips_trained_members(ensemble_run, tmp_p
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     before = (copy / "member1" / "models" / "best.safetensors").read_bytes()
+    top = (copy / "models" / "best.safetensors").read_bytes()
     result = train(None, Path(), copy, resume=True, device="cpu")
     assert (copy / "member1" / "models" / "best.safetensors").read_bytes() == before
+    assert (copy / "models" / "best.safetensors").read_bytes() == top  # not re-assembled
     assert result.best_path == copy / "models" / "best.safetensors"
 
 
@@ -154,10 +156,36 @@ def test_ensemble_command_combines_runs_and_rejects_a_single_run(ensemble_run, t
     result = CliRunner().invoke(app, ["ensemble", *runs, "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "ensemble of 2" in result.output
+    for run in runs:  # each member's validation line names its run folder
+        assert any(line.strip().startswith(f"member {run}") for line in result.output.splitlines())
     assert load_recipe(out / "recipe.yaml").ensemble == 2
     one = CliRunner().invoke(app, ["ensemble", runs[0], "--out", str(tmp_path / "one")])
     assert one.exit_code == 2
     assert "at least two" in one.output
+
+
+def test_ensemble_refuses_a_member_that_is_an_ensemble(ensemble_run, tmp_path: Path):
+    """An ensemble as a member would weigh its members 1/4 each beside a run at 1/2."""
+    run_dir, _ = ensemble_run
+    runs = [str(run_dir / "member1"), str(run_dir / "member2")]
+    ens = tmp_path / "ens"
+    assert CliRunner().invoke(app, ["ensemble", *runs, "--out", str(ens)]).exit_code == 0
+    for nested in (ens, run_dir):  # made by `brainmri ensemble`, and by a recipe's ensemble: 2
+        out = tmp_path / f"nested-{nested.name}"
+        res = CliRunner().invoke(app, ["ensemble", str(nested), runs[0], "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        line = f"error: {nested} is already an ensemble of 2 runs ({runs[0]}, {runs[1]}): "
+        assert res.output.strip() == line + "pass its member runs instead"
+        assert not out.exists()
+
+
+def test_ensemble_records_whether_its_temperature_fit_hit_a_bound(ensemble_run):
+    run_dir, _ = ensemble_run
+    summary = json.loads((run_dir / "run.json").read_text())
+    at_bound = temperature_bound(summary["temperature"]) is not None
+    assert summary["temperature_at_bound"] is at_bound
+    info = load_model(run_dir / "models" / "best.safetensors")[1]["info"]
+    assert info["temperature_at_bound"] is at_bound
 
 
 def test_ensemble_refuses_the_same_run_twice(ensemble_run, tmp_path: Path):

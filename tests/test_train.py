@@ -299,3 +299,120 @@ def test_cluster_balanced_draws_are_recorded_and_weighted(small_benchmark, tmp_p
     train(recipe, small_benchmark, run, device="cpu")
     recorded = json.loads((run / "splits" / "split.json").read_text())["draws"]
     assert recorded["clusters_x_classes"] == draws["clusters_x_classes"]
+
+
+# --- temperature at a bound -------------------------------------------------------------------
+def test_temperature_fit_on_a_bound_is_detected_and_worded():
+    from brainmri.train.loss import fit_temperature, temperature_bound, temperature_note
+
+    y = torch.tensor([0, 1, 2, 3] * 4)
+    wrong = torch.nn.functional.one_hot((y + 1) % 4, 4).float() * 8  # confidently wrong
+    t = fit_temperature(wrong, y)
+    assert temperature_bound(t) == "upper"
+    assert temperature_note(t) == (
+        "20.000 (at the fit's upper bound: validation too small or the model is not trained; "
+        "probabilities are not calibrated)"
+    )
+    timid = torch.nn.functional.one_hot(y, 4).float() * 0.05  # right, barely: T wants < 0.05
+    assert temperature_bound(fit_temperature(timid, y)) == "lower"
+    mixed = torch.nn.functional.one_hot(y, 4).float() * 4
+    mixed[:4] = wrong[:4]  # 3 in 4 right: an interior optimum
+    t = fit_temperature(mixed, y)
+    assert temperature_bound(t) is None and temperature_note(t) == f"{t:.3f}"
+
+
+def test_calibration_on_a_bound_says_so_and_records_it(
+    trained_run, small_benchmark, tmp_path, monkeypatch, capsys
+):
+    """A best model that is confidently wrong on validation: the fit runs into its upper bound;
+    the console line says so and run.json and the model file record it."""
+    import shutil
+
+    from brainmri.train.distributed import Dist
+    from brainmri.train.loss import temperature_bound
+
+    run_dir, recipe, _ = trained_run
+    recorded = json.loads((run_dir / "run.json").read_text())  # the fixture's own fit
+    assert recorded["temperature_at_bound"] is (
+        temperature_bound(recorded["temperature"]) is not None
+    )
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ctx = loop.build_context(recipe, small_benchmark, Dist())
+    wrong = torch.nn.functional.one_hot((ctx.data.y_val + 1) % 4, 4).float() * 8
+
+    monkeypatch.setattr(loop, "batch_logits", lambda c, m, x, tta=1: wrong.expand(tta, -1, -1))
+    capsys.readouterr()
+    loop.calibrate(ctx, copy, 1.0)
+    out = capsys.readouterr().out
+    want = (
+        "temperature fitted on validation: 20.000 (at the fit's upper bound: validation too "
+        "small or the model is not trained; probabilities are not calibrated)"
+    )
+    assert want in out
+    run = json.loads((copy / "run.json").read_text())
+    assert run["temperature"] == pytest.approx(20.0) and run["temperature_at_bound"] is True
+    assert run["n_val"] == len(ctx.data.y_val)  # the rest of run.json is kept
+    info = read_metadata(copy / "models" / "best.safetensors")["info"]
+    assert info["temperature_at_bound"] is True
+
+
+# --- interrupt, resume, resume of a finished run ----------------------------------------------
+TINY_CLI = [
+    "--config", "smoke",
+    "--set", "train.stages.0.epochs=2", "--set", "train.stages.1.epochs=0",
+    "--set", "train.stages.2.epochs=0", "--set", "train.max_steps_per_epoch=1",
+    "--set", "data.max_per_class=4", "--device", "cpu",
+]  # fmt: skip
+
+
+def _interrupt_at_epoch(monkeypatch, n: int) -> None:
+    real, calls = loop.train_one_epoch, {"n": 0}
+
+    def epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", epoch)
+
+
+def test_interrupt_says_how_to_continue_and_resume_says_where(
+    small_benchmark, tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    cli = ["train", "--data", str(small_benchmark), "--out", str(run), *TINY_CLI]
+    with monkeypatch.context() as m:  # before any epoch finished: nothing to continue
+        _interrupt_at_epoch(m, 1)
+        res = CliRunner().invoke(app, cli)
+    assert res.exit_code == 130
+    assert "interrupted; no epoch had finished: nothing to resume" in res.output.splitlines()
+    assert not run.exists()
+    with monkeypatch.context() as m:
+        _interrupt_at_epoch(m, 2)
+        res = CliRunner().invoke(app, cli)
+    assert res.exit_code == 130
+    assert f"interrupted; continue with: brainmri train --resume {run}" in res.output.splitlines()
+    res = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert f"resuming {run} at stage 1/3 'frozen', epoch 2 (1 done)" in res.output
+    assert "done in" in res.output and len(read_rows(run / "metrics.csv")[1]) == 2
+
+
+def test_resume_of_a_finished_run_says_so_and_rewrites_nothing(trained_run, tmp_path):
+    import shutil
+
+    run_dir, _, result = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file()}
+    res = CliRunner().invoke(app, ["train", "--resume", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert f"{copy} is already complete ({len(STAGES)} epochs in" in res.output
+    assert "nothing resumed" in res.output and "done in" not in res.output
+    again = train(None, None, copy, resume=True)
+    assert (again.epochs_run, again.best_path) == (len(STAGES), copy / "models/best.safetensors")
+    assert again.best_val_loss == pytest.approx(result.best_val_loss)
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in copy.rglob("*") if p.is_file()}
+    assert after == files

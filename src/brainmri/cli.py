@@ -69,8 +69,8 @@ def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
         except BrainMRIError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
+        except KeyboardInterrupt as exc:  # a command may say how to continue (train)
+            typer.echo(f"interrupted; {exc}" if str(exc) else "interrupted", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
@@ -179,7 +179,11 @@ def train(
     ] = None,
     resume: Annotated[
         Path | None,
-        typer.Option("--resume", help="Continue the run in this run directory from last.pt."),
+        typer.Option(
+            "--resume",
+            help="Continue the run in this run directory from last.pt (a finished run is left "
+            "as it is).",
+        ),
     ] = None,
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if available).")
@@ -195,13 +199,25 @@ def train(
 
     from brainmri.config import load_recipe
     from brainmri.data.folders import resolve_data_dir
-    from brainmri.train.loop import DEFAULT_RECIPE, DEFAULT_RECIPE_NOTE, refuse_with_resume
+    from brainmri.train.loop import (
+        DEFAULT_RECIPE,
+        DEFAULT_RECIPE_NOTE,
+        complete_note,
+        completed_run,
+        refuse_with_resume,
+        resume_hint,
+    )
     from brainmri.train.loop import train as run_train
 
     if resume is not None:
         given = {"--config": config, "--set": overrides, "--data": data, "--out": out}
         refuse_with_resume([k for k, v in (given | {"--weights": weights}).items() if v])
-        result = run_train(None, None, resume, resume=True, device=device)
+        done = completed_run(resume)
+        if done is not None:
+            if os.environ.get("RANK", "0") == "0":
+                typer.echo(complete_note(done))
+            return
+        recipe, data_dir, run_dir = None, None, resume
     else:
         extra = list(overrides or [])
         if weights is not None:
@@ -210,7 +226,11 @@ def train(
             typer.echo(DEFAULT_RECIPE_NOTE, err=True)
         recipe = load_recipe(config or DEFAULT_RECIPE, extra)
         run_dir = out or Path("runs") / f"{recipe.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-        result = run_train(recipe, resolve_data_dir(data), run_dir, device=device)
+        data_dir = resolve_data_dir(data)
+    try:
+        result = run_train(recipe, data_dir, run_dir, resume=resume is not None, device=device)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(resume_hint(run_dir)) from None
     if os.environ.get("RANK", "0") != "0":  # torchrun: the summary comes from rank 0 only
         return
     typer.echo(
@@ -224,7 +244,10 @@ def train(
 @user_errors
 def ensemble(
     runs: Annotated[
-        list[Path], typer.Argument(help="Finished training run directories (two or more).")
+        list[Path],
+        typer.Argument(
+            help="Finished training run directories (two or more; single runs, not ensembles)."
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Run directory for the ensemble.")],
     data: Annotated[
@@ -420,8 +443,9 @@ def adapt(
         Path,
         typer.Option(
             "--data",
-            help="Labelled images of the new site: a <class>/ folder (glioma/, meningioma/, "
-            "notumor/, pituitary/; any subset).",
+            help="Labelled images of the new site: a folder of <class>/ sub-folders (glioma/, "
+            "meningioma/, notumor/, pituitary/; any subset), never a benchmark split "
+            "(a folder with Training/ or Testing/ is refused).",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", help="Folder for model.safetensors + adapt.json.")],
@@ -442,28 +466,38 @@ def adapt(
     ] = "default",
     overrides: Annotated[
         list[str] | None,
-        typer.Option("--set", help="Override a setting, e.g. --set stage.epochs=8 (repeatable)."),
+        typer.Option(
+            "--set",
+            help="Override a setting, e.g. --set steps=100 (repeatable); a setting adapt "
+            "would not use is refused.",
+        ),
     ] = None,
 ) -> None:
     """Fine-tune a model on a few labelled images of a new site (minutes on a CPU).
 
-    Every member is fine-tuned for the settings' epochs on the site images mixed with as many
-    benchmark Training images; the input guard is refitted. Measure the result on images of the
-    site that were NOT used here (`brainmri evaluate --model OUT/model.safetensors --data DIR`).
+    Every member is fine-tuned for `steps` optimizer steps (50; rounded up to whole epochs) on
+    the site images mixed with as many benchmark Training images; the input guard is refitted.
+    Measure the result on images of the site that were NOT used here (`brainmri evaluate
+    --model OUT/model.safetensors --data DIR`).
     Settings: configs/adapt/default.yaml; measured curve: docs/RESULTS.md section 14.
     """
     from brainmri.config import load_adapt_config
     from brainmri.data.folders import resolve_data_dir
     from brainmri.model.checkpoint import shipped_model_path
     from brainmri.train.adapt import adapt as run_adapt
+    from brainmri.train.adapt import check_overrides
 
     cfg = load_adapt_config(config, overrides)
+    check_overrides(cfg, overrides)
     replay_dir = resolve_data_dir(replay) if cfg.replay_ratio > 0 else None
     result = run_adapt(model or shipped_model_path(), site, replay_dir, out, cfg)
-    counts = ", ".join(f"{k} {v}" for k, v in result.summary["site_counts"].items() if v)
+    summary = result.summary
+    counts = ", ".join(f"{k} {v}" for k, v in summary["site_counts"].items() if v)
+    n_replay = sum(summary["replay_counts"].values())
+    source = f" from {summary['replay']}" if summary["replay"] else ""
     typer.echo(
-        f"adapted on {counts} site images (+{sum(result.summary['replay_counts'].values())} "
-        f"benchmark) in {result.summary['seconds'] / 60:.1f} min; wrote {result.model_path}"
+        f"adapted on {counts} site images (+{n_replay} benchmark{source}) "
+        f"in {summary['seconds'] / 60:.1f} min; wrote {result.model_path}"
     )
 
 

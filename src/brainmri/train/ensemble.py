@@ -5,7 +5,8 @@ split of `data.split_seed`, default the recipe seed) into RUN/member<k>/, each a
 with its own metrics, curves and --resume. `assemble` then writes RUN/models/{best,final}
 .safetensors: one model file whose forward averages the members' logits, with a softmax
 temperature fitted on the shared validation split. Members validated on different splits are
-refused: their average would be scored on images some member trained on.
+refused: their average would be scored on images some member trained on. A member that is itself
+an ensemble is refused too (its members would weigh less than the others): pass its members.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from brainmri.model.ensemble import EnsembleClassifier
 from brainmri.train.data import split_seed
 from brainmri.train.distributed import setup_distributed
 from brainmri.train.epoch import view_logits
-from brainmri.train.loss import fit_temperature
+from brainmri.train.loss import fit_temperature, temperature_bound, temperature_note
 from brainmri.train.state import TrainResult
 
 
@@ -83,6 +84,19 @@ def train_ensemble(
     if d.main:
         summary = assemble(members, run_dir, data_dir, device=d.device)
     d.barrier()
+    return _result(run_dir, members, summary)
+
+
+def completed_ensemble(run_dir: Path, recipe: Recipe) -> TrainResult | None:
+    """The recorded result of an ensemble run that trained and assembled every member, else
+    None (run.json gains the assembly's figures last, when everything else is written)."""
+    summary = json.loads((run_dir / "run.json").read_text())
+    if "assemble_seconds" not in summary:
+        return None
+    return _result(run_dir, [run_dir / f"member{k + 1}" for k in range(recipe.ensemble)], summary)
+
+
+def _result(run_dir: Path, members: list[Path], summary: dict) -> TrainResult:
     models = run_dir / "models"
     return TrainResult(
         run_dir,
@@ -109,6 +123,9 @@ def _check_members(member_dirs: list[Path]) -> list[Recipe]:
         for need in ("recipe.yaml", "splits/val.txt", "models/best.safetensors"):
             if not (m / need).is_file():
                 raise BrainMRIError(f"{m} is not a finished training run (no {need})")
+        meta = read_metadata(m / "models" / "best.safetensors")
+        recipes.append(load_recipe(m / "recipe.yaml"))
+        _refuse_nested(m, recipes[-1], meta)
         digest = file_sha256(m / "models" / "best.safetensors")
         if digest in seen:
             raise BrainMRIError(
@@ -116,9 +133,8 @@ def _check_members(member_dirs: list[Path]) -> list[Recipe]:
                 "of copies is one model counted twice"
             )
         seen[digest] = m
-        recipes.append(load_recipe(m / "recipe.yaml"))
         vals.append((m / "splits" / "val.txt").read_text())
-        norms.append(preprocessing_of(read_metadata(m / "models" / "best.safetensors")))
+        norms.append(preprocessing_of(meta))
     first = recipes[0]
     for m, r, v, n in zip(member_dirs[1:], recipes[1:], vals[1:], norms[1:], strict=True):
         if v != vals[0]:
@@ -137,6 +153,18 @@ def _check_members(member_dirs: list[Path]) -> list[Recipe]:
                 f"{m} uses another intensity mode or normalization than {member_dirs[0]}"
             )
     return recipes
+
+
+def _refuse_nested(run: Path, recipe: Recipe, meta: dict) -> None:
+    """A member that is itself an ensemble would weigh its own members by 1/(N·n): refused."""
+    n = max(recipe.ensemble, int(meta.get("recipe", {}).get("ensemble", 1)))
+    if n <= 1:
+        return
+    inner = [str(mi["run"]) for mi in meta.get("info", {}).get("members", []) if "run" in mi]
+    of = f" ({', '.join(inner)})" if inner else ""
+    raise BrainMRIError(
+        f"{run} is already an ensemble of {n} runs{of}: pass its member runs instead"
+    )
 
 
 def assemble(
@@ -190,10 +218,12 @@ def assemble(
         ensemble = EnsembleClassifier(members).to(dev).eval()
         logits = torch.stack(member_logits).mean(dim=0)  # what ensemble's forward computes
         temperature = fit_temperature(logits, y_val)
+        at_bound = temperature_bound(temperature) is not None
         info = {
             "stage": f"ensemble of {len(members)} {which}",
             "members": member_info,
             "temperature": temperature,
+            "temperature_at_bound": at_bound,
             "train_wall_seconds": round(sum(walls), 1),
             **figures(logits),
         }
@@ -205,6 +235,7 @@ def assemble(
                 "val_acc": info["val_acc"],
                 "val_errors": info["val_errors"],
                 "temperature": temperature,
+                "temperature_at_bound": at_bound,
                 "members": member_info,
                 "train_wall_seconds": info["train_wall_seconds"],
             }
@@ -217,13 +248,15 @@ def assemble(
     (out_dir / "run.json").write_text(
         json.dumps({"data": str(data_dir.resolve()), "n_val": len(val), **summary}, indent=2)
     )
-    tqdm.write(
-        "ensemble on validation: "
-        + "  ".join(
-            f"member {i + 1} loss {mi['val_loss']:.4f} acc {mi['val_acc']:.4f}"
-            for i, mi in enumerate(member_info)
-        )
-        + f"  | ensemble loss {summary['best_val_loss']:.4f} acc {summary['val_acc']:.4f}"
-        f"  (temperature {summary['temperature']:.3f})"
-    )
+    report_validation(summary)
     return summary
+
+
+def report_validation(summary: dict) -> None:
+    """Each member (by its run folder) and the ensemble on validation, one line each."""
+    rows = [(f"member {mi['run']}", mi["val_loss"], mi["val_acc"]) for mi in summary["members"]]
+    rows.append(("ensemble", summary["best_val_loss"], summary["val_acc"]))
+    width = max(len(label) for label, _, _ in rows)
+    lines = [f"  {label:<{width}}  loss {loss:.4f} acc {acc:.4f}" for label, loss, acc in rows]
+    lines[-1] += f"  temperature {temperature_note(summary['temperature'])}"
+    tqdm.write("\n".join(["ensemble on validation:", *lines]))

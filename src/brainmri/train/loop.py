@@ -16,6 +16,7 @@ whole split, so early-stopping decisions agree; only rank 0 writes files. A reci
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -29,11 +30,11 @@ from brainmri.data.folders import write_file_list
 from brainmri.data.mri_augment import TrainAugment
 from brainmri.errors import BrainMRIError
 from brainmri.model.backbones import input_normalization
-from brainmri.model.checkpoint import save_model
+from brainmri.model.checkpoint import atomic_write, save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.train.data import RunData, appearance_draw_weights, load_data
 from brainmri.train.distributed import Dist, environment, setup_distributed
-from brainmri.train.ensemble import train_ensemble
+from brainmri.train.ensemble import completed_ensemble, train_ensemble
 from brainmri.train.epoch import (
     Context,
     StageRun,
@@ -43,7 +44,13 @@ from brainmri.train.epoch import (
     validate,
 )
 from brainmri.train.log import CSV_FIELDS, RunLog
-from brainmri.train.loss import class_weights, fit_temperature, weighted_smoothed_ce
+from brainmri.train.loss import (
+    class_weights,
+    fit_temperature,
+    temperature_bound,
+    temperature_note,
+    weighted_smoothed_ce,
+)
 from brainmri.train.state import TrainResult, TrainState, load_last, save_last, set_rng_state
 
 __all__ = ["CSV_FIELDS", "TrainResult", "train", "weighted_smoothed_ce"]
@@ -67,6 +74,9 @@ def train(
             raise BrainMRIError("--resume continues the recorded recipe: do not pass another")
         if not (run_dir / "recipe.yaml").is_file():
             raise BrainMRIError(f"nothing to resume: {run_dir / 'recipe.yaml'} not found")
+        done = completed_run(run_dir)
+        if done is not None:  # nothing to train, and nothing to re-fit or rewrite
+            return done
         recipe = load_recipe(run_dir / "recipe.yaml")
         data_dir = Path(json.loads((run_dir / "run.json").read_text())["data"])
     elif recipe is None or data_dir is None:
@@ -88,6 +98,57 @@ def train(
         raise
 
 
+def completed_run(run_dir: Path) -> TrainResult | None:
+    """The recorded result of a run that has nothing left to do (every stage trained, final
+    files and temperature written), else None: an unfinished run, or no run at all."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "recipe.yaml").is_file() or not (run_dir / "run.json").is_file():
+        return None
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    if recipe.ensemble > 1:
+        return completed_ensemble(run_dir, recipe)
+    if not (run_dir / "last.pt").is_file():
+        return None
+    saved = load_last(run_dir / "last.pt")
+    st: TrainState = saved["state"]
+    if saved["stage"] is not None or st.stage < len(recipe.train.stages):
+        return None  # `finish` writes a last.pt without stage state once the run is complete
+    models = run_dir / "models"
+    best, final = models / "best.safetensors", models / "final.safetensors"
+    return TrainResult(run_dir, best, final, st.best, st.best_acc, st.epoch, st.elapsed)
+
+
+def complete_note(result: TrainResult) -> str:
+    """The console line for a --resume of a run that is already complete."""
+    return (
+        f"{result.run_dir} is already complete ({result.epochs_run} epochs in "
+        f"{result.wall_seconds / 60:.1f} min): nothing resumed, nothing rewritten; "
+        f"best val_loss {result.best_val_loss:.4f} (val_acc {result.best_val_acc:.4f}); "
+        f"best model {result.best_path}"
+    )
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What to do after an interrupted `brainmri train` into run_dir."""
+    if any(Path(run_dir).rglob("last.pt")):
+        return f"continue with: brainmri train --resume {shlex.quote(str(run_dir))}"
+    return "no epoch had finished: nothing to resume"
+
+
+def resume_point(recipe: Recipe, run_dir: Path, st: TrainState) -> str:
+    """`resuming RUN at stage S/N 'name', epoch E (D done)` for a run continued from last.pt."""
+    stages = recipe.train.stages
+    s, e = (st.stage + 1, 0) if st.stage_done else (st.stage, st.stage_epoch)
+    while s < len(stages) and e >= stages[s].epochs:
+        s, e = s + 1, 0
+    if s >= len(stages):
+        return f"resuming {run_dir} after its last epoch ({st.epoch} done): finishing the run"
+    return (
+        f"resuming {run_dir} at stage {s + 1}/{len(stages)} '{stages[s].name}', epoch "
+        f"{st.epoch + 1} ({st.epoch} done)"
+    )
+
+
 def train_single(
     recipe: Recipe, data_dir: Path, run_dir: Path, resume: bool, device: str | None
 ) -> TrainResult:
@@ -104,6 +165,8 @@ def train_single(
     if saved is not None:
         ctx.model.load_state_dict(saved["model"])
         st = saved["state"]
+        if d.main:
+            tqdm.write(resume_point(recipe, run_dir, st))
     log = RunLog(run_dir, d.main, st.epoch)
     t_start = time.time() - st.elapsed
     while st.stage < len(recipe.train.stages):
@@ -224,7 +287,7 @@ def finish(ctx: Context, st: TrainState, run_dir: Path, wall: float) -> TrainRes
     if ctx.d.main:
         if not best_path.exists():
             save(ctx, best_path, {"stage": "final", "epoch": st.epoch})
-        calibrate(ctx, best_path, wall)
+        calibrate(ctx, run_dir, wall)
         ctx.model.load_state_dict(final_state)
         from brainmri.evaluate.plots import plot_training_curves
 
@@ -237,12 +300,15 @@ def finish(ctx: Context, st: TrainState, run_dir: Path, wall: float) -> TrainRes
     )
 
 
-def calibrate(ctx: Context, best_path: Path, wall: float) -> None:
-    """Fit the softmax temperature on validation; record plain and TTA validation figures."""
+def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
+    """Fit the softmax temperature on validation; record plain and TTA validation figures in
+    the best model file, and the temperature (and whether its fit ended on a bound) in
+    run.json."""
     from safetensors.torch import load_file
 
     from brainmri.model.checkpoint import read_metadata
 
+    best_path = run_dir / "models" / "best.safetensors"
     ctx.model.load_state_dict({k: v.to(ctx.d.device) for k, v in load_file(best_path).items()})
     tta = ctx.recipe.evaluate.tta
     logits = batch_logits(ctx, ctx.model, ctx.data.x_val, tta)
@@ -252,14 +318,18 @@ def calibrate(ctx: Context, best_path: Path, wall: float) -> None:
     info = read_metadata(best_path)["info"]
     info.update(
         temperature=temperature,
+        temperature_at_bound=temperature_bound(temperature) is not None,
         train_wall_seconds=round(wall, 1),
         val_acc_at_best=float((logits[0].argmax(1) == y).float().mean()),
         val_tta_views=tta,
         val_acc_tta=float((tta_probs.argmax(1) == y).float().mean()),
     )
     save(ctx, best_path, info)
+    run = json.loads((run_dir / "run.json").read_text())
+    run |= {k: info[k] for k in ("temperature", "temperature_at_bound")}
+    atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
     tqdm.write(
-        f"temperature fitted on validation: {temperature:.3f}; validation accuracy "
+        f"temperature fitted on validation: {temperature_note(temperature)}; validation accuracy "
         f"{info['val_acc_at_best']:.4f} plain, {info['val_acc_tta']:.4f} with {tta} TTA views"
     )
 

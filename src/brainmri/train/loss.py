@@ -30,8 +30,13 @@ def weighted_smoothed_ce(
     return per_sample.mean()
 
 
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The range the temperature is searched in; a fit that ends on either end did not converge."""
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Temperature T in [0.05, 20] minimizing the NLL of softmax(logits / T) (search on log T)."""
+    """Temperature T in TEMPERATURE_BOUNDS minimizing the NLL of softmax(logits / T) (search on
+    log T). See `temperature_bound` for a fit that ended on a bound."""
     from scipy.optimize import minimize_scalar
 
     z, y = logits.double(), labels
@@ -39,7 +44,31 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     def nll(log_t: float) -> float:
         return float(F.cross_entropy(z / math.exp(log_t), y))
 
-    res = minimize_scalar(
-        nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-6}
-    )
+    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
+    res = minimize_scalar(nll, bounds=(lo, hi), method="bounded", options={"xatol": 1e-6})
     return float(math.exp(res.x))
+
+
+def temperature_bound(temperature: float) -> str | None:
+    """'lower' or 'upper' when a fitted temperature sits on that end of the search range (the
+    NLL kept falling towards it: no calibrating temperature inside), else None."""
+    for name, bound in zip(("lower", "upper"), TEMPERATURE_BOUNDS, strict=True):
+        if abs(math.log(temperature / bound)) < 1e-3:
+            return name
+    return None
+
+
+def temperature_note(temperature: float) -> str:
+    """The fitted temperature as a console figure, with why it is not a calibration when the
+    fit ended on a bound."""
+    why = {
+        "upper": "validation too small or the model is not trained",
+        "lower": "validation too small or every validation image classified right",
+    }
+    bound = temperature_bound(temperature)
+    if bound is None:
+        return f"{temperature:.3f}"
+    return (
+        f"{temperature:.3f} (at the fit's {bound} bound: {why[bound]}; probabilities are not "
+        "calibrated)"
+    )
