@@ -88,6 +88,20 @@ def test_unknown_key_raises(override, where):
 
 
 @pytest.mark.parametrize(
+    "override, says",
+    [
+        ("train.batchsize=4", "train.batchsize: unknown key (did you mean batch_size?)"),
+        ("train.stages.0.epoch=4", "train.stages.0.epoch: unknown key (did you mean epochs?)"),
+        ("zzz.q=1", "zzz: unknown key (known here: name, seed, ensemble, data, model,"),
+    ],
+)
+def test_a_misspelt_key_gets_the_nearest_known_one(override, says):
+    with pytest.raises(BrainMRIError) as info:
+        load_recipe("smoke", [override])
+    assert says in str(info.value) and "Extra inputs" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     "override, where",
     [
         ("train.batch_size=abc", "train.batch_size"),

@@ -6,9 +6,10 @@ under configs/; nothing in the code hard-codes them.
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -323,7 +324,41 @@ def _validated(model: type[_Model], data: dict[str, Any], what: str, top: str) -
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or top
-        raise BrainMRIError(f"{what}: {where}: {first['msg']}") from exc
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = unknown_key_message(model, first["loc"])
+        raise BrainMRIError(f"{what}: {where}: {msg}") from exc
+
+
+def unknown_key_message(model: type[BaseModel], loc: tuple) -> str:
+    """'unknown key (did you mean batch_size?)', or the keys there when none is close."""
+    known = _keys_at(model, [p for p in loc[:-1] if not isinstance(p, int)])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key (known here: {', '.join(known)})" if known else "unknown key"
+
+
+def _keys_at(model: type[BaseModel], path: list[str]) -> list[str]:
+    """Field names of the settings section at `path` inside `model` ([] if not a section)."""
+    cls: Any = model
+    for part in path:
+        field = cls.model_fields.get(part)
+        cls = None if field is None else _section_type(field.annotation)
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (X, X | None, list[X]), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def dump_recipe(recipe: Recipe, path: Path) -> None:
