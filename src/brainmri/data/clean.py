@@ -320,7 +320,7 @@ def run_clean(data: Path, out: Path, options: CleanOptions) -> dict:
             if not r["ok"]
         ],  # fmt: skip
         "dropped": [
-            {"path": rel_in[i], "output": rel_out[i], **dropped[i]} for i in sorted(dropped)
+            {"path": rel_in[i], **dropped[i]} for i in sorted(dropped)  # nothing written
         ],
         **{k: dd[k] for k in ("exact_groups", "near_groups", "leak_pairs", "stats")},
         "conflicting_label_groups": dd["conflicting"],
