@@ -100,8 +100,14 @@ def scan_split(root: Path, split: str, all_files: bool = False) -> list[Sample]:
     split_dir = find_split_dir(root, split)
     if split_dir is None:
         return []
+    return samples_in(class_dirs(split_dir), split, all_files)
+
+
+def samples_in(folders: dict[int, Path], split: str, all_files: bool = False) -> list[Sample]:
+    """The images of class folders (class_dirs' result), sorted by class then file name, as
+    samples of `split`; all_files as scan_split takes it."""
     samples: list[Sample] = []
-    for label, folder in sorted(class_dirs(split_dir).items()):
+    for label, folder in sorted(folders.items()):
         for f in sorted(folder.iterdir()):
             if (all_files and f.is_file() and not f.name.startswith(".")) or is_image_file(f):
                 samples.append(Sample(f, label, split))

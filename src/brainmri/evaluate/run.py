@@ -24,7 +24,7 @@ from tqdm import tqdm
 from brainmri import CLASS_NAMES
 from brainmri.data.cache import cache_samples
 from brainmri.data.dedupe import file_sha256
-from brainmri.data.folders import Sample, class_dirs, find_split_dir, is_image_file, scan_split
+from brainmri.data.folders import Sample, class_dirs, find_split_dir, samples_in, scan_split
 from brainmri.errors import BrainMRIError
 from brainmri.evaluate.bootstrap import N_RESAMPLES, SEED, bootstrap_intervals
 from brainmri.evaluate.metrics import compute_metrics
@@ -59,12 +59,7 @@ def find_eval_set(data_dir: Path) -> EvalSet:
             f"no Testing/<class>/ or <class>/ image folders under {data_dir} "
             f"(class folders: {', '.join(CLASS_NAMES)})"
         )
-    samples = [
-        Sample(f, label, "Testing")
-        for label, folder in sorted(class_dirs(data_dir).items())
-        for f in sorted(folder.iterdir())
-        if is_image_file(f)
-    ]
+    samples = samples_in(class_dirs(data_dir), "Testing")
     if not samples:
         raise BrainMRIError(f"no images in the <class>/ folders under {data_dir}")
     if data_dir.name.lower() == "testing":

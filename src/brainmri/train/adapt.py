@@ -44,7 +44,7 @@ from brainmri.data.folders import (
     Sample,
     class_counts,
     class_dirs,
-    is_image_file,
+    samples_in,
     scan_split,
 )
 from brainmri.data.mri_augment import TrainAugment
@@ -95,8 +95,7 @@ def site_samples(site_dir: Path) -> list[Sample]:
     folders = class_dirs(site_dir)
     if not folders:
         raise BrainMRIError(f"{site_dir}: no class folders: {SITE_FOLDER}")
-    samples = [Sample(f, label, "Training") for label, folder in sorted(folders.items())
-               for f in sorted(folder.iterdir()) if is_image_file(f)]  # fmt: skip
+    samples = samples_in(folders, "Training")
     if len(samples) < 2:
         raise BrainMRIError(f"{site_dir}: adapt needs at least 2 labelled images")
     return samples
