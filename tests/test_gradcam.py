@@ -29,7 +29,11 @@ from brainmri.infer.gradcam import (
     render_png,
     target_layer,
 )
-from brainmri.infer.gradcam_reference import black_reference, layer_activations
+from brainmri.infer.gradcam_reference import (
+    ReferenceGradCAM,
+    black_reference,
+    layer_activations,
+)
 from brainmri.model.checkpoint import save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.model.ensemble import EnsembleClassifier
@@ -94,6 +98,15 @@ def test_plane_maps_have_the_image_size_and_no_floor():
         assert not ((m > 0) & (m < FLOOR_CUT * m.max())).any()
 
 
+def reference_maps(model: torch.nn.Module, x: torch.Tensor, class_idx: int) -> np.ndarray:
+    """ReferenceGradCAM's maps of a batch for one class, at explain's layer, as
+    bench/gradcam_compare.py computes them."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with ReferenceGradCAM(model, [target_layer(model)], black_reference(x)) as cam:
+        return cam(input_tensor=x, targets=[ClassifierOutputTarget(class_idx)] * len(x))
+
+
 def test_reference_map_weighs_activations_relative_to_a_black_input():
     """sum_k w_k (A_k - A_black_k), w the class gradient's spatial mean, ReLU, scaled to [0, 1]
     upsampled and scaled again as the library does; a black input itself gets an all-zero map."""
@@ -118,11 +131,11 @@ def test_reference_map_weighs_activations_relative_to_a_black_input():
     cam = (cam - cam.min()) / (1e-7 + cam.max() - cam.min())
     expected = cv2.resize(cam.astype(np.float32), (64, 64))
     expected = (expected - expected.min()) / (1e-7 + expected.max() - expected.min())
-    got = gradcam_maps(model, x, 1, reference=True)[0]
+    got = reference_maps(model, x, 1)[0]
     np.testing.assert_allclose(got, np.clip(expected, 0, 1), atol=1e-5)
     assert not np.allclose(got, gradcam_maps(model, x, 1)[0], atol=1e-3)
     black = black_reference(x)
-    assert gradcam_maps(model, black, 1, reference=True).max() == 0.0
+    assert reference_maps(model, black, 1).max() == 0.0
 
 
 def test_ensemble_map_is_the_mean_of_its_members_maps():

@@ -80,20 +80,13 @@ def target_layer(member: nn.Module) -> nn.Module:
 
 
 def gradcam_maps(
-    model: nn.Module,
-    x_input: torch.Tensor,
-    class_idx: int | Sequence[int],
-    border: int = 0,
-    reference: bool = False,
+    model: nn.Module, x_input: torch.Tensor, class_idx: int | Sequence[int], border: int = 0
 ) -> np.ndarray:
     """Grad-CAM maps (N, H, W) in [0, 1] for a model input batch (N, 3, H, W) (normalized, as
     the model takes it) and one class index, or one per image; ensemble: mean of members.
-    `border`: pixels of added black on each side of the input, cut off the maps again.
-    `reference`: activations taken relative to an all-black input's (infer/gradcam_reference)."""
+    `border`: pixels of added black on each side of the input, cut off the maps again."""
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from brainmri.infer.gradcam_reference import ReferenceGradCAM, black_reference
 
     n = x_input.shape[0]
     idx = [int(class_idx)] * n if isinstance(class_idx, int) else [int(c) for c in class_idx]
@@ -106,13 +99,7 @@ def gradcam_maps(
         with torch.inference_mode(False), torch.enable_grad():
             x = x_input.detach().clone().float()
             for member in members_of(model):
-                layers = [target_layer(member)]
-                cam = (
-                    ReferenceGradCAM(member, layers, black_reference(x))
-                    if reference
-                    else GradCAM(model=member, target_layers=layers)
-                )
-                with cam:
+                with GradCAM(model=member, target_layers=[target_layer(member)]) as cam:
                     maps.append(
                         cam(input_tensor=x, targets=[ClassifierOutputTarget(c) for c in idx])
                     )
