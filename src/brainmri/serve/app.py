@@ -264,12 +264,18 @@ def create_app(
             return refusal(record)
         return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
 
+    add_page(app)
+    return app
+
+
+def add_page(app: FastAPI) -> None:
+    """The page at / and its static files (serve/static/)."""
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 def add_error_handlers(app: FastAPI) -> None:
