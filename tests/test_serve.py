@@ -208,16 +208,194 @@ def test_explain_returns_overlay_png(server: RunningServer, benchmark_dir: Path)
 def test_unknown_query_parameters_are_refused(server: RunningServer) -> None:
     """A CLI-only or misspelt option is a 400 naming it, not silently ignored; errors from the
     gate and from the app are the same compact JSON."""
-    r = httpx.post(server.url + "/v1/predict?tta=5", files={"file": ("a.png", b"x")})
+    r = httpx.post(server.url + "/v1/predict?min_confidence=0.9", files={"file": ("a.png", b"x")})
     detail = assert_json_error(r.status_code, r.content, 400)["detail"]
-    assert "'tta'" in detail and "takes: no query parameters" in detail
-    r = httpx.post(server.url + "/v1/explain?method=gradcam&class=glioma",
+    assert "'min_confidence'" in detail and "takes: tta, crop" in detail
+    r = httpx.post(server.url + "/v1/explain?method=gradcam&tta=5",
                    files={"file": ("a.png", b"x")})  # fmt: skip
     detail = assert_json_error(r.status_code, r.content, 400)["detail"]
-    assert "'class'" in detail and "takes: method" in detail
+    assert "'tta'" in detail and "takes: method, class, crop" in detail
     r = httpx.post(server.url + "/v1/predict", content=b"{}",
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 415 and b'{"error":"' in r.content
+
+
+def framed_png(path: Path) -> bytes:
+    """A benchmark slice (already cropped) pasted into a 512-px black canvas: the wide frame
+    `--crop auto` cuts away (as tests/test_crop.py's real-image check)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        gray = np.array(im.convert("L"))
+    canvas = np.zeros((512, 512), np.uint8)
+    canvas[144 : 144 + gray.shape[0], 144 : 144 + gray.shape[1]] = gray
+    return bench.png_bytes(canvas)
+
+
+def post_one(server: RunningServer, query: str, name: str, data: bytes) -> dict:
+    """The one record for an upload sent as `files` (200 whatever its status)."""
+    r = httpx.post(server.url + "/v1/predict" + query, files={"files": (name, data)}, timeout=120)
+    assert r.status_code == 200, r.text
+    (rec,) = r.json()["records"]
+    assert set(rec) == RECORD_KEYS
+    return rec
+
+
+def test_predict_tta_and_crop_options(server: RunningServer, benchmark_dir: Path) -> None:
+    """`?tta=` and `?crop=` as `brainmri predict --tta/--crop`: records say what was used, and
+    equal `Classifier.predict_bytes` with the same options."""
+    from brainmri import Classifier
+
+    clf = Classifier()
+    _, path = sample_images(benchmark_dir, per_class=1)[0]
+    data = path.read_bytes()
+    plain = post_one(server, "", path.name, data)
+    assert (plain["tta"], plain["crop"]) == (1, "auto")
+    tta5 = post_one(server, "?tta=5", path.name, data)
+    assert (tta5["tta"], tta5["crop"], tta5["status"]) == (5, "auto", "ok")
+    assert tta5["probabilities"] != plain["probabilities"]
+    framed = framed_png(path)
+    auto = post_one(server, "?crop=auto", "framed.png", framed)
+    off = post_one(server, "?crop=off&tta=1", "framed.png", framed)
+    on = post_one(server, "?crop=on", path.name, data)  # cropped to its content even here
+    assert (auto["crop"], auto["cropped"]) == ("auto", True)
+    assert (off["crop"], off["cropped"]) == ("off", False)
+    assert (on["crop"], on["cropped"]) == ("on", True)
+    assert off["probabilities"] != auto["probabilities"]
+    for got, name, raw, tta, crop in [
+        (tta5, path.name, data, 5, "auto"), (off, "framed.png", framed, 1, "off"),
+        (auto, "framed.png", framed, 1, "auto"), (on, path.name, data, 1, "on"),
+    ]:  # fmt: skip
+        want = clf.predict_bytes(name, raw, tta=tta, crop=crop)
+        assert {k: got[k] for k in want if k != "probabilities"} == {
+            k: v for k, v in want.items() if k != "probabilities"
+        }
+        assert got["probabilities"].keys() == want["probabilities"].keys()
+        for c, p in want["probabilities"].items():
+            assert abs(got["probabilities"][c] - p) < 1e-5, (c, got, want)
+
+
+@pytest.mark.parametrize(
+    ("query", "allowed"),
+    [("?tta=0", "1, 2, 3, 4, 5"), ("?tta=6", "1, 2, 3, 4, 5"), ("?tta=abc", "1, 2, 3, 4, 5"),
+     ("?tta=1.5", "1, 2, 3, 4, 5"), ("?tta=", "1, 2, 3, 4, 5"), ("?crop=maybe", "auto, on, off"),
+     ("?crop=AUTO", "auto, on, off")],
+)  # fmt: skip
+def test_predict_bad_option_values_are_400(server: RunningServer, query: str, allowed: str) -> None:
+    r = httpx.post(server.url + "/v1/predict" + query, files={"file": ("a.png", b"x")})
+    detail = assert_json_error(r.status_code, r.content, 400)["detail"]
+    assert f"must be one of {allowed}, got" in detail
+    assert b"\n" not in r.content  # one line
+
+
+def test_explain_class_and_crop_options(server: RunningServer, benchmark_dir: Path) -> None:
+    """`?class=` explains that class (as `brainmri explain --class`), `?crop=` as `--crop`;
+    bad values are a one-line 400 naming what is allowed."""
+    cls, path = sample_images(benchmark_dir, per_class=1)[0]
+    other = next(c for c in CLASS_NAMES if c != cls)
+    data = path.read_bytes()
+
+    def explain(query: str, name: str, raw: bytes) -> bytes:
+        r = httpx.post(server.url + "/v1/explain" + query, files={"file": (name, raw)},
+                       timeout=300)  # fmt: skip
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text[:300]
+        return r.content
+
+    default = explain("", path.name, data)
+    assert explain(f"?class={cls}", path.name, data) == default  # the predicted class itself
+    chosen = explain(f"?class={other}&method=gradcam", path.name, data)
+    assert chosen != default  # another map, and the caption names both classes
+    framed = framed_png(path)
+    assert explain("?crop=off", "framed.png", framed) != explain("", "framed.png", framed)
+    for query, allowed in [
+        ("?class=tumour", ", ".join(CLASS_NAMES)), ("?class=", ", ".join(CLASS_NAMES)),
+        ("?crop=sometimes", "auto, on, off"), ("?method=lime&class=glioma", "gradcam, occlusion"),
+    ]:  # fmt: skip
+        r = httpx.post(server.url + "/v1/explain" + query, files={"file": (path.name, data)})
+        detail = assert_json_error(r.status_code, r.content, 400)["detail"]
+        assert f"must be one of {allowed}, got" in detail, detail
+
+
+def test_engine_runs_each_tta_of_a_batch_as_one_call(benchmark_dir: Path) -> None:
+    """Uploads batched together with different `tta`s: one model call per `tta`, and every
+    record as if its upload had been classified alone."""
+    from brainmri.serve.engine import Engine
+
+    engine = Engine()
+    calls: list[tuple[int, int]] = []
+    run = engine.classifier.run
+
+    def counted(planes, tta=1):
+        calls.append((len(planes), tta))
+        return run(planes, tta)
+
+    engine.classifier.run = counted  # type: ignore[method-assign]
+    cases = sample_images(benchmark_dir, per_class=1)
+    items = [engine.prepare(p.name, p.read_bytes(), "auto", t)
+             for (_, p), t in zip(cases, (1, 5, 1, 3), strict=True)]  # fmt: skip
+    items.insert(2, engine.prepare("notes.jpg", b"not an image", "off", 5))
+    batch = engine.classify(items, remember=False)
+    assert sorted(calls) == [(1, 3), (1, 5), (2, 1)]
+    assert [r["tta"] for r in batch] == [1, 5, 5, 1, 3]
+    assert [r["crop"] for r in batch] == ["auto", "auto", "off", "auto", "auto"]
+    assert [r["path"] for r in batch] == [item.name for item in items]
+    assert batch[2]["status"] == "error" and batch[2]["probabilities"] == {}
+    alone = [engine.classify([item], remember=False)[0] for item in items]
+    for got, want in zip(batch, alone, strict=True):
+        assert (got["status"], got["label"]) == (want["status"], want["label"])
+        for c, p in want["probabilities"].items():
+            assert abs(got["probabilities"][c] - p) < 1e-5, (got, want)
+
+
+def test_concurrent_requests_with_different_tta(server: RunningServer, benchmark_dir: Path) -> None:
+    """Requests for tta 1 and 5 at once (maybe in one batch) each get their own answer."""
+    _, path = sample_images(benchmark_dir, per_class=1)[1]
+    data = path.read_bytes()
+    alone = {t: post_one(server, f"?tta={t}", path.name, data) for t in (1, 5)}
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda i: post_one(server, f"?tta={1 + 4 * (i % 2)}", f"s{i}.jpg",
+                                               data), range(16)))  # fmt: skip
+    for i, rec in enumerate(got):
+        want = alone[1 + 4 * (i % 2)]
+        assert rec["path"] == f"s{i}.jpg" and rec["tta"] == want["tta"]
+        for c, p in want["probabilities"].items():
+            assert abs(rec["probabilities"][c] - p) < 1e-5, (rec, want)
+
+
+def test_service_starts_without_pytorch_on_a_cpu() -> None:
+    """On a CPU without a GPU stack, building the app (ONNX Runtime) and classifying an upload
+    import no PyTorch: it waits for the first /v1/explain (Grad-CAM) or tta above 1."""
+    from brainmri.infer.core import gpu_stack_present
+    from brainmri.infer.export import cached_export
+    from brainmri.model.shipped import shipped_model_path
+
+    if gpu_stack_present():
+        pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")
+    cached_export(shipped_model_path())  # exporting needs PyTorch: done here, beforehand
+    code = (
+        "import io, sys\n"
+        "import numpy as np\n"
+        "from PIL import Image\n"
+        "from fastapi.testclient import TestClient\n"
+        "from brainmri.serve.app import create_app\n"
+        "from brainmri.serve.engine import Engine\n"
+        "app = create_app(Engine())\n"
+        "assert 'torch' not in sys.modules, 'imported by create_app(Engine())'\n"
+        "yy, xx = np.mgrid[:224, :224]\n"
+        "disc = np.where((yy - 112) ** 2 + (xx - 112) ** 2 < 90 ** 2, 120, 0).astype(np.uint8)\n"
+        "buf = io.BytesIO()\n"
+        "Image.fromarray(disc).save(buf, 'PNG')\n"
+        "with TestClient(app) as client:\n"
+        "    r = client.post('/v1/predict?crop=on', files={'files': ('a.png', buf.getvalue())})\n"
+        "    assert r.status_code == 200, r.text\n"
+        "    assert r.json()['records'][0]['crop'] == 'on', r.text\n"
+        "    r = client.post('/v1/explain?class=x', files={'file': ('a.png', b'x')})\n"
+        "    assert r.status_code == 400, r.text\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
 
 
 def test_predict_several_files_keeps_order_and_status(
@@ -354,7 +532,7 @@ class StandInEngine:
         self.delay = delay
         self.sizes: list[int] = []
 
-    def prepare(self, name: str, data: bytes) -> tuple:
+    def prepare(self, name: str, data: bytes, crop: str = "auto", tta: int = 1) -> tuple:
         return name, data, False, None
 
     def predict(self, items: list[tuple[str, bytes]]) -> list[dict]:
@@ -370,7 +548,7 @@ class StandInEngine:
             for name, *_ in items
         ]  # fmt: skip
 
-    def explain(self, name: str, data: bytes) -> tuple[dict, bytes | None]:
+    def explain(self, name: str, data: bytes, *options: object) -> tuple[dict, bytes | None]:
         return self.predict([(name, data)])[0], b"\x89PNG\r\n\x1a\n"
 
     def describe(self) -> dict:

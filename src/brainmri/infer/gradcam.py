@@ -40,10 +40,9 @@ from torch import nn
 from brainmri.data.images import resize_square
 from brainmri.data.transforms import normalize_planes, to_model_input
 from brainmri.errors import BrainMRIError
+from brainmri.infer.explain_methods import METHODS  # what `explain` can draw (module doc)
 from brainmri.model.ensemble import members_of
 
-METHODS = ("gradcam", "occlusion")
-"""What `explain` can draw (module doc)."""
 TARGET_REDUCTION = 16
 """Stride of the stage Grad-CAM reads (see module doc)."""
 BORDER_SHARE = 1 / 6

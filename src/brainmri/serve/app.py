@@ -1,8 +1,19 @@
 """The FastAPI app: JSON API under /v1/, the page at /, OpenAPI at /docs.
 
+Endpoints and their query options (the command line's options of the same names):
+- GET /healthz, GET /v1/model, GET /v1/site: health, the model's summary, the site check;
+- POST /v1/predict: records for `file` or `files`; `?tta=N` test-time augmentation views
+  averaged, 1 (plain, default) to 5 (`brainmri predict --tta`); `?crop=auto|on|off` (`--crop`,
+  default auto). Each record carries the `tta` and `crop` it was classified with;
+- POST /v1/explain: overlay PNG for one `file`; `?method=gradcam|occlusion` (`--method`),
+  `?class=NAME` the class to explain instead of the predicted one (`--class`; the caption then
+  shows the model's own answer beside it), `?crop=auto|on|off` (`--crop`).
+Any other query parameter, or a value outside those, is a 400 naming what is allowed.
+
 Status codes (every error is JSON `{"error", "detail", ...}`, never a stack trace):
 - 200: classified (`/v1/predict` with several `files` answers 200 with a status per record);
-- 400: malformed request (no file, unknown field, bad multipart, bad file name);
+- 400: malformed request (no file, unknown field, bad multipart, bad file name, a query
+  parameter the endpoint does not take or a value it does not allow);
 - 401: `BRAINMRI_API_KEY` is set and the `X-API-Key` header does not match it;
 - 413: body over the size limit (refused on its Content-Length before reading) or too many files;
 - 415: not multipart/form-data, or a part whose content type is not an image or DICOM;
@@ -14,8 +25,9 @@ Status codes (every error is JSON `{"error", "detail", ...}`, never a stack trac
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -30,7 +42,9 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from brainmri import __version__
-from brainmri.infer.gradcam import METHODS
+from brainmri.infer.explain_methods import METHODS
+from brainmri.infer.inputs import CROP_MODES
+from brainmri.infer.records import TTA_MAX
 from brainmri.serve.batcher import Batcher
 from brainmri.serve.engine import Engine, Prepared, Record
 from brainmri.serve.gate import Gate, Limits, error_body
@@ -39,6 +53,7 @@ STATIC = Path(__file__).parent / "static"
 FIELDS = ("file", "files")
 ACCEPTED_TYPES = ("image/", "application/dicom", "application/octet-stream")
 MAX_NAME = 255
+TTA_CHOICES = tuple(str(n) for n in range(1, TTA_MAX + 1))
 
 log = logging.getLogger("brainmri.serve")
 
@@ -147,17 +162,49 @@ def refusal(record: Record) -> JSONResponse:
     )
 
 
-def unknown_method(method: str) -> JSONResponse | None:
-    """400 for a /v1/explain method that is not one of infer.gradcam.METHODS, else None."""
-    if method in METHODS:
-        return None
-    detail = f"method must be one of {', '.join(METHODS)}, got {method!r}"
-    return JSONResponse(error_body("bad-request", detail), status_code=400)
+def choice(name: str, value: str, allowed: Sequence[str]) -> str:
+    """`value` when it is one of `allowed`, else a 400 naming them (query options)."""
+    if value in allowed:
+        return value
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    detail = f"{name} must be one of {', '.join(allowed)}, got {shown!r}"
+    raise UploadError(400, "bad-request", detail)
+
+
+def query_doc(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    """An optional query parameter as OpenAPI describes it (the routes read and check their
+    options themselves, with `choice`, so that every refusal is the same one-line 400)."""
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+TTA_DOC = query_doc(
+    "tta", {"type": "integer", "minimum": 1, "maximum": TTA_MAX, "default": 1},
+    "Test-time augmentation: views averaged, 1 (plain) to 5, as `brainmri predict --tta`; "
+    "each view beyond the plain one costs a model pass.",
+)  # fmt: skip
+CROP_DOC = query_doc(
+    "crop", {"type": "string", "enum": list(CROP_MODES), "default": "auto"},
+    "auto: crop a wide black frame away; on: always crop to the content; off: never "
+    "(as `--crop`).",
+)  # fmt: skip
+METHOD_DOC = query_doc(
+    "method", {"type": "string", "enum": list(METHODS), "default": "gradcam"},
+    "gradcam, or occlusion (under a second more on 2 CPU cores), as `brainmri explain --method`.",
+)  # fmt: skip
+
+
+def class_doc(class_names: Sequence[str]) -> dict[str, Any]:
+    return query_doc(
+        "class", {"type": "string", "enum": list(class_names)},
+        "Explain this class instead of the predicted one, as `brainmri explain --class`; the "
+        "caption then shows the model's own answer beside it.",
+    )  # fmt: skip
 
 
 def only_query(*allowed: str) -> Any:
     """A dependency refusing query parameters the endpoint does not take (400), so that a
-    misspelt or CLI-only option (`tta`, `crop`, `class`) is not silently ignored."""
+    misspelt or CLI-only option (e.g. `min_confidence`) is not silently ignored."""
 
     def check(request: Request) -> None:
         unknown = sorted(set(request.query_params) - set(allowed))
@@ -205,6 +252,7 @@ def create_app(
     app.add_middleware(Gate, limits=limits)
     add_error_handlers(app)
     model_summary = engine.describe()
+    class_names: list[str] = list(model_summary["class_names"])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -229,17 +277,26 @@ def create_app(
         (at least 20 scored, most above its reference median): a warning, nothing refused."""
         return engine.site_status()
 
-    @app.post("/v1/predict", openapi_extra=MULTIPART_DOC, dependencies=[only_query()])
+    @app.post(
+        "/v1/predict",
+        openapi_extra={**MULTIPART_DOC, "parameters": [TTA_DOC, CROP_DOC]},
+        dependencies=[only_query("tta", "crop")],
+    )
     async def predict(request: Request) -> Any:
-        """Classify scans: field `file` (one; 422 if not classified) or `files` (several)."""
+        """Classify scans: field `file` (one; 422 if not classified) or `files` (several).
+        `?tta=N` (1 to 5) and `?crop=auto|on|off` as `brainmri predict --tta/--crop`; every
+        record carries the `tta` and `crop` it was classified with."""
+        query = request.query_params
+        tta = int(choice("tta", query.get("tta", "1"), TTA_CHOICES))
+        crop = choice("crop", query.get("crop", "auto"), CROP_MODES)
         uploads, several = await read_uploads(request, limits, one=False)
         if not batcher.has_room(len(uploads)):
             detail = "the server is busy: too many uploads are waiting; retry shortly"
             return JSONResponse(error_body("busy", detail), 503, headers={"retry-after": "1"})
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(loop.run_in_executor(decoder, engine.prepare, name, data) for name, data in uploads)
-        )  # decoded beside the model thread, which may be busy with an earlier batch
+        prepared = await asyncio.gather(  # decoded beside the model, maybe busy with a batch
+            *(loop.run_in_executor(decoder, engine.prepare, n, d, crop, tta) for n, d in uploads)
+        )
         records = await batcher.submit(prepared)
         if not several and len(records) == 1 and records[0]["status"] != "ok":
             return refusal(records[0])
@@ -247,19 +304,30 @@ def create_app(
 
     @app.post(
         "/v1/explain",
-        openapi_extra=MULTIPART_DOC,
+        openapi_extra={
+            **MULTIPART_DOC,
+            "parameters": [METHOD_DOC, class_doc(class_names), CROP_DOC],
+        },
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
-        dependencies=[only_query("method")],
+        dependencies=[only_query("method", "class", "crop")],
     )
-    async def explain(request: Request, method: str = "gradcam") -> Response:
+    async def explain(request: Request) -> Response:
         """Overlay PNG for one scan (field `file`), class and probability written on it.
-        `?method=gradcam` (default) or `occlusion` (under a second more on 2 CPU cores)."""
-        if (bad := unknown_method(method)) is not None:
-            return bad
+        `?method=gradcam` (default) or `occlusion` (under a second more on 2 CPU cores);
+        `?class=NAME` explains that class instead of the predicted one (the caption shows the
+        model's own answer beside it); `?crop=auto|on|off`: as `brainmri explain`'s options.
+        The first call loads PyTorch for Grad-CAM (seconds)."""
+        query = request.query_params
+        method = choice("method", query.get("method", "gradcam"), METHODS)
+        class_name = query.get("class")
+        if class_name is not None:
+            class_name = choice("class", class_name, class_names)
+        crop = choice("crop", query.get("crop", "auto"), CROP_MODES)
         ((name, data),), _ = await read_uploads(request, limits, one=True)
         loop = asyncio.get_running_loop()
-        record, png = await loop.run_in_executor(explainer, engine.explain, name, data, method)
+        job = functools.partial(engine.explain, name, data, method, class_name, crop)
+        record, png = await loop.run_in_executor(explainer, job)
         if png is None:
             return refusal(record)
         return Response(png, media_type="image/png", headers={"cache-control": "no-store"})

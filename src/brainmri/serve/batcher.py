@@ -5,7 +5,8 @@ A worker task takes the first waiting upload, adds every other upload already qu
 (nothing waits for company); under concurrent load the queue fills while the model runs, so
 batches form by themselves. `parallel` workers run that many batches at once (one per core
 with single-threaded model calls). The event loop only parses HTTP and never blocks on the
-model.
+model. What one batch is made of is the caller's business: the service's engine runs the
+uploads of a batch that asked for the same `tta` as one model call (engine.Engine.classify).
 """
 
 from __future__ import annotations
