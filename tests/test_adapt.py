@@ -237,6 +237,24 @@ def test_adapt_needs_replay_or_says_how_to_go_without(site: Path, tmp_path: Path
     assert result.exit_code == 2 and "class folders" in result.output
 
 
+def test_a_replay_folder_that_replay_ratio_0_leaves_unused_is_refused(
+    site: Path, small_benchmark: Path, tmp_path: Path
+):
+    """--replay DIR with replay_ratio=0: one error line before any work, not a folder that
+    adapt.json records as `replay: null`."""
+    from brainmri.train.adapt import check_replay
+
+    args = ["adapt", "--data", str(site), "--out", str(tmp_path / "r"), "--replay",
+            str(small_benchmark), "--set", "replay_ratio=0"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: --replay {small_benchmark}: not used with ")
+    assert "replay_ratio=0" in result.output and "drop --replay" in result.output
+    assert not (tmp_path / "r").exists()
+    check_replay(load_adapt_config("default", ["replay_ratio=0"]), None)  # no folder: fine
+    check_replay(load_adapt_config("default"), small_benchmark)  # a folder that is used: fine
+
+
 @pytest.mark.parametrize("sub", ["", "Testing", "Training", "lowercase"])
 def test_adapt_refuses_a_benchmark_split(small_benchmark: Path, tmp_path: Path, sub: str):
     """--data of a Kaggle-layout folder (or one of its splits) must not train on its Testing/

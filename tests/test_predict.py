@@ -109,9 +109,12 @@ def test_min_confidence_rejects_exactly_the_uncertain(folder: Path, tmp_path: Pa
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--runtime", "tensorflow"], "unknown runtime"),
+        (
+            ["--runtime", "tensorflow"],
+            "--runtime must be one of auto, onnx, torch, got 'tensorflow'",
+        ),
         (["--device", "tpu"], "unknown device"),
-        (["--crop", "maybe"], "unknown crop mode"),
+        (["--crop", "maybe"], "--crop must be one of auto, on, off, got 'maybe'"),
         (["--min-confidence", "1.5"], "--min-confidence must be between 0 and 1"),
     ],
 )

@@ -11,10 +11,22 @@ from typing import Annotated, Any
 
 import typer
 
+from brainmri.cli_parts import (
+    EXIT_USER_ERROR,
+    ClassName,
+    Command,
+    CropMode,
+    DuplicatePolicy,
+    ExplainMethod,
+    Group,
+    Runtime,
+    choices,
+)
 from brainmri.errors import BrainMRIError
 
 app = typer.Typer(
     name="brainmri",
+    cls=Group,
     help=(
         "Train, evaluate and ship a 4-class brain MRI tumor classifier "
         "(glioma, meningioma, notumor, pituitary).\n\n"
@@ -52,12 +64,6 @@ def _main(
     """Train, evaluate and ship a 4-class brain MRI tumor classifier."""
 
 
-EXIT_USER_ERROR = 2
-"""Exit code of a command that could not run (a bad option, model, input or output: one
-`error:` line), as for typer's own option checks; predict and explain exit 1 when they ran but
-some file was not ok, so a script can tell the two apart."""
-
-
 def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     """Print a user error as one line on stderr and exit EXIT_USER_ERROR; bugs keep their
     traceback."""
@@ -80,50 +86,59 @@ DataOpt = Annotated[
     Path | None,
     typer.Option(
         "--data",
+        metavar="DIR",
         help="Kaggle-layout folder (Training/<class>/, Testing/<class>/). Default: env "
         "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
     ),
 ]
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def clean(
     data: DataOpt = None,
     out: Annotated[
-        Path, typer.Option("--out", help="Output folder for the cleaned copy and report.")
+        Path,
+        typer.Option("--out", metavar="DIR", help="Output folder for the cleaned copy and report."),
     ] = Path("cleaned"),
-    size: Annotated[int, typer.Option(help="Output image size (square, pixels).")] = 224,
+    size: Annotated[
+        int, typer.Option(metavar="PIXELS", help="Output image size (square, pixels).")
+    ] = 224,
     near_threshold: Annotated[
         float,
         typer.Option(
+            metavar="CORR",
             help="Near-duplicate threshold: normalized correlation of 24x24 grayscale "
-            "thumbnails above which two images count as near copies."
+            "thumbnails above which two images count as near copies.",
         ),
     ] = 0.995,
     policy: Annotated[
-        str,
+        DuplicatePolicy,
         typer.Option(
+            metavar=choices(DuplicatePolicy),
             help="Duplicate policy. 'keep-one': keep one file of each exact/near duplicate "
             "group within a split and drop the training copies of cross-split leaks. "
-            "'drop-from-train': only drop training copies of test images. 'report': drop nothing."
+            "'drop-from-train': only drop training copies of test images. 'report': drop nothing.",
         ),
-    ] = "keep-one",
+    ] = DuplicatePolicy.keep_one,
     crop: Annotated[bool, typer.Option(help="Crop to the brain before resizing.")] = True,
-    margin: Annotated[float, typer.Option(help="Crop margin as a fraction of the box.")] = 0.02,
+    margin: Annotated[
+        float, typer.Option(metavar="FRACTION", help="Crop margin as a fraction of the box.")
+    ] = 0.02,
     max_pixels: Annotated[
-        int, typer.Option(help="Quarantine images with more pixels than this.")
+        int, typer.Option(metavar="N", help="Quarantine images with more pixels than this.")
     ] = 40_000_000,
     val_fraction: Annotated[
         float,
         typer.Option(
+            metavar="FRACTION",
             help="Validation share of Training written to splits/, in (0, 0.5]: whole groups of "
-            "exact/near copies (corr > 0.98) are dealt to one side, stratified by class."
+            "exact/near copies (corr > 0.98) are dealt to one side, stratified by class.",
         ),
     ] = 0.15,
-    seed: Annotated[int, typer.Option(help="Seed of the validation split.")] = 42,
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the validation split.")] = 42,
     workers: Annotated[
-        int | None, typer.Option(help="Decode processes (default: all cores).")
+        int | None, typer.Option(metavar="N", help="Decode processes (default: all cores).")
     ] = None,
 ) -> None:
     """Validate, quarantine, dedupe, crop and resize a raw dataset into a cleaned copy.
@@ -137,7 +152,7 @@ def clean(
     options = CleanOptions(
         size=size,
         near_threshold=near_threshold,
-        policy=policy,
+        policy=policy.value,
         crop=crop,
         margin=margin,
         max_pixels=max_pixels,
@@ -149,7 +164,7 @@ def clean(
     typer.echo(format_summary(report))
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def train(
     data: DataOpt = None,
@@ -158,35 +173,44 @@ def train(
         typer.Option(
             "--config",
             "-c",
+            metavar="RECIPE",
             help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke). "
             "Default: cpu (the shipped model's recipe; says its measured time first).",
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Run directory (default runs/<recipe>-<time>).")
+        Path | None,
+        typer.Option("--out", metavar="DIR", help="Run directory (default runs/<recipe>-<time>)."),
     ] = None,
     overrides: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override a recipe value, e.g. --set train.batch_size=16 "
             "--set train.stages.0.epochs=3 (repeatable).",
         ),
     ] = None,
     weights: Annotated[
         Path | None,
-        typer.Option("--weights", help="Local backbone weights file (sets model.weights_file)."),
+        typer.Option(
+            "--weights",
+            metavar="FILE",
+            help="Local backbone weights file (sets model.weights_file).",
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(
             "--resume",
+            metavar="DIR",
             help="Continue the run in this run directory from last.pt (a finished run is left "
             "as it is).",
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda if available).")
+        str | None,
+        typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N (default: cuda if available)."),
     ] = None,
 ) -> None:
     """Train the classifier with a recipe's three stages; writes a run directory.
@@ -240,21 +264,30 @@ def train(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def ensemble(
     runs: Annotated[
         list[Path],
         typer.Argument(
-            help="Finished training run directories (two or more; single runs, not ensembles)."
+            metavar="RUNS",
+            help="Finished training run directories (two or more; single runs, not ensembles).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Run directory for the ensemble.")],
+    out: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="Run directory for the ensemble.")
+    ],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Data folder (default: the one the first run trained on)."),
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            help="Data folder (default: the one the first run trained on).",
+        ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
+    ] = None,
 ) -> None:
     """Combine trained runs into one model that averages their logits.
 
@@ -274,7 +307,7 @@ def ensemble(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def evaluate(
     model: Annotated[
@@ -282,6 +315,7 @@ def evaluate(
         typer.Option(
             "--model",
             "-m",
+            metavar="MODEL",
             help="Model file (.safetensors from train). Default: the model shipped in the package.",
         ),
     ] = None,
@@ -289,6 +323,7 @@ def evaluate(
         Path | None,
         typer.Option(
             "--data",
+            metavar="DIR",
             help="Labelled images: a Kaggle-layout folder (its Testing/ is scored), a Testing/ "
             "folder, or a plain <class>/ folder (some classes may be missing). Default: env "
             "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
@@ -298,22 +333,29 @@ def evaluate(
         Path | None,
         typer.Option(
             "--out",
+            metavar="DIR",
             help="Results folder. Default: results/ in the model's run folder when the model is "
             "a train run's models/*.safetensors, else ./results (e.g. for the shipped model).",
         ),
     ] = None,
     tta: Annotated[
-        int, typer.Option(min=1, max=5, help="Test-time augmentation views (1 = plain only).")
+        int,
+        typer.Option(
+            min=1, max=5, metavar="N", help="Test-time augmentation views (1 = plain only)."
+        ),
     ] = 5,
     leak_free: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="leak_free_test.txt from clean (default: DATA/leak_free_test.txt, "
-            "else computed on the fly against DATA/Training)."
+            "else computed on the fly against DATA/Training).",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
+    ] = None,
     gallery: Annotated[
         bool, typer.Option(help="Write misclassified.png: every misclassified image.")
     ] = True,
@@ -351,46 +393,63 @@ def evaluate(
     )  # fmt: skip
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def predict(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Image/DICOM files and/or folders (searched recursively)."),
+        typer.Argument(
+            metavar="FILES", help="Image/DICOM files and/or folders (searched recursively)."
+        ),
     ],
     model: Annotated[
         Path | None,
         typer.Option(
             "--model",
             "-m",
+            metavar="MODEL",
             help="Model file (.safetensors, or an .onnx from export). Default: the shipped model.",
         ),
     ] = None,
     tta: Annotated[
-        int, typer.Option(min=1, max=5, help="Test-time augmentation views averaged (1 = plain).")
+        int,
+        typer.Option(
+            min=1, max=5, metavar="N", help="Test-time augmentation views averaged (1 = plain)."
+        ),
     ] = 1,
     crop: Annotated[
-        str,
+        CropMode,
         typer.Option(
+            metavar=choices(CropMode),
             help="auto: crop scans with a wide black frame to the brain; on: always crop as "
-            "`clean` does; off: take inputs as they are."
+            "`clean` does; off: take inputs as they are.",
         ),
-    ] = "auto",
+    ] = CropMode.auto,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the records to this JSON file.")
+        Path | None,
+        typer.Option("--json", metavar="FILE", help="Also write the records to this JSON file."),
     ] = None,
     csv_out: Annotated[
-        Path | None, typer.Option("--csv", help="Also write the records to this CSV file.")
+        Path | None,
+        typer.Option("--csv", metavar="FILE", help="Also write the records to this CSV file."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite existing --json/--csv files.")] = False,
     runtime: Annotated[
-        str,
-        typer.Option(help="auto (PyTorch on a GPU, else ONNX Runtime), onnx or torch."),
-    ] = "auto",
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+        Runtime,
+        typer.Option(
+            metavar=choices(Runtime),
+            help="auto: PyTorch on a GPU, else ONNX Runtime; onnx; torch.",
+        ),
+    ] = Runtime.auto,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Images per forward pass.")
+    ] = 32,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Decode threads (default: cores, at most 4).")
+        int | None,
+        typer.Option(min=1, metavar="N", help="Decode threads (default: cores, at most 4)."),
     ] = None,
     progress: Annotated[
         bool | None,
@@ -400,6 +459,7 @@ def predict(
         float | None,
         typer.Option(
             "--min-confidence",
+            metavar="P",
             help="Mark files whose top calibrated probability is under P as 'rejected: "
             "uncertain', no label, probabilities kept (0: off; default: the model file's own "
             "threshold if it has one, else off). What it buys off the benchmark: "
@@ -420,54 +480,67 @@ def predict(
     """
     from brainmri.infer.core import Classifier
     from brainmri.infer.predict import check_outputs, expand_inputs, run_predict
-    from brainmri.infer.records import check_crop_mode
 
-    crop = check_crop_mode(crop)
     paths = expand_inputs(inputs)
     check_outputs([json_out, csv_out], force, paths)
     if not paths:
         raise BrainMRIError("no image files found in the given inputs")
     classifier = Classifier(
-        model, runtime, device, batch_size=batch_size, min_confidence=min_confidence,
+        model, runtime.value, device, batch_size=batch_size, min_confidence=min_confidence,
         notice=lambda line: typer.echo(line, err=True),
     )  # fmt: skip
-    counts = run_predict(classifier, paths, tta, crop, json_out, csv_out, workers, progress)
+    counts = run_predict(classifier, paths, tta, crop.value, json_out, csv_out, workers, progress)
     if counts["ok"] != sum(counts.values()):
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def adapt(
     site: Annotated[
         Path,
         typer.Option(
             "--data",
+            metavar="DIR",
             help="Labelled images of the new site: a folder of <class>/ sub-folders (glioma/, "
             "meningioma/, notumor/, pituitary/; any subset), never a benchmark split "
             "(a folder with Training/ or Testing/ is refused).",
         ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for model.safetensors + adapt.json.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", metavar="DIR", help="Folder for model.safetensors + adapt.json."),
+    ],
     model: Annotated[
         Path | None,
-        typer.Option("--model", "-m", help="Model to adapt. Default: the shipped model."),
+        typer.Option(
+            "--model", "-m", metavar="MODEL", help="Model to adapt. Default: the shipped model."
+        ),
     ] = None,
     replay: Annotated[
         Path | None,
         typer.Option(
             "--replay",
+            metavar="DIR",
             help="Benchmark folder (Training/<class>/) mixed in so the model keeps what it "
-            "knew. Default: env BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
+            "knew (refused with --set replay_ratio=0, which mixes in none). Default: env "
+            "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
         ),
     ] = None,
     config: Annotated[
-        str, typer.Option("--config", "-c", help="Settings: a YAML file or a built-in name.")
+        str,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="SETTINGS",
+            help="Settings: a YAML file or a built-in name.",
+        ),
     ] = "default",
     overrides: Annotated[
         list[str] | None,
         typer.Option(
             "--set",
+            metavar="KEY=VALUE",
             help="Override a setting, e.g. --set steps=100 (repeatable); a setting adapt "
             "would not use is refused.",
         ),
@@ -485,10 +558,11 @@ def adapt(
     from brainmri.data.folders import resolve_data_dir
     from brainmri.model.checkpoint import shipped_model_path
     from brainmri.train.adapt import adapt as run_adapt
-    from brainmri.train.adapt import check_overrides
+    from brainmri.train.adapt import check_overrides, check_replay
 
     cfg = load_adapt_config(config, overrides)
     check_overrides(cfg, overrides)
+    check_replay(cfg, replay)
     replay_dir = resolve_data_dir(replay) if cfg.replay_ratio > 0 else None
     result = run_adapt(model or shipped_model_path(), site, replay_dir, out, cfg)
     summary = result.summary
@@ -501,14 +575,19 @@ def adapt(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def export(
-    out: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write (.onnx).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="FILE", help="ONNX file to write (.onnx).")
+    ],
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", "-m", help="Model file. Default: the model shipped in the package."
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="Model file. Default: the model shipped in the package.",
         ),
     ] = None,
     int8: Annotated[
@@ -553,35 +632,48 @@ def export(
         )
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def serve(
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", "-m", help="Model file. Default: the model shipped in the package."
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="Model file. Default: the model shipped in the package.",
         ),
     ] = None,
     host: Annotated[
         str,
         typer.Option(
+            metavar="ADDRESS",
             help="Address to listen on (loopback by default; set BRAINMRI_API_KEY "
-            "before listening on another)."
+            "before listening on another).",
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, metavar="PORT", help="TCP port.")] = 8000,
     workers: Annotated[
-        int, typer.Option(min=1, help="Server processes, each with its own copy of the model.")
+        int,
+        typer.Option(
+            min=1, metavar="N", help="Server processes, each with its own copy of the model."
+        ),
     ] = 1,
     max_body_mb: Annotated[
-        float, typer.Option(min=0.01, help="Largest request body (MiB); larger ones get 413.")
+        float,
+        typer.Option(
+            min=0.01, metavar="MIB", help="Largest request body (MiB); larger ones get 413."
+        ),
     ] = 16.0,
-    max_files: Annotated[int, typer.Option(min=1, help="Most files in one request.")] = 16,
+    max_files: Annotated[
+        int, typer.Option(min=1, metavar="N", help="Most files in one request.")
+    ] = 16,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     threads: Annotated[
         int | None,
         typer.Option(
             min=1,
+            metavar="N",
             help="ONNX Runtime threads per model call (default 1: calls run side by side, "
             "one per core).",
         ),
@@ -598,38 +690,53 @@ def serve(
     run_server(model, host, port, workers, max_body_mb, max_files, access_log, threads)
 
 
-@app.command()
+@app.command(cls=Command)
 @user_errors
 def explain(
     inputs: Annotated[
         list[Path],
-        typer.Argument(help="Image or DICOM files and/or folders (searched recursively)."),
+        typer.Argument(
+            metavar="FILES", help="Image or DICOM files and/or folders (searched recursively)."
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the PNG overlays.")],
+    out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the PNG overlays.")],
     model: Annotated[
         Path | None,
         typer.Option(
-            "--model", "-m", help="Model file. Default: the model shipped in the package."
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="Model file. Default: the model shipped in the package.",
         ),
     ] = None,
     crop: Annotated[
-        str,
-        typer.Option(help="auto: crop a wide black frame away; on: always crop; off: never."),
-    ] = "auto",
-    class_name: Annotated[
-        str | None,
-        typer.Option("--class", help="Explain this class instead of the predicted one."),
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N.")] = None,
-    method: Annotated[
-        str,
+        CropMode,
         typer.Option(
+            metavar=choices(CropMode),
+            help="auto: crop a wide black frame away; on: always crop; off: never.",
+        ),
+    ] = CropMode.auto,
+    class_name: Annotated[
+        ClassName | None,
+        typer.Option(
+            "--class",
+            metavar=choices(ClassName),
+            help="Explain this class instead of the predicted one.",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
+    ] = None,
+    method: Annotated[
+        ExplainMethod,
+        typer.Option(
+            metavar=choices(ExplainMethod),
             help="gradcam: Grad-CAM of the stride-16 stage, drawn above 15 % of its maximum "
             "(fast); occlusion: the drop of the "
             "class score when each region is blacked out (under a second more per image on 2 "
-            "cores; weighs only what changes the answer)."
+            "cores; weighs only what changes the answer).",
         ),
-    ] = "gradcam",
+    ] = ExplainMethod.gradcam,
     progress: Annotated[
         bool | None,
         typer.Option(help="Progress bar on stderr (default: only on a terminal)."),
@@ -654,19 +761,18 @@ def explain(
     from tqdm import tqdm
 
     from brainmri.infer.gradcam import explain_files
-    from brainmri.infer.inputs import CROP_MODES
     from brainmri.infer.predict import expand_inputs, format_record, summary_line
 
-    if crop not in CROP_MODES:
-        raise BrainMRIError(f"--crop must be one of {', '.join(CROP_MODES)}, got {crop!r}")
     paths = expand_inputs(inputs)
     if not paths:
         raise BrainMRIError("no image files found in the given inputs")
     counts: Counter = Counter()
     bar = tqdm(total=len(paths), unit="img", file=sys.stderr, leave=False,
                disable=None if progress is None else not progress)  # fmt: skip
+    explained = None if class_name is None else class_name.value
+    records = explain_files(paths, out, model, crop.value, explained, device, method.value, force)
     try:
-        for r in explain_files(paths, out, model, crop, class_name, device, method, force):
+        for r in records:
             counts[r["status"]] += 1
             if r["status"] == "ok":
                 bar.write(f"{r['path']}  {r['caption']}  -> {r['png']}", file=sys.stdout)

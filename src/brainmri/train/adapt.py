@@ -194,6 +194,16 @@ def check_overrides(cfg: AdaptConfig, overrides: list[str] | None) -> None:
             raise BrainMRIError(f"--set {key}: {unused[hit]}")
 
 
+def check_replay(cfg: AdaptConfig, replay: Path | None) -> None:
+    """A --replay folder that adapt would not read (replay_ratio=0 mixes in no benchmark image)
+    is a user error, not a folder silently left out of adapt.json."""
+    if replay is not None and cfg.replay_ratio == 0:
+        raise BrainMRIError(
+            f"--replay {replay}: not used with replay_ratio=0 (no benchmark images are mixed "
+            "in): drop --replay, or --set replay_ratio=R with R > 0"
+        )
+
+
 def recorded_settings(cfg: AdaptConfig) -> dict:
     """The settings as adapt.json records them: those adapt used, none that it did not."""
     data = cfg.model_dump(mode="json")
