@@ -201,6 +201,30 @@ def test_a_failed_run_removes_the_folder_it_created_only(small_benchmark, tmp_pa
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+def test_smoke_on_cleans_output_names_the_exact_settings_that_train_it(small_benchmark, tmp_path):
+    """`clean` writes the split of its defaults (val_fraction 0.15, seed 42); the smoke recipe
+    keeps its own (0.25, seed 0: 4 folds on the tests' 12 images per class), so `train
+    --config smoke` on clean's output is one error line with the exact --set to pass, and
+    those settings take clean's split."""
+    from brainmri.data.clean import CleanOptions
+    from brainmri.train.data import load_split
+
+    cleaned = tmp_path / "cleaned"
+    args = ["clean", "--data", str(small_benchmark), "--out", str(cleaned), "--workers", "1"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    default = CleanOptions()
+    sets = [f"data.val_fraction={default.val_fraction}", f"data.split_seed={default.seed}"]
+    run = tmp_path / "run"
+    args = ["train", "--config", "smoke", "--data", str(cleaned), "--out", str(run)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"pass --set {sets[0]} --set {sets[1]}," in result.stderr
+    assert not run.exists()
+    _, val, split = load_split(cleaned, load_recipe("smoke", sets))
+    assert split["source"] == "splits/ of the data folder"
+    assert (split["val_fraction"], split["seed"]) == (default.val_fraction, default.seed)
+
+
 # --- exact resume -------------------------------------------------------------------------
 class _Killed(BaseException):
     """Stands in for SIGKILL inside the process (not an Exception: nothing may catch it)."""
@@ -321,6 +345,38 @@ def test_temperature_fit_on_a_bound_is_detected_and_worded():
     assert temperature_bound(t) is None and temperature_note(t) == f"{t:.3f}"
 
 
+def test_temperature_fit_with_every_validation_image_right_says_it_is_not_informative():
+    """Every validation image right: the NLL keeps falling as T shrinks, so the fit stops on the
+    lower bound or wherever the NLL underflows to 0; the note says so either way."""
+    from brainmri.train.loss import (
+        every_one_right,
+        fit_temperature,
+        temperature_bound,
+        temperature_note,
+    )
+
+    y = torch.tensor([0, 1, 2, 3] * 4)
+    tail = (
+        "every validation image classified right, so the temperature is not informative; "
+        "probabilities may be over-confident)"
+    )
+    sure = torch.nn.functional.one_hot(y, 4).float() * 4  # right, by a margin of 4
+    t = fit_temperature(sure, y)
+    assert every_one_right(sure, y) and temperature_bound(t) is None  # stopped inside
+    assert t < 0.2  # where the NLL reached 0, not a calibration
+    assert temperature_note(t, every_one_right(sure, y)) == f"{t:.3f} ({tail}"
+    timid = torch.nn.functional.one_hot(y, 4).float() * 0.05  # right, barely: on the bound
+    t = fit_temperature(timid, y)
+    assert temperature_bound(t) == "lower"
+    assert (
+        temperature_note(t, every_one_right(timid, y)) == f"0.050 (at the fit's lower bound: {tail}"
+    )
+    mixed = sure.clone()
+    mixed[0] = torch.nn.functional.one_hot(torch.tensor(1), 4).float() * 4  # one wrong
+    assert not every_one_right(mixed, y)
+    assert not every_one_right(sure[:0], y[:0])  # no validation image: nothing to claim
+
+
 def test_calibration_on_a_bound_says_so_and_records_it(
     trained_run, small_benchmark, tmp_path, monkeypatch, capsys
 ):
@@ -352,9 +408,39 @@ def test_calibration_on_a_bound_says_so_and_records_it(
     assert want in out
     run = json.loads((copy / "run.json").read_text())
     assert run["temperature"] == pytest.approx(20.0) and run["temperature_at_bound"] is True
+    assert run["temperature_all_right"] is False
     assert run["n_val"] == len(ctx.data.y_val)  # the rest of run.json is kept
     info = read_metadata(copy / "models" / "best.safetensors")["info"]
-    assert info["temperature_at_bound"] is True
+    assert info["temperature_at_bound"] is True and info["temperature_all_right"] is False
+
+
+def test_calibration_with_every_validation_image_right_says_so_and_records_it(
+    trained_run, small_benchmark, tmp_path, monkeypatch, capsys
+):
+    """A best model that is right on every validation image: the temperature is not
+    informative; the console line says so and run.json and the model file record it."""
+    import shutil
+
+    from brainmri.train.distributed import Dist
+
+    run_dir, recipe, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    ctx = loop.build_context(recipe, small_benchmark, Dist())
+    right = torch.nn.functional.one_hot(ctx.data.y_val, 4).float() * 4
+
+    monkeypatch.setattr(loop, "batch_logits", lambda c, m, x, tta=1: right.expand(tta, -1, -1))
+    capsys.readouterr()
+    loop.calibrate(ctx, copy, 1.0)
+    out = capsys.readouterr().out
+    assert (
+        "(every validation image classified right, so the temperature is not informative; "
+        "probabilities may be over-confident); validation accuracy 1.0000 plain"
+    ) in out
+    run = json.loads((copy / "run.json").read_text())
+    assert run["temperature_all_right"] is True and run["temperature_at_bound"] is False
+    info = read_metadata(copy / "models" / "best.safetensors")["info"]
+    assert info["temperature_all_right"] is True and info["val_acc_at_best"] == 1.0
 
 
 # --- interrupt, resume, resume of a finished run ----------------------------------------------

@@ -32,7 +32,12 @@ from brainmri.model.ensemble import EnsembleClassifier
 from brainmri.train.data import split_seed
 from brainmri.train.distributed import setup_distributed
 from brainmri.train.epoch import view_logits
-from brainmri.train.loss import fit_temperature, temperature_bound, temperature_note
+from brainmri.train.loss import (
+    every_one_right,
+    fit_temperature,
+    temperature_bound,
+    temperature_note,
+)
 from brainmri.train.state import TrainResult
 
 
@@ -219,11 +224,13 @@ def assemble(
         logits = torch.stack(member_logits).mean(dim=0)  # what ensemble's forward computes
         temperature = fit_temperature(logits, y_val)
         at_bound = temperature_bound(temperature) is not None
+        all_right = every_one_right(logits, y_val)
         info = {
             "stage": f"ensemble of {len(members)} {which}",
             "members": member_info,
             "temperature": temperature,
             "temperature_at_bound": at_bound,
+            "temperature_all_right": all_right,
             "train_wall_seconds": round(sum(walls), 1),
             **figures(logits),
         }
@@ -236,6 +243,7 @@ def assemble(
                 "val_errors": info["val_errors"],
                 "temperature": temperature,
                 "temperature_at_bound": at_bound,
+                "temperature_all_right": all_right,
                 "members": member_info,
                 "train_wall_seconds": info["train_wall_seconds"],
             }
@@ -258,5 +266,6 @@ def report_validation(summary: dict) -> None:
     rows.append(("ensemble", summary["best_val_loss"], summary["val_acc"]))
     width = max(len(label) for label, _, _ in rows)
     lines = [f"  {label:<{width}}  loss {loss:.4f} acc {acc:.4f}" for label, loss, acc in rows]
-    lines[-1] += f"  temperature {temperature_note(summary['temperature'])}"
+    note = temperature_note(summary["temperature"], summary.get("temperature_all_right", False))
+    lines[-1] += f"  temperature {note}"
     tqdm.write("\n".join(["ensemble on validation:", *lines]))

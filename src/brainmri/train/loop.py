@@ -46,6 +46,7 @@ from brainmri.train.epoch import (
 from brainmri.train.log import CSV_FIELDS, RunLog
 from brainmri.train.loss import (
     class_weights,
+    every_one_right,
     fit_temperature,
     temperature_bound,
     temperature_note,
@@ -302,8 +303,8 @@ def finish(ctx: Context, st: TrainState, run_dir: Path, wall: float) -> TrainRes
 
 def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
     """Fit the softmax temperature on validation; record plain and TTA validation figures in
-    the best model file, and the temperature (and whether its fit ended on a bound) in
-    run.json."""
+    the best model file, and the temperature (whether its fit ended on a bound, and whether
+    every validation image was right, which leaves it uninformative) in run.json."""
     from safetensors.torch import load_file
 
     from brainmri.model.checkpoint import read_metadata
@@ -314,11 +315,13 @@ def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
     logits = batch_logits(ctx, ctx.model, ctx.data.x_val, tta)
     y = ctx.data.y_val
     temperature = fit_temperature(logits[0], y)
+    all_right = every_one_right(logits[0], y)
     tta_probs = torch.softmax(logits / temperature, dim=-1).mean(0)
     info = read_metadata(best_path)["info"]
     info.update(
         temperature=temperature,
         temperature_at_bound=temperature_bound(temperature) is not None,
+        temperature_all_right=all_right,
         train_wall_seconds=round(wall, 1),
         val_acc_at_best=float((logits[0].argmax(1) == y).float().mean()),
         val_tta_views=tta,
@@ -326,10 +329,11 @@ def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
     )
     save(ctx, best_path, info)
     run = json.loads((run_dir / "run.json").read_text())
-    run |= {k: info[k] for k in ("temperature", "temperature_at_bound")}
+    run |= {k: info[k] for k in ("temperature", "temperature_at_bound", "temperature_all_right")}
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
     tqdm.write(
-        f"temperature fitted on validation: {temperature_note(temperature)}; validation accuracy "
+        f"temperature fitted on validation: {temperature_note(temperature, all_right)}; "
+        f"validation accuracy "
         f"{info['val_acc_at_best']:.4f} plain, {info['val_acc_tta']:.4f} with {tta} TTA views"
     )
 

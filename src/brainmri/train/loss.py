@@ -36,7 +36,8 @@ TEMPERATURE_BOUNDS = (0.05, 20.0)
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Temperature T in TEMPERATURE_BOUNDS minimizing the NLL of softmax(logits / T) (search on
-    log T). See `temperature_bound` for a fit that ended on a bound."""
+    log T). See `temperature_bound` for a fit that ended on a bound, and `every_one_right` for
+    a validation set without a wrong answer (no minimum inside: the value is not informative)."""
     from scipy.optimize import minimize_scalar
 
     z, y = logits.double(), labels
@@ -58,14 +59,27 @@ def temperature_bound(temperature: float) -> str | None:
     return None
 
 
-def temperature_note(temperature: float) -> str:
+def every_one_right(logits: torch.Tensor, labels: torch.Tensor) -> bool:
+    """True when every row's top logit is its label's: the NLL then keeps falling as the
+    temperature shrinks, so its fit ends on the lower bound or wherever the NLL stops changing,
+    and the temperature says nothing about calibration."""
+    return len(labels) > 0 and bool((logits.argmax(dim=-1) == labels).all())
+
+
+def temperature_note(temperature: float, all_right: bool = False) -> str:
     """The fitted temperature as a console figure, with why it is not a calibration when the
-    fit ended on a bound."""
+    fit ended on a bound or every validation image was classified right (`every_one_right`)."""
     why = {
         "upper": "validation too small or the model is not trained",
         "lower": "validation too small or every validation image classified right",
     }
     bound = temperature_bound(temperature)
+    if all_right:
+        where = f"at the fit's {bound} bound: " if bound else ""
+        return (
+            f"{temperature:.3f} ({where}every validation image classified right, so the "
+            "temperature is not informative; probabilities may be over-confident)"
+        )
     if bound is None:
         return f"{temperature:.3f}"
     return (
