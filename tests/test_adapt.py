@@ -183,7 +183,7 @@ def test_calibrated_adapt_fits_its_temperature_on_held_out_site_images(
     from brainmri.infer.core import predict_logits
     from brainmri.model.checkpoint import load_model
     from brainmri.train.adapt import adapt
-    from brainmri.train.loss import fit_temperature
+    from brainmri.train.loss import fit_temperature, temperature_bound, temperature_note
 
     sets = ["steps=1", "guard_holdout=0", "calibration_share=0.25", f"calibration_refit={refit}"]
     cfg = load_adapt_config("default", sets)
@@ -206,6 +206,12 @@ def test_calibrated_adapt_fits_its_temperature_on_held_out_site_images(
         x, y = cache_samples(samples, int(meta["preprocessing"]["image_size"]))
         logits = predict_logits(model, x, intensity=meta["preprocessing"].get("intensity", "none"))
         assert fit_temperature(logits[1][0], y) == pytest.approx(cal["temperature"], rel=1e-3)
+        all_right = bool((logits[1][0].argmax(1) == y).all())
+        assert cal["temperature_all_right"] is all_right  # said, as train says it (loss.py)
+    assert cal["temperature_at_bound"] == temperature_bound(cal["temperature"])
+    assert cal["temperature_note"] == temperature_note(
+        cal["temperature"], cal["temperature_all_right"]
+    )
 
 
 def test_calibration_is_refused_for_fitted_heads(site: Path, small_benchmark: Path, tmp_path):

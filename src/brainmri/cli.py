@@ -573,6 +573,9 @@ def adapt(
         f"adapted on {counts} site images (+{n_replay} benchmark{source}) "
         f"in {summary['seconds'] / 60:.1f} min; wrote {result.model_path}"
     )
+    calibration = summary.get("calibration") or {}
+    if calibration.get("temperature_at_bound") or calibration.get("temperature_all_right"):
+        typer.echo(f"temperature from the held-out site images: {calibration['temperature_note']}")
 
 
 @app.command(cls=Command)

@@ -59,7 +59,13 @@ from brainmri.model.ensemble import EnsembleClassifier, members_of
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
-from brainmri.train.loss import class_weights, fit_temperature
+from brainmri.train.loss import (
+    class_weights,
+    every_one_right,
+    fit_temperature,
+    temperature_bound,
+    temperature_note,
+)
 from brainmri.train.probe_head import fit_linear_head, head_recipe
 
 MODEL_NAME = "model.safetensors"
@@ -357,8 +363,12 @@ def calibrate_on_site(
     intensity = meta["preprocessing"].get("intensity", "none")
     logits = predict_logits(copy_, x_held, intensity=intensity)[1][0]
     temperature = fit_temperature(logits, y_held)
+    all_right = every_one_right(logits, y_held)
     figures = {
         "temperature": temperature,
+        "temperature_at_bound": temperature_bound(temperature),
+        "temperature_all_right": all_right,
+        "temperature_note": temperature_note(temperature, all_right),
         "source_temperature": float(meta.get("info", {}).get("temperature", 1.0)),
         "fit_images": len(fit),
         "held_out_images": len(held),
