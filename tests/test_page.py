@@ -117,6 +117,38 @@ def card_for(cards: list, name: str):
     return card
 
 
+def epi_slice(folder: Path) -> Path:
+    """A brain MRI slice shipped with nibabel (its example EPI volume), as a PNG in `folder`."""
+    epi = folder / "nibabel_example4d_slice12.png"
+    Image.fromarray(_bench("readme_figure").epi_slice(12)).save(epi)
+    return epi
+
+
+def pressed(card) -> list[str]:
+    """The classes whose button is marked as the one whose map is shown."""
+    buttons = card.find_elements("css selector", ".bar button.name")
+    return [b.get_attribute("data-class") for b in buttons
+            if b.get_attribute("aria-pressed") == "true"]  # fmt: skip
+
+
+def image_bytes(driver, img) -> bytes:
+    """The bytes the page shows in `img` (its object URL read back inside the page)."""
+    import base64
+
+    script = """
+        const done = arguments[arguments.length - 1];
+        fetch(arguments[0].src).then((r) => r.arrayBuffer()).then((buf) => {
+          let text = "";
+          for (const b of new Uint8Array(buf)) text += String.fromCharCode(b);
+          done(btoa(text));
+        }, (err) => done("error: " + err));
+    """
+    driver.set_script_timeout(30)
+    encoded = driver.execute_async_script(script, img)
+    assert not encoded.startswith("error"), encoded
+    return base64.b64decode(encoded)
+
+
 def test_page_classifies_a_benchmark_image(
     server: RunningServer, browser, benchmark_dir: Path
 ) -> None:
@@ -156,16 +188,17 @@ def test_page_shows_errors_and_warnings_and_saves_screenshot(
     text.write_text("This is a text file, not a scan.\n")
     dot = tmp_path / "dot.png"
     Image.new("L", (1, 1)).save(dot)
-    epi = tmp_path / "nibabel_example4d_slice12.png"  # a brain MRI shipped with nibabel
-    Image.fromarray(_bench("readme_figure").epi_slice(12)).save(epi)
+    epi = epi_slice(tmp_path)
 
     open_page(browser, server.url)
     cards = upload(browser, [epi, phantom, dicom, text, dot])
     epi_card = card_for(cards, epi.name)
     assert epi_card.get_attribute("data-status") == "ok"  # docs/RESULTS.md section 16.19
     assert epi_card.find_element("css selector", ".label").text == "notumor"
+    assert epi_card.find_element("css selector", ".used").text == "plain · crop auto"  # defaults
     overlay = epi_card.find_element("css selector", "img.overlay")
     assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
+    assert pressed(epi_card) == ["notumor"]  # the predicted class's map, shown by default
     text_card = card_for(cards, text.name)
     assert text_card.get_attribute("data-status") == "error"
     assert "not-an-image" in text_card.find_element("css selector", ".warning").text
@@ -184,6 +217,95 @@ def test_page_shows_errors_and_warnings_and_saves_screenshot(
     shot = SCREENSHOT if os.environ.get("BRAINMRI_UPDATE_DOCS") == "1" else tmp_path / "page.png"
     browser.save_screenshot(str(shot))
     assert Image.open(shot).size[0] > 600
+
+
+def test_page_sends_its_options_and_shows_what_was_used(
+    server: RunningServer, browser, tmp_path: Path
+) -> None:
+    """The options row goes with the upload (?tta=5&crop=off): the record says it was used; a
+    value the API refuses (400) is shown on the card in the error style."""
+    from selenium.webdriver.support.ui import Select
+
+    epi = epi_slice(tmp_path)
+    open_page(browser, server.url)
+    assert Select(browser.find_element("id", "tta")).first_selected_option.text == "plain"
+    assert Select(browser.find_element("id", "crop")).first_selected_option.text == "auto"
+    Select(browser.find_element("id", "tta")).select_by_value("5")
+    Select(browser.find_element("id", "crop")).select_by_value("off")
+    card = upload(browser, [epi])[0]
+    assert card.get_attribute("data-status") == "ok"
+    used = card.find_element("css selector", ".used")
+    assert used.text == "5 views · crop off"
+    assert (used.get_attribute("data-tta"), used.get_attribute("data-crop")) == ("5", "off")
+    label = card.find_element("css selector", ".label").text
+    assert pressed(card) == [label]  # the map shown is of the class TTA chose
+    overlay = card.find_element("css selector", "img.overlay")
+    assert browser.execute_script("return arguments[0].naturalWidth", overlay) > 0
+
+    browser.execute_script(  # a value the page does not offer: the API's 400, on the card
+        "const o = document.createElement('option'); o.value = '9'; o.text = '9 views';"
+        "document.getElementById('tta').append(o);"
+    )
+    Select(browser.find_element("id", "tta")).select_by_value("9")
+    card = upload(browser, [epi])[0]
+    assert card.get_attribute("data-status") == "error"
+    warning = card.find_element("css selector", ".warning").text
+    assert "Refused by the server (400)." in warning and "tta must be one of" in warning
+
+
+def test_page_shows_the_map_of_the_class_clicked(
+    server: RunningServer, browser, tmp_path: Path
+) -> None:
+    """Each class in the bars is a button: clicking it (or Enter on it) replaces the overlay with
+    that class's map and marks the class as the one shown."""
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    epi = epi_slice(tmp_path)
+    open_page(browser, server.url)
+    card = upload(browser, [epi])[0]
+    assert card.get_attribute("data-status") == "ok"
+    assert card.find_element("css selector", ".label").text == "notumor"
+    assert pressed(card) == ["notumor"]
+    caption = card.find_element("css selector", ".mapfor")
+    assert caption.text == "Grad-CAM: notumor (predicted class)"
+    overlay = card.find_element("css selector", "img.overlay")
+    default = image_bytes(browser, overlay)
+
+    def button(cls: str):
+        (b,) = [b for b in card.find_elements("css selector", ".bar button.name")
+                if b.get_attribute("data-class") == cls]  # fmt: skip
+        return b
+
+    def shown(cls: str) -> bytes:
+        WebDriverWait(browser, 120).until(
+            lambda _: pressed(card) == [cls], f"{cls} not marked as shown"
+        )
+        img = card.find_element("css selector", "img.overlay")
+        assert img.get_attribute("data-class") == cls
+        assert browser.execute_script("return arguments[0].naturalWidth", img) > 0
+        return image_bytes(browser, img)
+
+    button("glioma").click()
+    glioma = shown("glioma")
+    assert glioma != default and Image.open(io.BytesIO(glioma)).format == "PNG"
+    assert caption.text == "Grad-CAM: glioma (predicted: notumor)"
+    browser.save_screenshot(str(tmp_path / "class_map.png"))  # kept in pytest's temporary folder
+    assert "shown" in button("glioma").find_element("xpath", "..").get_attribute("class")
+    button("meningioma").send_keys(Keys.ENTER)  # a real button: the keyboard works too
+    meningioma = shown("meningioma")
+    assert meningioma not in (default, glioma)
+    button("notumor").click()
+    assert shown("notumor") == default
+
+    pituitary = button("pituitary")  # a class the API does not know: its 400, one line
+    browser.execute_script("arguments[0].dataset.class = 'tumour'", pituitary)
+    pituitary.click()
+    error = card.find_element("css selector", ".maperror")
+    WebDriverWait(browser, 60).until(lambda _: error.is_displayed(), "no error shown")
+    assert error.text.startswith("No map for tumour: class must be one of")
+    assert error.text.endswith("(400).") and "\n" not in error.text
+    assert pressed(card) == ["notumor"] and image_bytes(browser, overlay) == default
 
 
 def test_openapi_page_renders_offline(server: RunningServer, browser) -> None:
