@@ -8,7 +8,7 @@ the inference core with a one-line change when that core changes.
 
 On a CPU without a GPU stack the classifier runs on ONNX Runtime and nothing here imports
 PyTorch until the first `explain` (Grad-CAM needs gradients, so the PyTorch model): the
-service starts sooner and in a quarter of the memory (README, "Web service"). TTA views
+service starts sooner and in a quarter of the memory (docs/RESULTS.md §11.5). TTA views
 (`tta` > 1) import it too, when asked for.
 """
 
