@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,23 +22,11 @@ import urllib.request
 from pathlib import Path
 
 from robustness import report_head, write_report
+from serve_load import free_port, rss_mib
 
 from brainmri.data.folders import resolve_data_dir
 
 BOUNDARY = "brainmri-bench-boundary"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def post(url: str, data: bytes, name: str) -> bytes:

@@ -101,3 +101,23 @@ def onnx_cache(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BRAINMRI_CACHE", str(root))
         yield root
+
+
+def assert_runs_without_torch(code: str) -> None:
+    """Run `code` in a fresh Python process on the shipped model's ONNX export and check that
+    PyTorch stayed out of `sys.modules` (the code itself asserts what it classified). Skipped
+    where a GPU stack may be present: there `auto` asks PyTorch which runtime to use."""
+    import subprocess
+    import sys
+
+    from brainmri.infer.core import gpu_stack_present
+    from brainmri.infer.export import cached_export
+    from brainmri.model.shipped import shipped_model_path
+
+    if gpu_stack_present():
+        pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")
+    cached_export(shipped_model_path())  # exporting needs PyTorch: done here, beforehand
+    code += "\nimport sys\nprint('torch' in sys.modules)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"

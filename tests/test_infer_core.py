@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_runs_without_torch
 
 from brainmri import CLASS_NAMES, Classifier
 from brainmri.data.cache import decode_images
@@ -236,28 +237,15 @@ def test_bad_device_and_runtime_are_user_errors(tmp_path: Path):
         Classifier(tmp_path / "none.safetensors")
 
 
-def test_onnx_runtime_on_a_cpu_imports_no_pytorch(tmp_path: Path):
+def test_onnx_runtime_on_a_cpu_imports_no_pytorch():
     """Classifying on ONNX Runtime on a machine without a GPU needs no PyTorch import, which
     is most of a one-file `predict` (docs/RESULTS.md §17.14-17.15)."""
-    import subprocess
-    import sys
-
-    from brainmri.infer.core import gpu_stack_present
-    from brainmri.infer.export import cached_export
-
-    if gpu_stack_present():
-        pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")
-    cached_export(shipped_model_path())  # exporting needs PyTorch: done here, beforehand
-    code = (
-        "import sys, numpy as np\n"
+    assert_runs_without_torch(
+        "import numpy as np\n"
         "from brainmri import Classifier\n"
         "clf = Classifier()\n"
         "out = clf.run(np.full((2, 1, clf.image_size, clf.image_size), 60, np.uint8))\n"
         "assert out['probs'].shape == (2, 4), out['probs'].shape\n"
         "rec = clf.predict_bytes('x.png', b'not an image')\n"
         "assert rec['status'] == 'error', rec\n"
-        "print('torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import assert_runs_without_torch
 
 from brainmri import CLASS_NAMES
 
@@ -365,14 +366,7 @@ def test_concurrent_requests_with_different_tta(server: RunningServer, benchmark
 def test_service_starts_without_pytorch_on_a_cpu() -> None:
     """On a CPU without a GPU stack, building the app (ONNX Runtime) and classifying an upload
     import no PyTorch: it waits for the first /v1/explain (Grad-CAM) or tta above 1."""
-    from brainmri.infer.core import gpu_stack_present
-    from brainmri.infer.export import cached_export
-    from brainmri.model.shipped import shipped_model_path
-
-    if gpu_stack_present():
-        pytest.skip("this machine may have a GPU: auto asks PyTorch which runtime to use")
-    cached_export(shipped_model_path())  # exporting needs PyTorch: done here, beforehand
-    code = (
+    assert_runs_without_torch(
         "import io, sys\n"
         "import numpy as np\n"
         "from PIL import Image\n"
@@ -391,11 +385,7 @@ def test_service_starts_without_pytorch_on_a_cpu() -> None:
         "    assert r.json()['records'][0]['crop'] == 'on', r.text\n"
         "    r = client.post('/v1/explain?class=x', files={'file': ('a.png', b'x')})\n"
         "    assert r.status_code == 400, r.text\n"
-        "print('torch' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
 
 
 def test_predict_several_files_keeps_order_and_status(
