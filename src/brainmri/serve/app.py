@@ -252,7 +252,6 @@ def create_app(
     app.add_middleware(Gate, limits=limits)
     add_error_handlers(app)
     model_summary = engine.describe()
-    class_names: list[str] = list(model_summary["class_names"])
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -302,6 +301,17 @@ def create_app(
             return refusal(records[0])
         return JSONResponse({"records": records})
 
+    add_explain(app, engine, limits, explainer)
+    add_page(app)
+    return app
+
+
+def add_explain(
+    app: FastAPI, engine: Engine, limits: Limits, explainer: ThreadPoolExecutor
+) -> None:
+    """POST /v1/explain: one scan's overlay PNG, made in `explainer` (one map at a time)."""
+    class_names = list(engine.class_names)
+
     @app.post(
         "/v1/explain",
         openapi_extra={
@@ -331,9 +341,6 @@ def create_app(
         if png is None:
             return refusal(record)
         return Response(png, media_type="image/png", headers={"cache-control": "no-store"})
-
-    add_page(app)
-    return app
 
 
 def add_page(app: FastAPI) -> None:
