@@ -208,7 +208,7 @@ def test_calibrated_adapt_fits_its_temperature_on_held_out_site_images(
         assert fit_temperature(logits[1][0], y) == pytest.approx(cal["temperature"], rel=1e-3)
         all_right = bool((logits[1][0].argmax(1) == y).all())
         assert cal["temperature_all_right"] is all_right  # said, as train says it (loss.py)
-    assert cal["temperature_at_bound"] == temperature_bound(cal["temperature"])
+    assert cal["temperature_at_bound"] is (temperature_bound(cal["temperature"]) is not None)
     assert cal["temperature_note"] == temperature_note(
         cal["temperature"], cal["temperature_all_right"]
     )

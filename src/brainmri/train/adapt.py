@@ -366,7 +366,7 @@ def calibrate_on_site(
     all_right = every_one_right(logits, y_held)
     figures = {
         "temperature": temperature,
-        "temperature_at_bound": temperature_bound(temperature),
+        "temperature_at_bound": temperature_bound(temperature) is not None,
         "temperature_all_right": all_right,
         "temperature_note": temperature_note(temperature, all_right),
         "source_temperature": float(meta.get("info", {}).get("temperature", 1.0)),
