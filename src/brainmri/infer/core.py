@@ -114,18 +114,19 @@ def predict_logits(
     return names, torch.cat(chunks, dim=1)
 
 
-def tta_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Average of per-view softmax probabilities (V, N, C) -> (N, C)."""
-    import torch
-
-    return torch.softmax(logits / temperature, dim=-1).mean(dim=0)
-
-
 def tta_probs_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """`tta_probs` in numpy (float32), for the path that imports no PyTorch."""
+    """Average of per-view softmax probabilities (V, N, C) -> (N, C), in numpy (float32): the
+    one implementation, used as it is on the path that imports no PyTorch."""
     z = logits.astype(np.float32) / np.float32(temperature)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).mean(axis=0)
+
+
+def tta_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """`tta_probs_np` for a tensor of logits (V, N, C) -> (N, C)."""
+    import torch
+
+    return torch.from_numpy(tta_probs_np(logits.detach().float().cpu().numpy(), temperature))
 
 
 class ModelMetadata:
