@@ -685,8 +685,11 @@ def serve(
     """Serve the classifier: HTTP API (/v1/predict, /v1/explain, /v1/model, /healthz), the page
     at / and the OpenAPI docs at /docs.
 
-    With env BRAINMRI_API_KEY set, /v1/ requests need that key in the X-API-Key header.
-    Not for clinical use.
+    /v1/predict takes ?tta=N and ?crop=auto|on|off, /v1/explain ?class=NAME, ?method= and
+    ?crop=, as predict's and explain's options. On a CPU without a GPU stack, PyTorch is loaded
+    only for the first /v1/explain or a tta above 1 (docs/RESULTS.md section 11.5). With env
+    BRAINMRI_API_KEY set, /v1/ requests need that key in the X-API-Key header. Not for clinical
+    use.
     """
     from brainmri.serve.server import serve as run_server
 
