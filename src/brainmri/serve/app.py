@@ -301,16 +301,20 @@ def create_app(
             return refusal(records[0])
         return JSONResponse({"records": records})
 
-    add_explain(app, engine, limits, explainer)
+    add_explain(app, engine, limits, explainer, list(model_summary["class_names"]))
     add_page(app)
     return app
 
 
 def add_explain(
-    app: FastAPI, engine: Engine, limits: Limits, explainer: ThreadPoolExecutor
+    app: FastAPI,
+    engine: Engine,
+    limits: Limits,
+    explainer: ThreadPoolExecutor,
+    class_names: list[str],
 ) -> None:
-    """POST /v1/explain: one scan's overlay PNG, made in `explainer` (one map at a time)."""
-    class_names = list(engine.class_names)
+    """POST /v1/explain: one scan's overlay PNG, made in `explainer` (one map at a time);
+    `?class=` takes one of `class_names` (the model summary's)."""
 
     @app.post(
         "/v1/explain",
