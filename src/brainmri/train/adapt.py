@@ -61,9 +61,7 @@ from brainmri.train.distributed import Dist
 from brainmri.train.epoch import Context, setup_stage, steps_per_epoch, train_one_epoch
 from brainmri.train.loss import (
     class_weights,
-    every_one_right,
-    fit_temperature,
-    temperature_bound,
+    temperature_fit,
     temperature_note,
 )
 from brainmri.train.probe_head import fit_linear_head, head_recipe
@@ -362,13 +360,11 @@ def calibrate_on_site(
     history = finetune_members(copy_, recipe, meta, cfg, images, fit + replay[0])
     intensity = meta["preprocessing"].get("intensity", "none")
     logits = predict_logits(copy_, x_held, intensity=intensity)[1][0]
-    temperature = fit_temperature(logits, y_held)
-    all_right = every_one_right(logits, y_held)
+    calibration = temperature_fit(logits, y_held)
+    note = temperature_note(calibration["temperature"], calibration["temperature_all_right"])
     figures = {
-        "temperature": temperature,
-        "temperature_at_bound": temperature_bound(temperature) is not None,
-        "temperature_all_right": all_right,
-        "temperature_note": temperature_note(temperature, all_right),
+        **calibration,
+        "temperature_note": note,
         "source_temperature": float(meta.get("info", {}).get("temperature", 1.0)),
         "fit_images": len(fit),
         "held_out_images": len(held),

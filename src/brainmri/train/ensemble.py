@@ -33,9 +33,7 @@ from brainmri.train.data import split_seed
 from brainmri.train.distributed import setup_distributed
 from brainmri.train.epoch import view_logits
 from brainmri.train.loss import (
-    every_one_right,
-    fit_temperature,
-    temperature_bound,
+    temperature_fit,
     temperature_note,
 )
 from brainmri.train.state import TrainResult
@@ -222,15 +220,11 @@ def assemble(
                 mi.update(figures(ml))
         ensemble = EnsembleClassifier(members).to(dev).eval()
         logits = torch.stack(member_logits).mean(dim=0)  # what ensemble's forward computes
-        temperature = fit_temperature(logits, y_val)
-        at_bound = temperature_bound(temperature) is not None
-        all_right = every_one_right(logits, y_val)
+        fit = temperature_fit(logits, y_val)
         info = {
             "stage": f"ensemble of {len(members)} {which}",
             "members": member_info,
-            "temperature": temperature,
-            "temperature_at_bound": at_bound,
-            "temperature_all_right": all_right,
+            **fit,
             "train_wall_seconds": round(sum(walls), 1),
             **figures(logits),
         }
@@ -241,9 +235,7 @@ def assemble(
                 "best_val_loss": info["val_loss"],
                 "val_acc": info["val_acc"],
                 "val_errors": info["val_errors"],
-                "temperature": temperature,
-                "temperature_at_bound": at_bound,
-                "temperature_all_right": all_right,
+                **fit,
                 "members": member_info,
                 "train_wall_seconds": info["train_wall_seconds"],
             }

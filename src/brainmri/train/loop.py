@@ -46,9 +46,7 @@ from brainmri.train.epoch import (
 from brainmri.train.log import CSV_FIELDS, RunLog
 from brainmri.train.loss import (
     class_weights,
-    every_one_right,
-    fit_temperature,
-    temperature_bound,
+    temperature_fit,
     temperature_note,
     weighted_smoothed_ce,
 )
@@ -314,14 +312,12 @@ def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
     tta = ctx.recipe.evaluate.tta
     logits = batch_logits(ctx, ctx.model, ctx.data.x_val, tta)
     y = ctx.data.y_val
-    temperature = fit_temperature(logits[0], y)
-    all_right = every_one_right(logits[0], y)
+    fit = temperature_fit(logits[0], y)
+    temperature, all_right = fit["temperature"], fit["temperature_all_right"]
     tta_probs = torch.softmax(logits / temperature, dim=-1).mean(0)
     info = read_metadata(best_path)["info"]
     info.update(
-        temperature=temperature,
-        temperature_at_bound=temperature_bound(temperature) is not None,
-        temperature_all_right=all_right,
+        **fit,
         train_wall_seconds=round(wall, 1),
         val_acc_at_best=float((logits[0].argmax(1) == y).float().mean()),
         val_tta_views=tta,
@@ -329,7 +325,7 @@ def calibrate(ctx: Context, run_dir: Path, wall: float) -> None:
     )
     save(ctx, best_path, info)
     run = json.loads((run_dir / "run.json").read_text())
-    run |= {k: info[k] for k in ("temperature", "temperature_at_bound", "temperature_all_right")}
+    run |= fit
     atomic_write(run_dir / "run.json", lambda tmp: tmp.write_text(json.dumps(run, indent=2)))
     tqdm.write(
         f"temperature fitted on validation: {temperature_note(temperature, all_right)}; "

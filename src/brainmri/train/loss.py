@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,17 @@ def every_one_right(logits: torch.Tensor, labels: torch.Tensor) -> bool:
     temperature shrinks, so its fit ends on the lower bound or wherever the NLL stops changing,
     and the temperature says nothing about calibration."""
     return len(labels) > 0 and bool((logits.argmax(dim=-1) == labels).all())
+
+
+def temperature_fit(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """`fit_temperature` and what the fit says about itself, as every run file records it:
+    {"temperature", "temperature_at_bound", "temperature_all_right"}."""
+    temperature = fit_temperature(logits, labels)
+    return {
+        "temperature": temperature,
+        "temperature_at_bound": temperature_bound(temperature) is not None,
+        "temperature_all_right": every_one_right(logits, labels),
+    }
 
 
 def temperature_note(temperature: float, all_right: bool = False) -> str:
