@@ -91,6 +91,16 @@ DataOpt = Annotated[
         "BRAINMRI_DATA, then ../shared/data/brain-tumor-mri.",
     ),
 ]
+ModelOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model",
+        "-m",
+        metavar="MODEL",
+        help="Model file. Default: the model shipped in the package.",
+    ),
+]
+DeviceOpt = Annotated[str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")]
 
 
 @app.command(cls=Command)
@@ -285,9 +295,7 @@ def ensemble(
             help="Data folder (default: the one the first run trained on).",
         ),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
-    ] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Combine trained runs into one model that averages their logits.
 
@@ -353,9 +361,7 @@ def evaluate(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
-    ] = None,
+    device: DeviceOpt = None,
     gallery: Annotated[
         bool, typer.Option(help="Write misclassified.png: every misclassified image.")
     ] = True,
@@ -441,9 +447,7 @@ def predict(
             help="auto: PyTorch on a GPU, else ONNX Runtime; onnx; torch.",
         ),
     ] = Runtime.auto,
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
-    ] = None,
+    device: DeviceOpt = None,
     batch_size: Annotated[
         int, typer.Option(min=1, metavar="N", help="Images per forward pass.")
     ] = 32,
@@ -584,15 +588,7 @@ def export(
     out: Annotated[
         Path, typer.Option("--out", "-o", metavar="FILE", help="ONNX file to write (.onnx).")
     ],
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="Model file. Default: the model shipped in the package.",
-        ),
-    ] = None,
+    model: ModelOpt = None,
     int8: Annotated[
         bool,
         typer.Option(
@@ -638,15 +634,7 @@ def export(
 @app.command(cls=Command)
 @user_errors
 def serve(
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="Model file. Default: the model shipped in the package.",
-        ),
-    ] = None,
+    model: ModelOpt = None,
     host: Annotated[
         str,
         typer.Option(
@@ -706,15 +694,7 @@ def explain(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the PNG overlays.")],
-    model: Annotated[
-        Path | None,
-        typer.Option(
-            "--model",
-            "-m",
-            metavar="MODEL",
-            help="Model file. Default: the model shipped in the package.",
-        ),
-    ] = None,
+    model: ModelOpt = None,
     crop: Annotated[
         CropMode,
         typer.Option(
@@ -730,9 +710,7 @@ def explain(
             help="Explain this class instead of the predicted one.",
         ),
     ] = None,
-    device: Annotated[
-        str | None, typer.Option(metavar="DEVICE", help="cpu, cuda or cuda:N.")
-    ] = None,
+    device: DeviceOpt = None,
     method: Annotated[
         ExplainMethod,
         typer.Option(
