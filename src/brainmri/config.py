@@ -61,6 +61,11 @@ class ModelConfig(_Strict):
         "pretrained", description="'pretrained': offline package / weights_file / hub; 'none'"
     )
     weights_file: str | None = Field(None, description="local .safetensors/.pth backbone weights")
+    init_model: str | None = Field(
+        None,
+        description="start training from this brainmri model file's weights (same backbone and "
+        "head); 'shipped' = the shipped model. Without it training starts from `weights`",
+    )
     head: Literal["mlp", "linear", "gated"] = Field(
         "mlp",
         description="'mlp': BatchNorm, Dropout, Dense+Swish, Dropout, logits (the recipe); "
@@ -113,6 +118,12 @@ class StageConfig(_Strict):
     warmup_epochs: int = Field(1, ge=0, description="linear warm-up, per step, over these epochs")
     warmup_lr_init: float = Field(1e-6, ge=0.0, description="LR of the first warm-up step")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW decoupled decay (backbone+head)")
+    cam_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of a loss term: the share of the true class's Grad-CAM map outside "
+        "the head (train/cam_penalty.py); 0 = off. Needs a trainable backbone, one process",
+    )
 
 
 class TrainConfig(_Strict):

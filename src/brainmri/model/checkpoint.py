@@ -120,14 +120,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         for _ in range(recipe.ensemble)
     ]
     model: nn.Module = members[0] if len(members) == 1 else EnsembleClassifier(members)
-    state = {
+    model.load_state_dict(model_weights(path))
+    model.to(device).eval()
+    return model, meta
+
+
+def model_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A model file's weights as float32 (fp16-stored ones widened), without the input guard's
+    statistics and other extra tensors."""
+    return {
         k: v.float() if v.is_floating_point() else v
         for k, v in load_file(str(path)).items()
         if not k.startswith(EXTRA_PREFIXES)  # input-guard statistics: not model weights
     }
-    model.load_state_dict(state)
-    model.to(device).eval()
-    return model, meta
 
 
 def add_extra_tensors(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from torch import nn
 from brainmri.config import Recipe, StageConfig
 from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
 from brainmri.model.classifier import TumorClassifier
+from brainmri.train.cam_penalty import CamPenalty, head_masks
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.loss import weighted_smoothed_ce
@@ -119,29 +121,36 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
     per_rank = len(perm) // d.world
     shard = perm[d.rank * per_rank : (d.rank + 1) * per_rank]
     aug_gen = torch.Generator(device=d.device).manual_seed(recipe.seed * 7919 + epoch * 31 + d.rank)
-    totals = torch.zeros(3, device=d.device)  # loss sum, correct, seen
+    totals = torch.zeros(4, device=d.device)  # loss sum, correct, seen, map share outside
     lr = 0.0
-    for step in range(run.steps):
-        lr = run.schedule.set_step(stage_epoch * run.steps + step)
-        idx = shard[step * run.batch : (step + 1) * run.batch].to(x_train.device)
-        yb = y_train[idx].to(d.device, non_blocking=True)
-        if run.features is not None:
-            xb = run.features[0][idx.to(run.features[0].device)]
-        else:
-            xb = ctx.augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
-            xb = ctx.model_input(xb)
-        with autocast(d.device, recipe.train.amp):
-            logits = run.net(xb)
-        loss = weighted_smoothed_ce(logits, yb, ctx.class_weights, recipe.train.label_smoothing)
-        if model.l2 > 0:
-            loss = loss + model.l2_penalty()
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        totals[0] += loss.detach().float() * len(yb)
-        totals[1] += (logits.argmax(1) == yb).sum()
-        totals[2] += len(yb)
+    weight = run.config.cam_penalty if run.features is None else 0.0
+    cam = CamPenalty(model) if weight > 0 else contextlib.nullcontext()
+    with cam:
+        for step in range(run.steps):
+            lr = run.schedule.set_step(stage_epoch * run.steps + step)
+            idx = shard[step * run.batch : (step + 1) * run.batch].to(x_train.device)
+            yb = y_train[idx].to(d.device, non_blocking=True)
+            if run.features is not None:
+                xb = run.features[0][idx.to(run.features[0].device)]
+            else:
+                xb = ctx.augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
+                masks = head_masks(xb) if weight > 0 else None
+                xb = ctx.model_input(xb)
+            with autocast(d.device, recipe.train.amp):
+                logits = run.net(xb)
+            loss = weighted_smoothed_ce(
+                logits, yb, ctx.class_weights, recipe.train.label_smoothing
+            )
+            if model.l2 > 0:
+                loss = loss + model.l2_penalty()
+            if weight > 0:
+                outside = cam.share(logits, yb, masks).mean()
+                loss = loss + weight * outside
+                totals[3] += outside.detach() * len(yb)
+            step_optimizer(run, loss)
+            totals[0] += loss.detach().float() * len(yb)
+            totals[1] += (logits.argmax(1) == yb).sum()
+            totals[2] += len(yb)
     train_seconds = time.time() - t0
     if d.world > 1:
         dist.all_reduce(totals)
@@ -150,12 +159,23 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
         for buf in model.buffers():
             dist.broadcast(buf, 0)
     seen = max(float(totals[2]), 1.0)
-    return {
+    fig = {
         "lr": lr,
         "train_loss": float(totals[0]) / seen,
         "train_acc": float(totals[1]) / seen,
         "images_per_s": seen / max(train_seconds, 1e-9),
     }
+    if weight > 0:
+        fig["train_cam_outside"] = float(totals[3]) / seen
+    return fig
+
+
+def step_optimizer(run: StageRun, loss: torch.Tensor) -> None:
+    """Zero the gradients, backward through the (scaled) loss, step, update the scaler."""
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
 
 
 @torch.inference_mode()

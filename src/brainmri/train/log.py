@@ -62,13 +62,17 @@ class RunLog:
             ("train_acc", "acc/train"),
             ("val_acc", "acc/val"),
             ("lr", "lr"),
+            ("train_cam_outside", "cam_outside/train"),
         ):
-            self.writer.add_scalar(name, fig[key], epoch)
+            if key in fig:
+                self.writer.add_scalar(name, fig[key], epoch)
+        cam = fig.get("train_cam_outside")
         tqdm.write(
             f"  epoch {epoch:3d} [{stage} {stage_epoch}/{of}] lr {fig['lr']:.2e}  "
             f"loss {fig['train_loss']:.4f} acc {fig['train_acc']:.4f}  "
             f"val_loss {fig['val_loss']:.4f} val_acc {fig['val_acc']:.4f}  "
-            f"{fig['seconds']:.0f}s {fig['images_per_s']:.1f} img/s{note}"
+            + (f"map outside the head {cam:.3f}  " if cam is not None else "")
+            + f"{fig['seconds']:.0f}s {fig['images_per_s']:.1f} img/s{note}"
         )
 
     def close(self) -> None:

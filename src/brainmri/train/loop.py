@@ -30,8 +30,9 @@ from brainmri.data.folders import write_file_list
 from brainmri.data.mri_augment import TrainAugment
 from brainmri.errors import BrainMRIError
 from brainmri.model.backbones import input_normalization
-from brainmri.model.checkpoint import atomic_write, save_model
+from brainmri.model.checkpoint import atomic_write, model_weights, save_model
 from brainmri.model.classifier import TumorClassifier
+from brainmri.model.shipped import shipped_model_path
 from brainmri.train.data import RunData, appearance_draw_weights, load_data
 from brainmri.train.distributed import Dist, environment, setup_distributed
 from brainmri.train.ensemble import completed_ensemble, train_ensemble
@@ -187,13 +188,48 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
         torch.set_num_threads(recipe.train.num_threads)
     torch.manual_seed(recipe.seed + d.rank)
     data = load_data(data_dir, recipe, d.device)
-    model = TumorClassifier(recipe.model).to(d.device)
+    check_cam_penalty(recipe, d)
+    model = TumorClassifier(recipe.model)
+    if recipe.model.init_model:
+        start_from(model, recipe.model.init_model)
+    model = model.to(d.device)
     if recipe.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = input_normalization(model.backbone)
     weights = class_weights(data.counts).to(d.device) if recipe.train.class_weights else None
     draws = appearance_draw_weights(data, recipe) if recipe.data.balance == "clusters" else None
     return Context(recipe, d, model, data, TrainAugment(recipe.augment), mean, std, weights, draws)
+
+
+def check_cam_penalty(recipe: Recipe, d: Dist) -> None:
+    """A stage's cam_penalty needs the backbone's forward pass, in one process."""
+    stages = [s for s in recipe.train.stages if s.cam_penalty > 0]
+    if stages and d.world > 1:
+        raise BrainMRIError(
+            "train.stages[].cam_penalty needs one process (its gradient of a gradient does not "
+            "run under DistributedDataParallel): run it without torchrun"
+        )
+    cached = [s.name for s in stages if s.trainable_fraction == 0]
+    if cached and recipe.train.cache_frozen_features:
+        raise BrainMRIError(
+            f"stage {cached[0]!r} has a cam_penalty but trains on cached features "
+            "(train.cache_frozen_features), which have no map: set one of them to 0/false"
+        )
+
+
+def start_from(model: TumorClassifier, spec: str) -> None:
+    """Load a model file's weights into a freshly built classifier (model.init_model)."""
+    path = shipped_model_path() if spec == "shipped" else Path(spec).expanduser()
+    if not path.is_file():
+        raise BrainMRIError(f"model.init_model: no model file at {path}")
+    try:
+        model.load_state_dict(model_weights(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise BrainMRIError(
+            f"model.init_model: {path} does not fit the recipe's model (another backbone, head "
+            f"or width?): {first[1].strip() if len(first) > 1 else first[0]}"
+        ) from exc
 
 
 def write_run_files(run_dir: Path, ctx: Context, data_dir: Path) -> None:
