@@ -253,6 +253,28 @@ def test_page_sends_its_options_and_shows_what_was_used(
     assert "Refused by the server (400)." in warning and "tta must be one of" in warning
 
 
+def test_page_keeps_its_options_across_a_reload(server: RunningServer, browser) -> None:
+    """The options row is restored after a reload; a saved value the page no longer offers is
+    ignored (the default stays)."""
+    from selenium.webdriver.support.ui import Select
+
+    def chosen(driver) -> tuple[str, ...]:
+        ids = ("tta", "crop", "method")
+        return tuple(Select(driver.find_element("id", i)).first_selected_option.get_attribute(
+            "value") for i in ids)  # fmt: skip
+
+    open_page(browser, server.url)
+    assert chosen(browser) == ("1", "auto", "gradcam")
+    Select(browser.find_element("id", "tta")).select_by_value("5")
+    Select(browser.find_element("id", "crop")).select_by_value("off")
+    Select(browser.find_element("id", "method")).select_by_value("occlusion")
+    open_page(browser, server.url)
+    assert chosen(browser) == ("5", "off", "occlusion")
+    browser.execute_script("localStorage.setItem('brainmri.tta', '9')")
+    open_page(browser, server.url)
+    assert chosen(browser) == ("1", "off", "occlusion")
+
+
 def test_page_shows_the_map_of_the_class_clicked(
     server: RunningServer, browser, tmp_path: Path
 ) -> None:

@@ -36,6 +36,25 @@ function options() {
   return { tta: $("tta").value, crop: $("crop").value, method: $("method").value };
 }
 
+const OPTION_IDS = ["tta", "crop", "method"];
+
+function keepOptions() {
+  // the options row survives a reload: each choice is saved in this browser's local storage and
+  // restored if the page still offers it (storage can be off, e.g. in a private window)
+  for (const id of OPTION_IDS) {
+    const select = $(id);
+    try {
+      const saved = localStorage.getItem(`brainmri.${id}`);
+      if (saved !== null && Array.from(select.options).some((o) => o.value === saved)) {
+        select.value = saved;
+      }
+    } catch (err) { /* no storage: the page's defaults */ }
+    select.addEventListener("change", () => {
+      try { localStorage.setItem(`brainmri.${id}`, select.value); } catch (err) { /* ignored */ }
+    });
+  }
+}
+
 function notice(text) {
   const box = $("notice");
   box.textContent = text;
@@ -291,6 +310,7 @@ function setup() {
   }
   drop.addEventListener("drop", (e) => handle(e.dataTransfer.files));
   $("apikey").addEventListener("change", loadModel);
+  keepOptions();
   loadModel();
 }
 
