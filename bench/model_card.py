@@ -801,6 +801,7 @@ def use_and_limits_lines() -> list[str]:
             load_json(CAM_MODELS / "gradcam_model_S.json"),
             load_json(CAM_MODELS / "gradcam_model_H.json"),
         ),
+        *map_term_lines([map_term_run(name) for name in MAP_TERM_RUNS]),
     ]
 
 
@@ -840,6 +841,65 @@ def backbone_floor_lines(shipped: dict | None, head_only: dict | None) -> list[s
         "(docs/RESULTS.md §16.22). Reaching 0.80 with Grad-CAM needs another backbone or a "
         "training objective on the map.",
     ]
+
+
+MAP_TERM_RUNS = ("p0", "p03", "p1")
+"""§16.23-16.24's fine-tunes of the shipped model: map-term weight 0, 0.3 and 1."""
+
+
+def map_term_run(name: str) -> dict | None:
+    """One §16.23-16.24 fine-tune: its map-term weight, the Grad-CAM figures of its best
+    checkpoint on the 48 validation images, and its plain validation answers right at that
+    checkpoint (the epoch of lowest validation loss, as train picks it)."""
+    cam = load_json(CAM_MODELS / f"gradcam_model_{name.upper()}.json")
+    folder = CAM_MODELS / "cam_models" / name
+    if cam is None or not (folder / "metrics.csv").is_file():
+        return None
+    rows = list(csv.DictReader((folder / "metrics.csv").open(newline="")))
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    n_val = json.loads((folder / "run.json").read_text())["n_val"]
+    stage = yaml.safe_load((folder / "recipe.yaml").read_text())["train"]["stages"][0]
+    figures = cam["candidates"]["gradcam_stage4_pad32_cut15"]
+    return {
+        "weight": float(stage.get("cam_penalty", 0.0)),
+        "inside": figures["mass_inside_head_mean"],
+        "moving": figures["images_moving_over_0.03"],
+        "images": cam["split"]["images"],
+        "right": round(float(best["val_acc"]) * n_val),
+        "n_val": n_val,
+    }
+
+
+def map_term_lines(runs: list[dict | None]) -> list[str]:
+    """What a training term on the map did (docs/RESULTS.md §16.23-16.24)."""
+    runs = sorted((r for r in runs if r is not None), key=lambda r: r["weight"])
+    if not runs:
+        return []
+    parts = [
+        f"weight {r['weight']:g}: {r['inside']:.3f} inside the head, moving with the class on "
+        f"{r['moving']} of {r['images']} images, {r['right']} of {r['n_val']} validation "
+        "images right"
+        for r in runs
+    ]
+    chosen = [r for r in runs if r["weight"] > 0 and map_term_candidate(r)]
+    verdict = (
+        f"weight {chosen[0]['weight']:g} meets the rule's three conditions and is a reship "
+        "candidate, not yet shipped"
+        if chosen
+        else "no weight tried meets the rule's three conditions (≥ 0.80 inside, moving on ≥ 44, "
+        "≥ 810 right), so the shipped model is not retrained with it"
+    )
+    return [
+        "- A training term on the map itself (a stage's `cam_penalty`: the share of the true "
+        "class's map outside the head, added to the loss) was tried as 3 more epochs from the "
+        f"shipped weights (docs/RESULTS.md §16.23-16.24): {'; '.join(parts)}. Of these, "
+        f"{verdict}.",
+    ]
+
+
+def map_term_candidate(run: dict) -> bool:
+    """§16.23's rule 1 for a reship candidate, on validation."""
+    return run["inside"] >= 0.80 and run["moving"] >= 44 and run["right"] >= 810
 
 
 def guard_limit_lines(ood_run: dict | None) -> list[str]:
