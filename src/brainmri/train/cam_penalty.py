@@ -12,7 +12,9 @@ to [0, 1] per image as pytorch-grad-cam scales it. The gradient is taken with
 through the layers after the stage: about 1.5-2x the cost of a plain step on a CPU).
 
 The head mask is `infer.gradcam.head_mask` (the largest bright region, holes filled) of each
-augmented training image, averaged over the map's cells.
+augmented training image, averaged over the map's cells. An epoch's `train_loss` includes the
+term; the term's own mean is logged beside it ("map outside the head", TensorBoard
+`cam_outside/train`).
 """
 
 from __future__ import annotations

@@ -187,8 +187,8 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     torch.manual_seed(recipe.seed + d.rank)
+    check_cam_penalty(recipe, d)  # before the decode: a refusal should not wait for it
     data = load_data(data_dir, recipe, d.device)
-    check_cam_penalty(recipe, d)
     model = TumorClassifier(recipe.model)
     if recipe.model.init_model:
         start_from(model, recipe.model.init_model)
