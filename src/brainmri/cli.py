@@ -184,7 +184,7 @@ def train(
             "--config",
             "-c",
             metavar="RECIPE",
-            help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke). "
+            help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke, cam). "
             "Default: cpu (the shipped model's recipe; says its measured time first).",
         ),
     ] = None,
