@@ -189,7 +189,9 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
     torch.manual_seed(recipe.seed + d.rank)
     check_cam_penalty(recipe, d)  # before the decode: a refusal should not wait for it
     data = load_data(data_dir, recipe, d.device)
-    model = TumorClassifier(recipe.model)
+    # a run started from a model file gets all its weights from there: no ImageNet weights
+    # are read only to be overwritten (the RNG draws of building the model are the same)
+    model = TumorClassifier(recipe.model, pretrained=not recipe.model.init_model)
     if recipe.model.init_model:
         start_from(model, recipe.model.init_model)
     model = model.to(d.device)
