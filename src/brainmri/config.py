@@ -124,6 +124,16 @@ class StageConfig(_Strict):
         description="weight of a loss term: the share of the true class's Grad-CAM map outside "
         "the head (train/cam_penalty.py); 0 = off. Needs a trainable backbone, one process",
     )
+    cam_apart: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of a loss term that keeps the true class's Grad-CAM map apart from "
+        "another class's: max(0, margin - their mean |difference|) (train/cam_penalty.py); "
+        "0 = off. Same needs as cam_penalty",
+    )
+    cam_apart_margin: float = Field(
+        0.1, gt=0.0, le=1.0, description="cam_apart's margin: the mean |difference| asked for"
+    )
 
 
 class TrainConfig(_Strict):

@@ -15,6 +15,12 @@ The head mask is `infer.gradcam.head_mask` (the largest bright region, holes fil
 augmented training image, averaged over the map's cells. An epoch's `train_loss` includes the
 term; the term's own mean is logged beside it ("map outside the head", TensorBoard
 `cam_outside/train`).
+
+The outside term alone makes every class's map alike (docs/RESULTS.md §16.24): it is met by
+reshaping the activations every class's map weighs. A stage's `cam_apart` adds weight ×
+max(0, margin - mean |true class's map - another class's map|) over the map's cells, the other
+class drawn at random per image (one more gradient per step, not three), so that explaining
+another class still moves the map.
 """
 
 from __future__ import annotations
@@ -72,12 +78,27 @@ class CamPenalty:
         self._hook.remove()
         self._acts = None
 
-    def share(self, logits: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """Per image (N,): the true class's map mass outside the head, for the forward pass
-        that produced `logits`."""
+    def maps(self, logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Scaled maps (N, h, w), each image's of its own class in `classes` (N,), for the
+        forward pass that produced `logits`; differentiable in the weights."""
         if self._acts is None:
             raise RuntimeError("no forward pass through the model since the penalty was set up")
         acts = self._acts
-        chosen = logits.float().gather(1, y[:, None]).sum()
-        (grads,) = torch.autograd.grad(chosen, acts, create_graph=True)
-        return outside_share(scaled_cam(acts.float(), grads.float()), masks)
+        chosen = logits.float().gather(1, classes[:, None]).sum()
+        (grads,) = torch.autograd.grad(chosen, acts, create_graph=True, retain_graph=True)
+        return scaled_cam(acts.float(), grads.float())
+
+    def share(self, logits: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Per image (N,): the true class's map mass outside the head."""
+        return outside_share(self.maps(logits, y), masks)
+
+
+def apart(a: torch.Tensor, b: torch.Tensor, margin: float) -> torch.Tensor:
+    """Per image (N,): how far two maps' mean |difference| falls short of `margin` (0 if not)."""
+    return F.relu(margin - (a - b).abs().mean(dim=(1, 2)))
+
+
+def other_classes(y: torch.Tensor, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """For each label, another class drawn uniformly from the rest."""
+    shift = torch.randint(1, classes, y.shape, generator=generator).to(y.device)
+    return (y + shift) % classes

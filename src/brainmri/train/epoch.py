@@ -15,7 +15,7 @@ from torch import nn
 from brainmri.config import Recipe, StageConfig
 from brainmri.data.transforms import normalize_intensity, to_model_input, tta_views
 from brainmri.model.classifier import TumorClassifier
-from brainmri.train.cam_penalty import CamPenalty, head_masks
+from brainmri.train.cam_penalty import CamPenalty, apart, head_masks, other_classes, outside_share
 from brainmri.train.data import RunData
 from brainmri.train.distributed import Dist
 from brainmri.train.loss import weighted_smoothed_ce
@@ -121,10 +121,11 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
     per_rank = len(perm) // d.world
     shard = perm[d.rank * per_rank : (d.rank + 1) * per_rank]
     aug_gen = torch.Generator(device=d.device).manual_seed(recipe.seed * 7919 + epoch * 31 + d.rank)
-    totals = torch.zeros(4, device=d.device)  # loss sum, correct, seen, map share outside
+    totals = torch.zeros(5, device=d.device)  # loss, correct, seen, map outside, maps' shortfall
     lr = 0.0
-    weight = run.config.cam_penalty if run.features is None else 0.0
-    cam = CamPenalty(model) if weight > 0 else contextlib.nullcontext()
+    terms = run.features is None and (run.config.cam_penalty > 0 or run.config.cam_apart > 0)
+    cam = CamPenalty(model) if terms else contextlib.nullcontext()
+    other_gen = torch.Generator().manual_seed(recipe.seed * 4099 + epoch)
     with cam:
         for step in range(run.steps):
             lr = run.schedule.set_step(stage_epoch * run.steps + step)
@@ -134,7 +135,7 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
                 xb = run.features[0][idx.to(run.features[0].device)]
             else:
                 xb = ctx.augment(x_train[idx].to(d.device, non_blocking=True), generator=aug_gen)
-                masks = head_masks(xb) if weight > 0 else None
+                masks = head_masks(xb) if terms else None
                 xb = ctx.model_input(xb)
             with autocast(d.device, recipe.train.amp):
                 logits = run.net(xb)
@@ -143,10 +144,10 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
             )
             if model.l2 > 0:
                 loss = loss + model.l2_penalty()
-            if weight > 0:
-                outside = cam.share(logits, yb, masks).mean()
-                loss = loss + weight * outside
-                totals[3] += outside.detach() * len(yb)
+            if terms:
+                outside, short = map_terms(cam, run.config, logits, yb, masks, other_gen)
+                loss = loss + run.config.cam_penalty * outside + run.config.cam_apart * short
+                totals[3:5] += torch.stack([outside, short]).detach() * len(yb)
             step_optimizer(run, loss)
             totals[0] += loss.detach().float() * len(yb)
             totals[1] += (logits.argmax(1) == yb).sum()
@@ -165,9 +166,29 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
         "train_acc": float(totals[1]) / seen,
         "images_per_s": seen / max(train_seconds, 1e-9),
     }
-    if weight > 0:
+    if terms:
         fig["train_cam_outside"] = float(totals[3]) / seen
+        if run.config.cam_apart > 0:
+            fig["train_cam_apart"] = float(totals[4]) / seen
     return fig
+
+
+def map_terms(
+    cam: CamPenalty,
+    stage: StageConfig,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean share of the true class's map outside the head, and (when the stage
+    asks for it) the mean shortfall of that map's distance from another class's map."""
+    true_maps = cam.maps(logits, y)
+    outside = outside_share(true_maps, masks).mean()
+    if stage.cam_apart == 0:
+        return outside, torch.zeros((), device=outside.device)
+    others = cam.maps(logits, other_classes(y, logits.shape[1], generator))
+    return outside, apart(true_maps, others, stage.cam_apart_margin).mean()
 
 
 def step_optimizer(run: StageRun, loss: torch.Tensor) -> None:

@@ -63,15 +63,17 @@ class RunLog:
             ("val_acc", "acc/val"),
             ("lr", "lr"),
             ("train_cam_outside", "cam_outside/train"),
+            ("train_cam_apart", "cam_apart/train"),
         ):
             if key in fig:
                 self.writer.add_scalar(name, fig[key], epoch)
-        cam = fig.get("train_cam_outside")
+        cam, short = fig.get("train_cam_outside"), fig.get("train_cam_apart")
         tqdm.write(
             f"  epoch {epoch:3d} [{stage} {stage_epoch}/{of}] lr {fig['lr']:.2e}  "
             f"loss {fig['train_loss']:.4f} acc {fig['train_acc']:.4f}  "
             f"val_loss {fig['val_loss']:.4f} val_acc {fig['val_acc']:.4f}  "
             + (f"map outside the head {cam:.3f}  " if cam is not None else "")
+            + (f"maps' shortfall from the margin {short:.3f}  " if short is not None else "")
             + f"{fig['seconds']:.0f}s {fig['images_per_s']:.1f} img/s{note}"
         )
 

@@ -204,18 +204,20 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
 
 
 def check_cam_penalty(recipe: Recipe, d: Dist) -> None:
-    """A stage's cam_penalty needs the backbone's forward pass, in one process."""
-    stages = [s for s in recipe.train.stages if s.cam_penalty > 0]
+    """A stage's map terms (cam_penalty, cam_apart) need the backbone's forward pass, in one
+    process."""
+    stages = [s for s in recipe.train.stages if s.cam_penalty > 0 or s.cam_apart > 0]
     if stages and d.world > 1:
         raise BrainMRIError(
-            "train.stages[].cam_penalty needs one process (its gradient of a gradient does not "
-            "run under DistributedDataParallel): run it without torchrun"
+            "train.stages[].cam_penalty and cam_apart need one process (their gradient of a "
+            "gradient does not run under DistributedDataParallel): run it without torchrun"
         )
     cached = [s.name for s in stages if s.trainable_fraction == 0]
     if cached and recipe.train.cache_frozen_features:
         raise BrainMRIError(
-            f"stage {cached[0]!r} has a cam_penalty but trains on cached features "
-            "(train.cache_frozen_features), which have no map: set one of them to 0/false"
+            f"stage {cached[0]!r} has a map term (cam_penalty or cam_apart) but trains on "
+            "cached features (train.cache_frozen_features), which have no map: set one of them to "
+            "0/false"
         )
 
 
