@@ -1,6 +1,7 @@
-"""The Grad-CAM penalty of train/cam_penalty.py: the map it penalizes is the one pytorch-grad-cam
-computes, its share outside the head is counted per cell, it trains the map toward the head,
-and a stage with it trains; model.init_model starts a run from a model file."""
+"""The Grad-CAM terms of train/cam_penalty.py: the map they train is the one pytorch-grad-cam
+computes, its share outside the head is counted per cell, the outside term trains the map
+toward the head, the apart term trains two classes' maps apart, and a stage with both trains;
+model.init_model starts a run from a model file."""
 
 from __future__ import annotations
 
@@ -17,7 +18,14 @@ from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
 from brainmri.model.checkpoint import save_model
 from brainmri.model.classifier import TumorClassifier
-from brainmri.train.cam_penalty import CamPenalty, head_masks, outside_share, scaled_cam
+from brainmri.train.cam_penalty import (
+    CamPenalty,
+    apart,
+    head_masks,
+    other_classes,
+    outside_share,
+    scaled_cam,
+)
 from brainmri.train.loop import check_cam_penalty, start_from, train
 
 SIZE = 64
@@ -94,6 +102,41 @@ def test_the_penalty_alone_moves_the_map_toward_the_head(benchmark_dir):
     assert min(shares[-4:]) < shares[0] - 0.2, shares
 
 
+def test_apart_is_the_shortfall_of_the_mean_difference_from_the_margin():
+    a = torch.zeros(3, 4, 4)
+    b = torch.zeros(3, 4, 4)
+    b[1, :2] = 0.1  # mean |difference| 0.05
+    b[2] = 0.5  # far apart
+    assert apart(a, b, 0.1).tolist() == pytest.approx([0.1, 0.05, 0.0], abs=1e-6)
+
+
+def test_other_classes_are_drawn_from_the_rest_only():
+    y = torch.arange(4).repeat(500)
+    other = other_classes(y, 4, torch.Generator().manual_seed(0))
+    assert not bool((other == y).any())
+    for k in range(4):
+        drawn = torch.bincount(other[y == k], minlength=4).tolist()
+        assert drawn[k] == 0
+        assert all(120 < n < 215 for j, n in enumerate(drawn) if j != k), drawn  # ~167 each
+
+
+def test_the_apart_term_alone_moves_two_class_maps_apart(benchmark_dir):
+    model = smoke_model(dropout=0, head_dropout=0)
+    x, y = real_batch(benchmark_dir)
+    xin, other = model_input(x), (y + 1) % 4
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gaps = []
+    with CamPenalty(model) as cam:
+        for _ in range(12):
+            logits = model(xin)
+            short = apart(cam.maps(logits, y), cam.maps(logits, other), 0.5).mean()
+            opt.zero_grad()
+            short.backward()
+            opt.step()
+            gaps.append(0.5 - float(short.detach()))
+    assert gaps[-1] > gaps[0] + 0.05, gaps
+
+
 def test_share_before_any_forward_pass_is_an_error():
     with CamPenalty(smoke_model()) as cam, pytest.raises(RuntimeError, match="no forward"):
         cam.share(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long), torch.ones(1, 1, 8, 8))
@@ -124,14 +167,22 @@ def test_the_penalty_is_refused_where_it_cannot_run():
     with pytest.raises(BrainMRIError, match="one process"):
         check_cam_penalty(recipe, SimpleNamespace(world=2))
     check_cam_penalty(load_recipe("smoke"), SimpleNamespace(world=2))
+    apart_only = "{name: s, trainable_fraction: 1.0, epochs: 1, lr: 0.001, cam_apart: 1.0}"
+    with pytest.raises(BrainMRIError, match="one process"):
+        check_cam_penalty(
+            load_recipe("smoke", [f"train.stages=[{apart_only}]"]), SimpleNamespace(world=2)
+        )
 
 
-def test_a_stage_with_the_penalty_trains_from_a_model_file_and_logs_the_share(
+def test_a_stage_with_both_terms_trains_from_a_model_file_and_logs_them(
     small_benchmark, tmp_path, capsys
 ):
     start = tmp_path / "start.safetensors"
     save_model(start, smoke_model(), load_recipe("smoke"), {})
-    stage = "{name: map, trainable_fraction: 1.0, epochs: 1, lr: 1.0e-4, cam_penalty: 1.0}"
+    stage = (
+        "{name: map, trainable_fraction: 1.0, epochs: 1, lr: 1.0e-4, cam_penalty: 1.0, "
+        "cam_apart: 1.0, cam_apart_margin: 0.2}"
+    )
     recipe = load_recipe(
         "smoke",
         [f"train.stages=[{stage}]", f"model.init_model={start}", "train.max_steps_per_epoch=2"],
@@ -141,3 +192,5 @@ def test_a_stage_with_the_penalty_trains_from_a_model_file_and_logs_the_share(
     line = next(ln for ln in capsys.readouterr().out.splitlines() if "[map 1/1]" in ln)
     share = float(line.split("map outside the head ")[1].split()[0])
     assert 0.0 <= share <= 1.0
+    short = float(line.split("maps' shortfall from the margin ")[1].split()[0])
+    assert 0.0 <= short <= 0.2
