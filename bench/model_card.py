@@ -801,7 +801,7 @@ def use_and_limits_lines() -> list[str]:
             load_json(CAM_MODELS / "gradcam_model_S.json"),
             load_json(CAM_MODELS / "gradcam_model_H.json"),
         ),
-        *map_term_lines([map_term_run(name) for name in MAP_TERM_RUNS]),
+        *map_term_lines(map_term_runs()),
     ]
 
 
@@ -843,62 +843,87 @@ def backbone_floor_lines(shipped: dict | None, head_only: dict | None) -> list[s
     ]
 
 
-MAP_TERM_RUNS = ("p0", "p03", "p1")
-"""§16.23-16.24's fine-tunes of the shipped model: map-term weight 0, 0.3 and 1."""
+MAP_TERM_RUNS = ("p0", "p03", "p1", "pa", "pb")
+"""§16.23-16.26's fine-tunes of the shipped model: outside-term weight 0, 0.3 and 1; then 0.3
+and 1 with the apart term."""
 
 
-def map_term_run(name: str) -> dict | None:
-    """One §16.23-16.24 fine-tune: its map-term weight, the Grad-CAM figures of its best
-    checkpoint on the 48 validation images, and its plain validation answers right at that
-    checkpoint (the epoch of lowest validation loss, as train picks it)."""
-    cam = load_json(CAM_MODELS / f"gradcam_model_{name.upper()}.json")
+def map_term_run(name: str, checkpoint: str = "best") -> dict | None:
+    """One §16.23-16.26 fine-tune at one checkpoint ("best": the epoch of lowest validation
+    loss, as train picks it; "final": the last epoch, measured where §16.25-16.26 did): its
+    terms' weights, the Grad-CAM figures on the 48 validation images, and its plain validation
+    answers right at that checkpoint."""
+    suffix = "" if checkpoint == "best" else f"_{checkpoint}"
+    cam = load_json(CAM_MODELS / f"gradcam_model_{name.upper()}{suffix}.json")
     folder = CAM_MODELS / "cam_models" / name
     if cam is None or not (folder / "metrics.csv").is_file():
         return None
     rows = list(csv.DictReader((folder / "metrics.csv").open(newline="")))
-    best = min(rows, key=lambda r: float(r["val_loss"]))
+    at = min(rows, key=lambda r: float(r["val_loss"])) if checkpoint == "best" else rows[-1]
     n_val = json.loads((folder / "run.json").read_text())["n_val"]
     stage = yaml.safe_load((folder / "recipe.yaml").read_text())["train"]["stages"][0]
     figures = cam["candidates"]["gradcam_stage4_pad32_cut15"]
     return {
         "weight": float(stage.get("cam_penalty", 0.0)),
+        "apart": float(stage.get("cam_apart", 0.0)),
+        "name": name,
+        "checkpoint": checkpoint,
         "inside": figures["mass_inside_head_mean"],
         "moving": figures["images_moving_over_0.03"],
         "images": cam["split"]["images"],
-        "right": round(float(best["val_acc"]) * n_val),
+        "right": round(float(at["val_acc"]) * n_val),
         "n_val": n_val,
     }
 
 
+def map_term_runs() -> list[dict | None]:
+    """Every fine-tune's best checkpoint, and its last epoch where that was measured."""
+    return [map_term_run(n, c) for n in MAP_TERM_RUNS for c in ("best", "final")]
+
+
 def map_term_lines(runs: list[dict | None]) -> list[str]:
-    """What a training term on the map did (docs/RESULTS.md §16.23-16.24)."""
-    runs = sorted((r for r in runs if r is not None), key=lambda r: r["weight"])
+    """What the training terms on the map did (docs/RESULTS.md §16.23-16.26)."""
+    runs = sorted(
+        (r for r in runs if r is not None),
+        key=lambda r: (r["apart"], r["weight"], r["checkpoint"]),
+    )
     if not runs:
         return []
     parts = [
-        f"weight {r['weight']:g}: {r['inside']:.3f} inside the head, moving with the class on "
+        f"outside weight {r['weight']:g}"
+        + (f", apart weight {r['apart']:g}" if r["apart"] else "")
+        + (", last epoch" if r["checkpoint"] == "final" else "")
+        + f": {r['inside']:.3f} inside the head, moving with the class on "
         f"{r['moving']} of {r['images']} images, {r['right']} of {r['n_val']} validation "
         "images right"
         for r in runs
     ]
-    chosen = [r for r in runs if r["weight"] > 0 and map_term_candidate(r)]
+    chosen = [r for r in runs if (r["weight"] or r["apart"]) and map_term_candidate(r)]
     verdict = (
-        f"weight {chosen[0]['weight']:g} meets the rule's three conditions and is a reship "
-        "candidate, not yet shipped"
+        f"outside weight {chosen[0]['weight']:g}, apart weight {chosen[0]['apart']:g} meets the "
+        "rule's three conditions and is a reship candidate, not yet shipped"
         if chosen
-        else "no weight tried meets the rule's three conditions (≥ 0.80 inside, moving on ≥ 44, "
-        "≥ 810 right), so the shipped model is not retrained with it"
+        else "none meets the rule's three conditions (≥ 0.80 inside, moving on ≥ 44, "
+        "≥ 810 right), so the shipped model is not retrained with them"
     )
     return [
-        "- A training term on the map itself (a stage's `cam_penalty`: the share of the true "
-        "class's map outside the head, added to the loss) was tried as 3 more epochs from the "
-        f"shipped weights (docs/RESULTS.md §16.23-16.24): {'; '.join(parts)}. Of these, "
+        "- Training terms on the map itself were tried as 3 more epochs from the shipped "
+        "weights: a stage's `cam_penalty` adds the share of the true class's map outside the "
+        "head to the loss, and `cam_apart` the shortfall of that map's distance from another "
+        f"class's map (docs/RESULTS.md §16.23-16.26): {'; '.join(parts)}. Of these, "
         f"{verdict}.",
     ]
 
 
+FINAL_CHECKPOINT_RULED = ("pb",)
+"""Runs whose rule (§16.26) lets the last epoch be a candidate; the others' rules take the best."""
+
+
 def map_term_candidate(run: dict) -> bool:
-    """§16.23's rule 1 for a reship candidate, on validation."""
+    """§16.23's rule 1 for a reship candidate, on validation, at a checkpoint the run's rule
+    allows."""
+    if run["checkpoint"] != "best" and run["name"] not in FINAL_CHECKPOINT_RULED:
+        return False
     return run["inside"] >= 0.80 and run["moving"] >= 44 and run["right"] >= 810
 
 
