@@ -135,6 +135,11 @@ class StageConfig(_Strict):
         0.1, gt=0.0, le=1.0, description="cam_apart's margin: the mean |difference| asked for"
     )
 
+    @property
+    def map_terms(self) -> bool:
+        """Whether the stage trains with a term on the Grad-CAM map."""
+        return self.cam_penalty > 0 or self.cam_apart > 0
+
 
 class TrainConfig(_Strict):
     batch_size: int = Field(32, ge=1)

@@ -123,7 +123,7 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
     aug_gen = torch.Generator(device=d.device).manual_seed(recipe.seed * 7919 + epoch * 31 + d.rank)
     totals = torch.zeros(5, device=d.device)  # loss, correct, seen, map outside, maps' shortfall
     lr = 0.0
-    terms = run.features is None and (run.config.cam_penalty > 0 or run.config.cam_apart > 0)
+    terms = run.features is None and run.config.map_terms
     cam = CamPenalty(model) if terms else contextlib.nullcontext()
     other_gen = torch.Generator().manual_seed(recipe.seed * 4099 + epoch)
     with cam:

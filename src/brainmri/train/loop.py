@@ -206,7 +206,7 @@ def build_context(recipe: Recipe, data_dir: Path, d: Dist) -> Context:
 def check_cam_penalty(recipe: Recipe, d: Dist) -> None:
     """A stage's map terms (cam_penalty, cam_apart) need the backbone's forward pass, in one
     process."""
-    stages = [s for s in recipe.train.stages if s.cam_penalty > 0 or s.cam_apart > 0]
+    stages = [s for s in recipe.train.stages if s.map_terms]
     if stages and d.world > 1:
         raise BrainMRIError(
             "train.stages[].cam_penalty and cam_apart need one process (their gradient of a "
