@@ -145,7 +145,7 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
             if model.l2 > 0:
                 loss = loss + model.l2_penalty()
             if terms:
-                outside, short = map_terms(cam, run.config, logits, yb, masks, other_gen)
+                outside, short = map_term_values(cam, run.config, logits, yb, masks, other_gen)
                 loss = loss + run.config.cam_penalty * outside + run.config.cam_apart * short
                 totals[3:5] += torch.stack([outside, short]).detach() * len(yb)
             step_optimizer(run, loss)
@@ -173,7 +173,7 @@ def train_one_epoch(ctx: Context, run: StageRun, epoch: int, stage_epoch: int) -
     return fig
 
 
-def map_terms(
+def map_term_values(
     cam: CamPenalty,
     stage: StageConfig,
     logits: torch.Tensor,
