@@ -16,7 +16,7 @@ import torch
 from brainmri.config import load_recipe
 from brainmri.data.images import load_gray, resize_square
 from brainmri.errors import BrainMRIError
-from brainmri.model.checkpoint import save_model
+from brainmri.model.checkpoint import model_weights, save_model
 from brainmri.model.classifier import TumorClassifier
 from brainmri.train.cam_penalty import (
     CamPenalty,
@@ -181,7 +181,7 @@ def test_a_stage_with_both_terms_trains_from_a_model_file_and_logs_them(
     save_model(start, smoke_model(), load_recipe("smoke"), {})
     stage = (
         "{name: map, trainable_fraction: 1.0, epochs: 1, lr: 1.0e-4, cam_penalty: 1.0, "
-        "cam_apart: 1.0, cam_apart_margin: 0.2}"
+        "cam_apart: 1.0, cam_apart_margin: 0.2, freeze_bn_stats: true}"
     )
     recipe = load_recipe(
         "smoke",
@@ -194,3 +194,9 @@ def test_a_stage_with_both_terms_trains_from_a_model_file_and_logs_them(
     assert 0.0 <= share <= 1.0
     short = float(line.split("maps' shortfall from the margin ")[1].split()[0])
     assert 0.0 <= short <= 0.2
+    # freeze_bn_stats: every BatchNorm keeps the start's statistics while the weights train
+    before, after = model_weights(start), model_weights(result.best_path)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert any(k.startswith("head.") for k in stats) and len(stats) > 10
+    assert all(torch.equal(before[k], after[k]) for k in stats)
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.endswith(".weight"))

@@ -157,6 +157,28 @@ def test_frozen_bn_running_stats_unchanged_by_training():
             assert torch.equal(frozen_before[n], p), f"frozen parameter {n} changed"
 
 
+def test_bn_stats_frozen_keeps_every_batchnorm_in_eval_while_its_weights_train():
+    model = make()
+    model.bn_stats_frozen = True
+    model.set_trainable_fraction(1.0)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert model.head[0] in bns and not any(m.training for m in bns)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    scale = model.head[0].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 3])
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    for m, (mean, var) in zip(bns, stats, strict=True):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+    assert not torch.equal(model.head[0].weight, scale)
+    model.bn_stats_frozen = False
+    model.train()
+    assert all(m.training for m in bns)
+
+
 def test_l2_penalty_is_sum_of_squared_head_linear_weights():
     model = make(l2=0.01)
     linears = [m for m in model.head if isinstance(m, nn.Linear)]

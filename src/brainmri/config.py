@@ -134,6 +134,11 @@ class StageConfig(_Strict):
     cam_apart_margin: float = Field(
         0.1, gt=0.0, le=1.0, description="cam_apart's margin: the mean |difference| asked for"
     )
+    freeze_bn_stats: bool = Field(
+        False,
+        description="every BatchNorm layer (backbone and head) keeps its running mean and "
+        "variance while the stage trains (eval mode); their scale and shift still train",
+    )
 
     @property
     def map_terms(self) -> bool:

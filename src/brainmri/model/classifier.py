@@ -44,6 +44,7 @@ class TumorClassifier(nn.Module):
         else:
             self.head = mlp_head(cfg, width, num_classes)
         self.l2 = cfg.l2
+        self.bn_stats_frozen = False  # set per stage (StageConfig.freeze_bn_stats)
 
     @property
     def dense(self) -> nn.Module:
@@ -136,13 +137,15 @@ class TumorClassifier(nn.Module):
         return sorted(trainable)
 
     def train(self, mode: bool = True) -> TumorClassifier:
-        """Like nn.Module.train, but BatchNorm layers whose parameters are frozen stay in eval."""
+        """Like nn.Module.train, but BatchNorm layers whose parameters are frozen stay in eval,
+        and with `bn_stats_frozen` every BatchNorm layer does (its statistics stay put)."""
         super().train(mode)
         if mode:
-            for m in self.backbone.modules():
+            for m in (self if self.bn_stats_frozen else self.backbone).modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     params = list(m.parameters(recurse=False))
-                    if params and not any(p.requires_grad for p in params):
+                    frozen = bool(params) and not any(p.requires_grad for p in params)
+                    if self.bn_stats_frozen or frozen:
                         m.eval()
         return self
 

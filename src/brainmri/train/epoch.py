@@ -90,6 +90,7 @@ def setup_stage(ctx: Context, index: int) -> StageRun:
     """Freeze to the stage's fraction; AdamW, the per-step schedule, the scaler; DDP wrap."""
     tc, d, model = ctx.recipe.train, ctx.d, ctx.model
     stage = tc.stages[index]
+    model.bn_stats_frozen = stage.freeze_bn_stats
     model.set_trainable_fraction(stage.trainable_fraction)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
