@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from brainmri import CLASS_NAMES
+from brainmri.config import load_recipe
 from brainmri.model.checkpoint import read_metadata, shipped_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -843,14 +844,15 @@ def backbone_floor_lines(shipped: dict | None, head_only: dict | None) -> list[s
     ]
 
 
-MAP_TERM_RUNS = ("p0", "p03", "p1", "pa", "pb")
-"""§16.23-16.26's fine-tunes of the shipped model: outside-term weight 0, 0.3 and 1; then 0.3
-and 1 with the apart term."""
+MAP_TERM_RUNS = ("p0", "p03", "p1", "pa", "pb", "pc", "p0f", "pe")
+"""§16.23-16.28's fine-tunes of the shipped model: outside-term weight 0, 0.3 and 1; then 0.3
+and 1 with the apart term; then, with the BatchNorm statistics held, 0.5 with the apart term
+(at lr 5e-5 and 2e-5) and 0 with neither."""
 
 
 def map_term_run(name: str, checkpoint: str = "best") -> dict | None:
-    """One §16.23-16.26 fine-tune at one checkpoint ("best": the epoch of lowest validation
-    loss, as train picks it; "final": the last epoch, measured where §16.25-16.26 did): its
+    """One §16.23-16.28 fine-tune at one checkpoint ("best": the epoch of lowest validation
+    loss, as train picks it; "final": the last epoch, measured where §16.25-16.28 did): its
     terms' weights, the Grad-CAM figures on the 48 validation images, and its plain validation
     answers right at that checkpoint."""
     suffix = "" if checkpoint == "best" else f"_{checkpoint}"
@@ -866,6 +868,8 @@ def map_term_run(name: str, checkpoint: str = "best") -> dict | None:
     return {
         "weight": float(stage.get("cam_penalty", 0.0)),
         "apart": float(stage.get("cam_apart", 0.0)),
+        "held": bool(stage.get("freeze_bn_stats", False)),
+        "lr": float(stage["lr"]),
         "name": name,
         "checkpoint": checkpoint,
         "inside": figures["mass_inside_head_mean"],
@@ -882,16 +886,19 @@ def map_term_runs() -> list[dict | None]:
 
 
 def map_term_lines(runs: list[dict | None]) -> list[str]:
-    """What the training terms on the map did (docs/RESULTS.md §16.23-16.26)."""
+    """What the training terms on the map did (docs/RESULTS.md §16.23-16.28)."""
     runs = sorted(
         (r for r in runs if r is not None),
-        key=lambda r: (r["apart"], r["weight"], r["checkpoint"]),
+        key=lambda r: (r["held"], r["apart"], r["weight"], -r["lr"], r["checkpoint"]),
     )
     if not runs:
         return []
+    cam_lr = load_recipe("cam").train.stages[0].lr
     parts = [
         f"outside weight {r['weight']:g}"
         + (f", apart weight {r['apart']:g}" if r["apart"] else "")
+        + (", BatchNorm statistics held" if r["held"] else "")
+        + (f", lr {r['lr']:g}" if r["lr"] != cam_lr else "")
         + (", last epoch" if r["checkpoint"] == "final" else "")
         + f": {r['inside']:.3f} inside the head, moving with the class on "
         f"{r['moving']} of {r['images']} images, {r['right']} of {r['n_val']} validation "
@@ -910,13 +917,14 @@ def map_term_lines(runs: list[dict | None]) -> list[str]:
         "- Training terms on the map itself were tried as 3 more epochs from the shipped "
         "weights: a stage's `cam_penalty` adds the share of the true class's map outside the "
         "head to the loss, and `cam_apart` the shortfall of that map's distance from another "
-        f"class's map (docs/RESULTS.md §16.23-16.26): {'; '.join(parts)}. Of these, "
+        f"class's map (docs/RESULTS.md §16.23-16.28): {'; '.join(parts)}. Of these, "
         f"{verdict}.",
     ]
 
 
-FINAL_CHECKPOINT_RULED = ("pb",)
-"""Runs whose rule (§16.26) lets the last epoch be a candidate; the others' rules take the best."""
+FINAL_CHECKPOINT_RULED = ("pb", "pc", "pe")
+"""Runs whose rule (§16.26-16.28) lets the last epoch be a candidate; the others' rules take
+the best."""
 
 
 def map_term_candidate(run: dict) -> bool:
