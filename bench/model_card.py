@@ -885,6 +885,18 @@ def map_term_runs() -> list[dict | None]:
     return [map_term_run(n, c) for n in MAP_TERM_RUNS for c in ("best", "final")]
 
 
+def map_term_label(run: dict, cam_lr: float) -> str:
+    """How one fine-tune differs: its terms' weights, held statistics, learning rate (where it
+    is not the `cam` recipe's) and checkpoint."""
+    return (
+        f"outside weight {run['weight']:g}"
+        + (f", apart weight {run['apart']:g}" if run["apart"] else "")
+        + (", BatchNorm statistics held" if run["held"] else "")
+        + (f", lr {run['lr']:g}" if run["lr"] != cam_lr else "")
+        + (", last epoch" if run["checkpoint"] == "final" else "")
+    )
+
+
 def map_term_lines(runs: list[dict | None]) -> list[str]:
     """What the training terms on the map did (docs/RESULTS.md §16.23-16.28)."""
     runs = sorted(
@@ -895,23 +907,19 @@ def map_term_lines(runs: list[dict | None]) -> list[str]:
         return []
     cam_lr = load_recipe("cam").train.stages[0].lr
     parts = [
-        f"outside weight {r['weight']:g}"
-        + (f", apart weight {r['apart']:g}" if r["apart"] else "")
-        + (", BatchNorm statistics held" if r["held"] else "")
-        + (f", lr {r['lr']:g}" if r["lr"] != cam_lr else "")
-        + (", last epoch" if r["checkpoint"] == "final" else "")
-        + f": {r['inside']:.3f} inside the head, moving with the class on "
-        f"{r['moving']} of {r['images']} images, {r['right']} of {r['n_val']} validation "
-        "images right"
+        f"{map_term_label(r, cam_lr)}: {r['inside']:.3f} inside the head, moving with the "
+        f"class on {r['moving']} of {r['images']} images, {r['right']} of {r['n_val']} "
+        "validation images right"
         for r in runs
     ]
     chosen = [r for r in runs if (r["weight"] or r["apart"]) and map_term_candidate(r)]
+    rule = "the rule's three conditions (≥ 0.80 inside, moving on ≥ 44, ≥ 810 right)"
     verdict = (
-        f"outside weight {chosen[0]['weight']:g}, apart weight {chosen[0]['apart']:g} meets the "
-        "rule's three conditions and is a reship candidate, not yet shipped"
+        f"{map_term_label(chosen[0], cam_lr)} meets {rule}: it is the reship "
+        "candidate, not yet shipped; it replaces the shipped model only after its guard is "
+        "refitted and it is measured on the test split and external-dev"
         if chosen
-        else "none meets the rule's three conditions (≥ 0.80 inside, moving on ≥ 44, "
-        "≥ 810 right), so the shipped model is not retrained with them"
+        else f"none meets {rule}, so the shipped model is not retrained with them"
     )
     return [
         "- Training terms on the map itself were tried as 3 more epochs from the shipped "
