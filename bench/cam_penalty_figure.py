@@ -1,10 +1,10 @@
-"""The four class maps `explain` draws, for models trained with different map-term weights
-(docs/RESULTS.md §16.23-16.26), on validation images of the shipped model's split (not the
+"""The four class maps `explain` draws, for models trained with different map terms
+(docs/RESULTS.md §16.23-16.28), on validation images of the shipped model's split (not the
 test split): one row per model and image, one column per class explained.
 
     python bench/cam_penalty_figure.py --models S=shipped P03=runs/cam-p03/models/best.safetensors \
         P1=runs/cam-p1/models/best.safetensors \
-        [PB=runs/cam-pb/models/best.safetensors] \
+        [PB=runs/cam-pb/models/best.safetensors] [PC=runs/cam-pc/models/best.safetensors] \
         [--files Tr-gl_0010.jpg ...] [--out bench/results/guard_compare/cam_penalty_maps.png]
 """
 
