@@ -5,7 +5,8 @@
   -> auto crop -> model); their median is the reference the model file stores
   (`guard.reference_median`); then the share of each perturbed copy set (bench/robustness.py's
   perturbations, the guard's own acceptance set) above that median. The rule of
-  docs/RESULTS.md §24.1 turns the largest share into SHIFT_SHARE.
+  docs/RESULTS.md §24.1 turns the largest share into SHIFT_SHARE. With --write the median is
+  stored in the model file's guard metadata (weights copied bit for bit).
 --phase measure:
   how often `site_shift` warns on random batches of 20, 50 and 200 files (and on the whole set)
   of: clean validation files, each perturbed validation set, external-dev (with --site, less
@@ -14,7 +15,8 @@
   test-split run: it chooses nothing), and with --raw the raw, uncropped originals of the
   validation files (the same collection seen through predict's auto crop).
 
-    python bench/site_check.py --phase calibrate --out bench/results/shipped/site_check_fit.json
+    python bench/site_check.py --phase calibrate [--write] \
+        --out bench/results/shipped/site_check_fit.json
     python bench/site_check.py --phase measure --test --out bench/results/shipped/site_check.json
     python bench/site_check.py --phase measure --model RUN/model.safetensors --site SITE \
         --out bench/results/adapt_variants/site_check_adapted.json
@@ -37,7 +39,11 @@ from brainmri.data.folders import resolve_data_dir, scan_split  # noqa: E402
 from brainmri.errors import BrainMRIError  # noqa: E402
 from brainmri.infer.inputs import load_plane  # noqa: E402
 from brainmri.infer.site_check import reference_median, site_shift  # noqa: E402
-from brainmri.model.checkpoint import read_metadata, shipped_model_path  # noqa: E402
+from brainmri.model.checkpoint import (  # noqa: E402
+    add_extra_tensors,
+    read_metadata,
+    shipped_model_path,
+)
 from brainmri.train.data import model_split  # noqa: E402
 
 BATCHES = (20, 50, 200)
@@ -109,6 +115,18 @@ def calibrate(g: Guarded, val_planes: list[np.ndarray]) -> dict:
             "largest_perturbed_share": max(shares.values())}  # fmt: skip
 
 
+def write_median(model: Path, median: float, n: int) -> None:
+    """Store the predict-path median as `guard.reference_median`; the weights stay as they are
+    (`add_extra_tensors` copies them bit for bit)."""
+    guard = dict(read_metadata(model)["guard"])
+    guard |= {
+        "reference_median": median,
+        "reference_on": f"validation split, {n} images, scored on the predict path "
+        "(bench/site_check.py --phase calibrate, docs/RESULTS.md §24)",
+    }
+    add_extra_tensors(model, {}, {"guard": guard})
+
+
 def raw_originals(val: list, raw: Path) -> list[Path]:
     """The uncropped originals (brain-tumor-mri-raw/Training/<class>/, same file names) of the
     model's validation files, where the raw folder has them."""
@@ -153,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--raw", type=Path, default=None,
                    help="measure: also the raw, uncropped originals of the validation files "
                    "(e.g. ../shared/data/brain-tumor-mri-raw): same collection, other framing")
+    p.add_argument("--write", action="store_true",
+                   help="calibrate: store the median in the model file's guard metadata")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     model = args.model or shipped_model_path()
@@ -162,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     val_planes = planes_of([s.path for s in val])
     if args.phase == "calibrate":
         res = calibrate(g, val_planes)
+        if args.write:
+            write_median(model, res["reference_median"], len(val_planes))
     else:
         res = measure(g, val_planes, model, data, args.test, args.site)
         if args.raw is not None:

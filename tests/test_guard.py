@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,9 +196,8 @@ def test_level_rule_keeps_refused_ood_items_and_the_perturbed_bars():
     assert not level.passes_rule(row(["a", "b"], 0.99, 0.94), shipped)  # one kind under 95 %
 
 
-def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
-    level = _bench("guard_level")
-    fit = _bench("fit_guard")
+def _small_guarded_model(tmp_path: Path) -> Path:
+    """A smoke-recipe model file with guard statistics, threshold 3.0 and median 1.0."""
     recipe = load_recipe("smoke", ["model.weights=none", "data.image_size=64"])
     torch.manual_seed(0)
     path = save_model(tmp_path / "m.safetensors", TumorClassifier(recipe.model, pretrained=False),
@@ -205,6 +205,13 @@ def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
     x, y = clusters(200, recipe.model.dense_units, 1)
     t = fit_statistics(np.concatenate([x, x[:4] + 1]), np.r_[y, [3, 3, 3, 3]], 4)
     add_extra_tensors(path, t, {"guard": {"ood_threshold": 3.0, "reference_median": 1.0}})
+    return path
+
+
+def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
+    level = _bench("guard_level")
+    fit = _bench("fit_guard")
+    path = _small_guarded_model(tmp_path)
     before = (load_file(str(path)), fit.weights_digest(path))
     out = level.write_level(path, {"k": 1, "threshold": 3.5, "val_accepted": 0.99877}, 816)
     assert load_guard(path)[1] == 3.5 and out["weights_sha256"] == before[1]
@@ -214,6 +221,18 @@ def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
     guard = load_model(path)[1]["guard"]
     assert guard["reference_median"] == 1.0 and "1 left above" in guard["threshold_on"]
 
+
+
+def test_writing_the_reference_median_changes_it_and_nothing_else(tmp_path):
+    site = _bench("site_check")
+    path = _small_guarded_model(tmp_path)
+    before = load_file(str(path))
+    site.write_median(path, 0.8, 816)
+    after = load_file(str(path))
+    assert set(after) == set(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    guard = load_model(path)[1]["guard"]
+    assert guard["reference_median"] == 0.8 and guard["ood_threshold"] == 3.0
+    assert "predict path" in guard["reference_on"] and "816 images" in guard["reference_on"]
 
 NOT_NAMED = ("mri_non_brain",)
 """OOD kinds of bench/ood_set.py that are MR images (an abdominal slice, as DICOM and as PNG):

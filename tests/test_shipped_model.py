@@ -24,16 +24,25 @@ def test_shipped_model_is_self_describing():
     ship = json.loads(SHIP_REPORT.read_text())
     assert meta["class_names"] == ["glioma", "meningioma", "notumor", "pituitary"]
     assert meta["dtype"] == ship["shipped_dtype"]
-    assert meta["recipe"]["name"] == "cpu"
     assert meta["recipe"]["ensemble"] == 1 and "members" not in meta["info"]
     assert meta["info"]["split"]["method"].startswith("StratifiedGroupKFold")  # grouped split
     assert 0.05 < meta["info"]["temperature"] < 5
 
 
-def test_shipped_model_is_the_cpu_recipe():
-    """The file's recipe is configs/cpu.yaml as shipped, so `train --config cpu` remakes it."""
+def test_shipped_model_is_its_committed_run():
+    """The file's recipe is the committed run's (bench/ship_model.py's --run), with the start
+    file moved out of the recipe into `info.init_model` by its digest: the shipped recipe never
+    names the file it replaced as `shipped`."""
     meta = read_metadata(shipped_model_path())
-    assert recipe_from_dict(meta["recipe"]) == load_recipe("cpu")
+    ship = json.loads(SHIP_REPORT.read_text())
+    run = REPO / ship["run"]
+    recipe = load_recipe(run / "recipe.yaml")
+    if recipe.model.init_model:
+        assert meta["info"]["init_model"] == ship["init_model"]
+        assert ship["init_model"].startswith(f"{recipe.model.init_model} (")
+        recipe.model.init_model = None
+    assert recipe_from_dict(meta["recipe"]) == recipe
+    assert meta["info"]["shipped_from"] == str(run / "models" / "best.safetensors")
 
 
 def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Path):
