@@ -16,7 +16,7 @@ S=bench/results/shipped
 LOG=${LOG:-$S/measure.log}
 export TQDM_DISABLE=1
 
-evaluate() { "$BM" evaluate --data "$DATA/brain-tumor-mri" --out "$S" --device cpu; }
+evaluate() { "$BM" evaluate --data "$DATA/brain-tumor-mri" --out "$S" --device cpu --force; }
 external() {
   local tmp
   tmp=$(mktemp -d)

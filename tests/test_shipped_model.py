@@ -42,7 +42,7 @@ def test_shipped_model_is_its_committed_run():
         assert ship["init_model"].startswith(f"{recipe.model.init_model} (")
         recipe.model.init_model = None
     assert recipe_from_dict(meta["recipe"]) == recipe
-    assert meta["info"]["shipped_from"] == str(run / "models" / "best.safetensors")
+    assert meta["info"]["shipped_from"] == f"{ship['run']}/models/best.safetensors"
 
 
 def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Path):
