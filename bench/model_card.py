@@ -68,6 +68,8 @@ def _auc_ci(stat: dict | None) -> str:
 # from its confusion matrices (evaluate.bootstrap.intervals_from_confusion).
 EARLIER_TTA = ROOT / "bench/results/previous-ensemble/test_results_tta_2026-11-27.json"
 EARLIER_TTA_PROVENANCE = "measured 2026-11-27, commit `e77162d`"
+A42_RESULTS = "bench/results/a42/test_results_final.json"
+"""Run a42's test-split results, kept when its fine-tune replaced it (docs/RESULTS.md §16.30)."""
 
 
 def provenance(res: dict) -> str:
@@ -426,7 +428,7 @@ def cpu_recipe_minutes() -> float:
     return sum(float(r["seconds"]) for r in rows) / 60
 
 
-def training_lines(run: dict) -> list[str]:
+def training_lines(run: dict, validation: str = "Validation") -> list[str]:
     gpu, cpu = run["gpu"], run["cpu"]
     epochs = list(csv.reader(gpu["metrics_csv"].splitlines()))[1:]
     return [
@@ -438,7 +440,7 @@ def training_lines(run: dict) -> list[str]:
         f"its epochs took {cpu_recipe_minutes():.1f} min in all on a 2-core Intel Xeon "
         "(AVX-512), a copy that was not shipped (docs/RESULTS.md §17.4, "
         "`bench/results/cpu_recipe_xeon/metrics.csv`).",
-        f"- Validation (the grouped split's {run['n_val']} images, plain, on a 2-core CPU): "
+        f"- {validation} (the grouped split's {run['n_val']} images, plain, on a 2-core CPU): "
         f"{cpu['val_errors']} errors, accuracy {pct(cpu['val_acc'])}, log loss "
         f"{cpu['val_log_loss']:.4f} with the fitted temperature (`bench/retrain_select.py`, "
         "`bench/results/retrain/selection.json`).",
@@ -590,19 +592,28 @@ def _test_score(path: Path) -> str:
 
 def history_lines(res: dict) -> list[str]:
     """How the official test split was used before and for this model (docs/RESULTS.md)."""
-    previous = _test_score(EARLIER_TTA)
+    ensemble = f"a 2-member ensemble, {_test_score(EARLIER_TTA)}"
+    before = (
+        f"run a42, the model this one was fine-tuned from ({_test_score(ROOT / A42_RESULTS)}), "
+        f"and the model shipped before it ({ensemble})"
+        if finetune_run() is not None
+        else f"the previous shipped model ({ensemble})"
+    )
     return [
         "The test split was **not** held out untouched. Before this model, other models were "
-        "scored on it (docs/RESULTS.md, table \"Test-split evaluations\"): the previous shipped "
-        f"model (a 2-member ensemble, {previous}), its members and seed variants, the "
-        "`quick` demo model and adapted copies. " + chosen_without_test(res) + " Read the "
+        f"scored on it (docs/RESULTS.md, table \"Test-split evaluations\"): {before}, its "
+        "members and seed variants, the `quick` demo model and adapted copies. "
+        + chosen_without_test(res) + " Read the "
         "test figures as one more look at 1,311 images that earlier choices of recipe (made "
         "knowing earlier models' test scores) have already seen: between seeds of one recipe "
         "they move by about ±3 images.",
         "",
         f"In all, docs/RESULTS.md lists {test_split_runs()} runs on the test split (re-runs for "
         "runtime parity, speed, the input guard and perturbations; the demo model; adapted "
-        "copies for the adaptation curve); none after a model's first score chose anything.",
+        "copies for the adaptation curve); none after a model's first score chose a model, a "
+        "setting or a threshold"
+        + ("; the decision to try the map terms followed run a42's test-split Grad-CAM "
+           "figures, as said above." if finetune_run() is not None else "."),
     ]
 
 
@@ -718,7 +729,8 @@ def finetune_lines(ft: dict | None) -> list[str]:
     minutes = sum(float(r["seconds"]) for r in rows) / 60
     n_val = info["split"]["n_val"]
     return [
-        f"- Then fine-tuned from those weights (`info.init_model`: {ft['init'][:60]}…) for "
+        f"- Then fine-tuned from those weights (run a42's file, sha256 "
+        f"`{ft['init'].split('sha256 ')[-1][:12]}…`, named in the file's `info.init_model`) for "
         f"{len(rows)} epochs on {info.get('trained_on', 'a CPU')}, {minutes:.1f} min "
         f"(`{ft['folder']}`): every layer, lr {st['lr']:g} cosine to {st['min_lr']:g}, "
         "BatchNorm statistics held at the starting model's, the same augmentation and loss "
@@ -731,6 +743,18 @@ def finetune_lines(ft: dict | None) -> list[str]:
         f"images right (plain), {round(info['val_acc_tta'] * n_val)} with 5 TTA views; "
         f"temperature refitted on validation (T = {info['temperature']:.3f}).",
     ]
+
+
+def dtype_note(ship: dict) -> str:
+    """Why the file holds the dtype it does (bench/results/ship_model.json)."""
+    if ship.get("note") or ship.get("same_predictions") is None:
+        return ship.get("note", "")
+    same = "the same as" if ship["same_predictions"] else "not all the same as"
+    return (
+        f"its classes on the {ship['n_val']} validation images are {same} the fp32 weights' "
+        f"(largest probability difference {ship['max_prob_diff']:.3f}; `bench/ship_model.py`, "
+        "`bench/results/ship_model.json`); inference computes in fp32 from these weights"
+    )
 
 
 def what_it_is_lines(res: dict, meta: dict) -> list[str]:
@@ -751,7 +775,7 @@ def what_it_is_lines(res: dict, meta: dict) -> list[str]:
         f"intensity mode `{recipe['data'].get('intensity', 'none')}`, ImageNet mean/std; the "
         "images are expected cropped to the brain like the benchmark's." + crop_sentence(),
         f"- File: `src/brainmri/weights/lite0_cpu.safetensors` "
-        f"({ship.get('shipped_dtype', meta.get('dtype'))}: {ship.get('note', '')}), "
+        f"({ship.get('shipped_dtype', meta.get('dtype'))}: {dtype_note(ship)}), "
         "self-describing (recipe, classes, preprocessing, input-guard statistics in the file).",
         "",
     ]
@@ -773,7 +797,7 @@ def data_training_lines(res: dict, meta: dict) -> list[str]:
         f"Training; source: {res['leak_free_source']}).",
         "",
         "## Training",
-        *training_lines(run),
+        *training_lines(run, "Run a42's validation" if ft else "Validation"),
         "- How it was chosen: one of seven runs (two seeds of the recipe, two seeds with "
         "sequence/contrast randomization, Lite1 at 240 px, two seeds at 160 px) and the 2-seed "
         "ensembles, by a rule written before the runs (docs/RESULTS.md §15.1): the cheapest "
@@ -781,7 +805,8 @@ def data_training_lines(res: dict, meta: dict) -> list[str]:
         "validation log loss, and not worse on external-dev. "
         f"Outcome: candidate {run['candidate']} (run `{run['name']}`).",
         *finetune_lines(ft),
-        *(["- How the fine-tune was chosen: of eight fine-tunes of those weights "
+        *(["- How the fine-tune was chosen: of eight fine-tunes of those weights (two of "
+           "them controls without the map terms) "
            "(docs/RESULTS.md §16.23-16.28), the first checkpoint to meet a rule written before "
            "it was trained, on validation only: at least 0.80 of the Grad-CAM map's mass "
            "inside the head on 48 validation images, the map moving with the class on at "
@@ -896,14 +921,20 @@ def explain_limit_lines(gradcam: dict | None, occlusion: dict | None) -> list[st
             f"; `--method occlusion` puts {occlusion['gradcam']['mass_inside_head_mean']:.3f} "
             "there (`bench/results/shipped/occlusion_test.json`)"
         )
+    inside = g["mass_inside_head_mean"]
+    off_head = (
+        " The model's answers come from inside the head (docs/RESULTS.md §16.8); the Grad-CAM "
+        "map's colour outside it is a property of the map at this resolution, not evidence the "
+        "model used."
+        if inside < 0.80
+        else ""
+    )
     return [
         "- `explain`'s Grad-CAM map (stride-16 stage, drawn above 15 % of its maximum as the "
-        f"Grad-CAM paper reads its maps) puts {g['mass_inside_head_mean']:.3f} of its mass inside "
-        f"the head on {g['n']} test images, where the head covers "
-        f"{g['head_area_mean']:.2f} of the image (`bench/results/shipped/gradcam_cut_test.json`)"
-        f"{occ}. The model's answers come from inside the head (docs/RESULTS.md §16.8); the "
-        "Grad-CAM map's colour outside it is a property of the map at this resolution, not "
-        "evidence the model used.",
+        f"Grad-CAM paper reads its maps) puts {inside:.3f} of its mass inside the head on "
+        f"{g['n']} test images ({g['images_with_80pct_inside']} of them at least 0.80), where "
+        f"the head covers {g['head_area_mean']:.2f} of the image "
+        f"(`bench/results/shipped/gradcam_cut_test.json`){occ}.{off_head}",
     ]
 
 

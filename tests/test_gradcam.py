@@ -383,9 +383,9 @@ def shipped():
 
 @pytest.mark.slow
 def test_real_maps_follow_the_class_and_sit_on_the_head(shipped, benchmark_dir):
-    """Three test images per class. The map changes with the class explained, and more of its
-    mass lies on the head than a map spread evenly would put there (measured figures and the
-    80 % goal: docs/RESULTS.md sections 10 and 16)."""
+    """Three test images per class. The map changes with the class explained, and at least
+    80 % of its mass lies on the head, more than a map spread evenly would put there (the
+    issue's goal; measured on 48 test images: docs/RESULTS.md section 16.31)."""
     from brainmri.data.images import load_gray, resize_square
 
     size, names = shipped.image_size, shipped.class_names
@@ -403,3 +403,4 @@ def test_real_maps_follow_the_class_and_sit_on_the_head(shipped, benchmark_dir):
         inside.append(float((maps[k] * mask).sum() / maps[k].sum()))
         area.append(float(mask.mean()))
     assert np.mean(inside) > np.mean(area), (inside, area)
+    assert np.mean(inside) >= 0.80, inside

@@ -185,7 +185,8 @@ def train(
             "-c",
             metavar="RECIPE",
             help="Recipe: a YAML file or a built-in name (cpu, seed, quick, smoke, cam). "
-            "Default: cpu (the shipped model's recipe; says its measured time first).",
+            "Default: cpu (the recipe the shipped model was first trained with; says its "
+            "measured time first).",
         ),
     ] = None,
     out: Annotated[
