@@ -40,6 +40,23 @@ def resolve_init(recipe: Recipe, info: dict) -> None:
     recipe.model.init_model = None
 
 
+def shipped_info(args: argparse.Namespace, info: dict, recipe: Recipe) -> dict:
+    """The run's `info` plus where it was shipped from, why, and the machine it trained on."""
+    best = args.run / "models" / "best.safetensors"
+    info = dict(info, shipped_from=str(best), shipped=time.strftime("%Y-%m-%d"))
+    resolve_init(recipe, info)
+    if args.why:
+        info["shipped_for"] = args.why
+    env_file = args.run / "environment.json"
+    if env_file.is_file() and "trained_on" not in info:
+        env = json.loads(env_file.read_text())
+        info["trained_on"] = (
+            f"{env['device']}: {env['cpu_count']}-core {env['cpu_model']} "
+            f"({env['cpu_capability']}), torch {env['torch']}"
+        )
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True)
@@ -53,17 +70,7 @@ def main() -> None:
     images, labels = cache_samples(val, recipe.data.image_size, desc="decode val")
     best = args.run / "models" / "best.safetensors"
     model, meta = load_model(best)
-    info = dict(meta["info"], shipped_from=str(best), shipped=time.strftime("%Y-%m-%d"))
-    resolve_init(recipe, info)
-    if args.why:
-        info["shipped_for"] = args.why
-    env_file = args.run / "environment.json"
-    if env_file.is_file() and "trained_on" not in info:
-        env = json.loads(env_file.read_text())
-        info["trained_on"] = (
-            f"{env['device']}: {env['cpu_count']}-core {env['cpu_model']} "
-            f"({env['cpu_capability']}), torch {env['torch']}"
-        )
+    info = shipped_info(args, meta["info"], recipe)
     tmp = args.dest.with_suffix(".fp16.tmp.safetensors")
     save_model(tmp, model, recipe, info, half=True)
     out = {

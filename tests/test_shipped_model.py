@@ -45,6 +45,28 @@ def test_shipped_model_is_its_committed_run():
     assert meta["info"]["shipped_from"] == f"{ship['run']}/models/best.safetensors"
 
 
+def test_shipping_a_fine_tune_moves_its_start_file_into_info(tmp_path: Path):
+    """bench/ship_model.py: a run started from a model file ships with `model.init_model`
+    cleared and the start file named by its sha256 (a run from ImageNet weights: unchanged)."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ship_model", REPO / "bench" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    start = tmp_path / "start.safetensors"
+    start.write_bytes(b"weights")
+    recipe, info = load_recipe("cam", [f"model.init_model={start}"]), {}
+    ship.resolve_init(recipe, info)
+    assert recipe.model.init_model is None
+    assert info["init_model"] == (
+        f"{start} (start.safetensors, sha256 {hashlib.sha256(b'weights').hexdigest()})"
+    )
+    plain, info = load_recipe("cpu"), {}
+    ship.resolve_init(plain, info)
+    assert info == {} and plain == load_recipe("cpu")
+
+
 def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Path):
     card = json.loads(CARD_RESULTS.read_text())
     out = tmp_path / "res"
