@@ -49,7 +49,10 @@ speed() {
   "$PY" bench/inference.py --out "$S/inference_epyc_avx2.json"
   "$PY" bench/serve_load.py --hostile --out "$S/serve_load_epyc_avx2.json"
 }
-adapt() { "$PY" bench/adapt_curve.py --ks 25,5,10,50 --draws 0 --out "$S/adapt"; }
+adapt() {
+  rm -f "$S"/adapt/k*_d*.json  # adapt_curve.py reuses the runs it finds: measure this file's
+  "$PY" bench/adapt_curve.py --ks 25,5,10,50 --draws 0 --out "$S/adapt"
+}
 
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(evaluate external guard maps robustness site speed adapt)
