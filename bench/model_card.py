@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import re
 import subprocess
@@ -707,11 +708,19 @@ def shipped_when() -> str:
     )
 
 
+@functools.cache
+def ship_report() -> dict:
+    """bench/ship_model.py's report on the shipped file (bench/results/ship_model.json; {} when
+    missing), read once per card."""
+    return load_json(ROOT / "bench/results/ship_model.json") or {}
+
+
+@functools.cache
 def finetune_run() -> dict | None:
     """The fine-tune the shipped file came from (bench/results/ship_model.json's run), when
     that run started from another model file; None when the file is a run trained from the
-    ImageNet weights."""
-    ship = load_json(ROOT / "bench/results/ship_model.json") or {}
+    ImageNet weights. Read once per card: several sections ask."""
+    ship = ship_report()
     if not ship.get("init_model"):
         return None
     folder = ROOT / ship["run"]
@@ -758,7 +767,7 @@ def dtype_note(ship: dict) -> str:
 
 
 def what_it_is_lines(res: dict, meta: dict) -> list[str]:
-    ship = load_json(ROOT / "bench/results/ship_model.json") or {}
+    ship = ship_report()
     run = shipped_run(meta)
     recipe = meta["recipe"]
     rm = recipe["model"]
@@ -1047,7 +1056,7 @@ def map_term_lines(runs: list[dict | None]) -> list[str]:
 
 def is_shipped_run(name: str) -> bool:
     """Whether bench/ship_model.py shipped this fine-tune (bench/results/ship_model.json)."""
-    ship = load_json(ROOT / "bench/results/ship_model.json") or {}
+    ship = ship_report()
     return Path(ship.get("run", "")).name == name and "cam_models" in ship.get("run", "")
 
 

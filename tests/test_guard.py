@@ -222,7 +222,6 @@ def test_writing_a_level_changes_the_threshold_and_nothing_else(tmp_path):
     assert guard["reference_median"] == 1.0 and "1 left above" in guard["threshold_on"]
 
 
-
 def test_writing_the_reference_median_changes_it_and_nothing_else(tmp_path):
     site = _bench("site_check")
     path = _small_guarded_model(tmp_path)
@@ -233,6 +232,7 @@ def test_writing_the_reference_median_changes_it_and_nothing_else(tmp_path):
     guard = load_model(path)[1]["guard"]
     assert guard["reference_median"] == 0.8 and guard["ood_threshold"] == 3.0
     assert "predict path" in guard["reference_on"] and "816 images" in guard["reference_on"]
+
 
 NOT_NAMED = ("mri_non_brain",)
 """OOD kinds of bench/ood_set.py that are MR images (an abdominal slice, as DICOM and as PNG):

@@ -49,11 +49,8 @@ def test_shipping_a_fine_tune_moves_its_start_file_into_info(tmp_path: Path):
     """bench/ship_model.py: a run started from a model file ships with `model.init_model`
     cleared and the start file named by its sha256 (a run from ImageNet weights: unchanged)."""
     import hashlib
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ship_model", REPO / "bench" / "ship_model.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = _bench_module("ship_model")
     start = tmp_path / "start.safetensors"
     start.write_bytes(b"weights")
     recipe, info = load_recipe("cam", [f"model.init_model={start}"]), {}
@@ -85,10 +82,10 @@ def test_shipped_model_reproduces_card_numbers(benchmark_dir: Path, tmp_path: Pa
     assert got["n_test"] == 1311
 
 
-def _model_card_module():
+def _bench_module(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("model_card", REPO / "bench" / "model_card.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -97,7 +94,7 @@ def _model_card_module():
 def test_docs_quote_the_results_files():
     """README, docs/RESULTS.md and MODEL_CARD.md hold exactly what bench/model_card.py makes
     from the committed results files: the figures cannot drift apart."""
-    mc = _model_card_module()
+    mc = _bench_module("model_card")
     res = json.loads(CARD_RESULTS.read_text())
     ext = mc.load_json(mc.SHIPPED / "external_dev.json")
     blocks = mc.generated_blocks(res, ext)
